@@ -1,0 +1,63 @@
+//! The one error type of the core. Every variant names what was wrong and where, and maps to a
+//! stable `code` that the bindings expose (JS `error.code`, CLI messages).
+
+use std::path::Path;
+
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// A chunk file (or one of its arrays) breaks SPEC section 1.
+    #[error("{file}: {array}: {problem}")]
+    BadChunk { file: String, array: String, problem: String },
+
+    /// A real token whose vector holds NaN or Inf.
+    #[error("{source_name}: batch {batch}, position {position}: activation vector holds NaN or Inf")]
+    NonFinite { source_name: String, batch: usize, position: usize },
+
+    /// A configuration field out of range or of the wrong type.
+    #[error("invalid config: {field}: {problem}")]
+    Config { field: String, problem: String },
+
+    /// Arguments of an API call that do not fit together (lengths, shapes).
+    #[error("{what}: {problem}")]
+    InvalidInput { what: String, problem: String },
+
+    /// A model file that is not a soft-cluster model, or one we cannot read.
+    #[error("{file}: {problem}")]
+    BadModel { file: String, problem: String },
+
+    /// Reading or writing a file failed at the OS level.
+    #[error("{file}: {source}")]
+    Io { file: String, #[source] source: std::io::Error },
+}
+
+impl Error {
+    /// Stable machine-readable code, the same in Rust, JS and the CLI.
+    pub fn code(&self) -> &'static str {
+        match self {
+            Error::BadChunk { .. } => "ERR_BAD_CHUNK",
+            Error::NonFinite { .. } => "ERR_NON_FINITE",
+            Error::Config { .. } => "ERR_INVALID_CONFIG",
+            Error::InvalidInput { .. } => "ERR_INVALID_INPUT",
+            Error::BadModel { .. } => "ERR_BAD_MODEL",
+            Error::Io { .. } => "ERR_IO",
+        }
+    }
+
+    pub(crate) fn bad_chunk(file: &Path, array: &str, problem: impl Into<String>) -> Self {
+        Error::BadChunk { file: file.display().to_string(), array: array.to_string(), problem: problem.into() }
+    }
+
+    pub(crate) fn config(field: &str, problem: impl Into<String>) -> Self {
+        Error::Config { field: field.to_string(), problem: problem.into() }
+    }
+
+    pub(crate) fn invalid_input(what: &str, problem: impl Into<String>) -> Self {
+        Error::InvalidInput { what: what.to_string(), problem: problem.into() }
+    }
+
+    pub(crate) fn io(file: &Path, source: std::io::Error) -> Self {
+        Error::Io { file: file.display().to_string(), source }
+    }
+}

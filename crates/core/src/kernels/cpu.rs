@@ -1,0 +1,432 @@
+//! The CPU backend: rows are normalized block by block, similarities and `P^T X` go through a
+//! real GEMM crate, and the softmax / threshold / renormalize step is one fused pass per row.
+//! Work is split into one contiguous range of rows per rayon thread; partials are merged in range
+//! order, so the same input and thread count give bit-identical results.
+
+use super::{check_shapes, prepare_rows, Backend, Centers, Element, MembershipParams, PassOutput, SparseRows, Tokens, Want};
+use crate::error::Result;
+use crate::npz::ActivationsRef;
+use crate::pass::{Farthest, PassStats};
+use rayon::prelude::*;
+
+/// Rows per block: the block of `N x K` similarities that exists at any time, per thread.
+/// 128 rows of D = 768 floats (384 KiB) stay in L2 next to the GEMM's packed panels.
+pub const BLOCK_ROWS: usize = 128;
+
+/// Which GEMM crate multiplies the matrices. Both are kept so the benchmark can compare them;
+/// `Default` is the one that measured faster here (benches/RESULTS.md).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum GemmCrate {
+    /// `gemm` (candle's).
+    #[default]
+    Gemm,
+    /// `matrixmultiply` (ndarray's).
+    MatrixMultiply,
+}
+
+#[derive(Debug, Clone, Copy, Default)]
+pub struct CpuBackend {
+    pub gemm: GemmCrate,
+}
+
+impl Backend for CpuBackend {
+    fn name(&self) -> String {
+        "cpu".into()
+    }
+
+    fn run(&self, centers: &Centers, tokens: &Tokens, params: MembershipParams, want: Want) -> Result<PassOutput> {
+        check_shapes(centers, tokens)?;
+        let rows = prepare_rows(tokens)?;
+        let n = rows.len();
+        let k = centers.k;
+        let parts = rayon::current_num_threads().min(n.div_ceil(BLOCK_ROWS)).max(1);
+        let ranges: Vec<_> = (0..parts).map(|i| i * n / parts..(i + 1) * n / parts).collect();
+
+        let mut dense = want.dense.then(|| vec![0f32; n * k]);
+        let mut dense_parts: Vec<Option<&mut [f32]>> = Vec::with_capacity(parts);
+        match dense.as_mut() {
+            Some(all) => {
+                let mut rest = all.as_mut_slice();
+                for r in &ranges {
+                    let (head, tail) = rest.split_at_mut(r.len() * k);
+                    dense_parts.push(Some(head));
+                    rest = tail;
+                }
+            }
+            None => dense_parts.resize_with(parts, || None),
+        }
+
+        let job = Job { centers, params, want, gemm: self.gemm, chunk_index: tokens.chunk_index };
+        let partials: Vec<Partial> = ranges
+            .into_par_iter()
+            .zip(dense_parts)
+            .map(|(range, dense_out)| {
+                let (tok, inv) = (&rows.token[range.clone()], &rows.inv_norm[range]);
+                match tokens.activations {
+                    ActivationsRef::F16(a) => job.run_range(a, tok, inv, dense_out),
+                    ActivationsRef::F32(a) => job.run_range(a, tok, inv, dense_out),
+                    ActivationsRef::F64(a) => job.run_range(a, tok, inv, dense_out),
+                }
+            })
+            .collect();
+
+        let mut sparse = want.sparse.then(|| SparseRows { offset: vec![0], ..Default::default() });
+        let mut stats = want.stats.then(|| PassStats::new(k, centers.d));
+        for p in partials {
+            if let (Some(all), Some(part)) = (sparse.as_mut(), p.sparse) {
+                let base = all.cluster.len();
+                all.offset.extend(part.offset[1..].iter().map(|o| o + base));
+                all.cluster.extend(part.cluster);
+                all.value.extend(part.value);
+            }
+            if let (Some(all), Some(part)) = (stats.as_mut(), p.stats) {
+                all.merge(part);
+            }
+        }
+        if let Some(s) = stats.as_mut() {
+            s.skipped = rows.skipped;
+        }
+        Ok(PassOutput { rows, dense, sparse, stats })
+    }
+}
+
+struct Partial {
+    sparse: Option<SparseRows>,
+    stats: Option<PassStats>,
+}
+
+struct Job<'a> {
+    centers: &'a Centers,
+    params: MembershipParams,
+    want: Want,
+    gemm: GemmCrate,
+    chunk_index: usize,
+}
+
+impl Job<'_> {
+    /// Processes one contiguous range of rows, block by block, on the calling thread.
+    fn run_range<T: Element>(&self, src: &[T], tokens: &[u32], inv_norm: &[f64], mut dense_out: Option<&mut [f32]>) -> Partial {
+        let (k, d) = (self.centers.k, self.centers.d);
+        let n = tokens.len();
+        let inv_t = (1.0 / self.params.temperature) as f32;
+        let min_m = self.params.min_membership as f32;
+        let exact = self.params.temperature < EXACT_BELOW_TEMPERATURE;
+        let mut x = vec![0f32; BLOCK_ROWS.min(n) * d];
+        let mut p = vec![0f32; BLOCK_ROWS.min(n) * k];
+        let mut e = vec![0f32; k];
+        let mut sparse = self.want.sparse.then(|| SparseRows { offset: vec![0], ..Default::default() });
+        let mut s_block = if self.want.stats { vec![0f32; k * d] } else { Vec::new() };
+        let mut stats = self.want.stats.then(|| PassStats::new(k, d));
+        let mut farthest: Option<(f32, usize)> = None;
+
+        for start in (0..n).step_by(BLOCK_ROWS) {
+            let b = BLOCK_ROWS.min(n - start);
+            for j in 0..b {
+                let t = tokens[start + j] as usize;
+                T::scale_into(&src[t * d..(t + 1) * d], inv_norm[start + j], &mut x[j * d..(j + 1) * d]);
+            }
+            // p[b x K] = x[b x D] . C^T
+            self.gemm.multiply(b, d, k, &x, (d, 1), &self.centers.data, (1, d), &mut p, k, false);
+            for j in 0..b {
+                let row = if exact {
+                    let t = tokens[start + j] as usize;
+                    let a = &src[t * d..(t + 1) * d];
+                    let cosine = |c: usize| dot_f64(a, self.centers.row(c)) * inv_norm[start + j];
+                    softmax_exact(&mut p[j * k..(j + 1) * k], cosine, self.params)
+                } else {
+                    fused_softmax(&mut p[j * k..(j + 1) * k], &mut e, inv_t, min_m)
+                };
+                if let Some(sp) = sparse.as_mut() {
+                    for (c, &v) in p[j * k..(j + 1) * k].iter().enumerate() {
+                        if v > 0.0 {
+                            sp.cluster.push(c as u32);
+                            sp.value.push(v);
+                        }
+                    }
+                    sp.offset.push(sp.value.len());
+                }
+                if let Some(st) = stats.as_mut() {
+                    st.objective_sum += f64::from(row.objective);
+                    st.hard_count[row.argmax] += 1;
+                    st.mass.iter_mut().zip(&p[j * k..(j + 1) * k]).for_each(|(m, &v)| *m += f64::from(v));
+                    if farthest.is_none_or(|(best, _)| row.best_cos < best) {
+                        farthest = Some((row.best_cos, start + j));
+                    }
+                }
+            }
+            if let Some(out) = dense_out.as_deref_mut() {
+                out[start * k..(start + b) * k].copy_from_slice(&p[..b * k]);
+            }
+            if self.want.stats {
+                // S[K x D] += p^T[K x b] . x[b x D]
+                self.gemm.multiply(k, b, d, &p, (1, k), &x, (d, 1), &mut s_block, d, true);
+            }
+        }
+
+        if let Some(st) = stats.as_mut() {
+            st.n_rows = n as u64;
+            st.s = s_block.iter().map(|&v| f64::from(v)).collect();
+            st.farthest = farthest.map(|(best_cos, r)| {
+                let t = tokens[r] as usize;
+                let mut vector = vec![0f32; d];
+                T::scale_into(&src[t * d..(t + 1) * d], inv_norm[r], &mut vector);
+                Farthest { best_cos, chunk: self.chunk_index, token: t, vector }
+            });
+        }
+        Partial { sparse, stats }
+    }
+}
+
+impl GemmCrate {
+    /// `c[m x n] (+)= a[m x k] . b[k x n]`; `a` and `b` are given with (row, column) strides,
+    /// `c` is row-major with row stride `ldc`. Single-threaded: rayon already splits the rows.
+    #[allow(clippy::too_many_arguments)]
+    fn multiply(self, m: usize, k: usize, n: usize, a: &[f32], a_strides: (usize, usize), b: &[f32], b_strides: (usize, usize), c: &mut [f32], ldc: usize, accumulate: bool) {
+        let last = |rows: usize, cols: usize, (rs, cs): (usize, usize)| (rows - 1) * rs + (cols - 1) * cs;
+        if m == 0 || n == 0 {
+            return;
+        }
+        assert!(k == 0 || (last(m, k, a_strides) < a.len() && last(k, n, b_strides) < b.len()));
+        assert!(last(m, n, (ldc, 1)) < c.len());
+        let (ars, acs) = (a_strides.0 as isize, a_strides.1 as isize);
+        let (brs, bcs) = (b_strides.0 as isize, b_strides.1 as isize);
+        // SAFETY: the asserts above keep every index the crates touch inside the slices.
+        unsafe {
+            match self {
+                GemmCrate::Gemm => gemm::gemm(
+                    m, n, k,
+                    c.as_mut_ptr(), 1, ldc as isize, accumulate,
+                    a.as_ptr(), acs, ars,
+                    b.as_ptr(), bcs, brs,
+                    1.0, 1.0, false, false, false,
+                    gemm::Parallelism::None,
+                ),
+                GemmCrate::MatrixMultiply => matrixmultiply::sgemm(
+                    m, k, n,
+                    1.0, a.as_ptr(), ars, acs,
+                    b.as_ptr(), brs, bcs,
+                    if accumulate { 1.0 } else { 0.0 }, c.as_mut_ptr(), ldc as isize, 1,
+                ),
+            }
+        }
+    }
+}
+
+/// What the fused step learns about one row besides its memberships.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct RowSummary {
+    /// Index of the largest membership (the first, on ties).
+    pub argmax: usize,
+    /// The largest cosine, `cos(x, C_argmax)`.
+    pub best_cos: f32,
+    /// `sum_k p_k cos_k`.
+    pub objective: f32,
+}
+
+/// SPEC 2 on one row, in place: `row` holds cosines on entry and memberships on return.
+/// `scratch` is a `K`-long buffer. Dispatches to an AVX2+FMA build of the same code when the CPU
+/// has it (the package is built for baseline x86-64 so that one binary runs everywhere).
+pub(crate) fn fused_softmax(row: &mut [f32], scratch: &mut [f32], inv_t: f32, min_m: f32) -> RowSummary {
+    #[cfg(target_arch = "x86_64")]
+    {
+        if std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma") {
+            // SAFETY: the CPU supports the features this build of the function is compiled for.
+            return unsafe { fused_softmax_avx2(row, scratch, inv_t, min_m) };
+        }
+    }
+    fused_softmax_body(row, scratch, inv_t, min_m)
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+unsafe fn fused_softmax_avx2(row: &mut [f32], scratch: &mut [f32], inv_t: f32, min_m: f32) -> RowSummary {
+    fused_softmax_body(row, scratch, inv_t, min_m)
+}
+
+const LANES: usize = 8;
+
+#[inline(always)]
+fn fused_softmax_body(row: &mut [f32], e: &mut [f32], inv_t: f32, min_m: f32) -> RowSummary {
+    let k = row.len();
+    let e = &mut e[..k];
+    // Row max; eight independent lanes so the compiler can vectorize the reduction.
+    let mut lanes = [f32::NEG_INFINITY; LANES];
+    let mut chunks = row.chunks_exact(LANES);
+    for c in &mut chunks {
+        for l in 0..LANES {
+            lanes[l] = lanes[l].max(c[l]);
+        }
+    }
+    let max = chunks.remainder().iter().fold(lanes.iter().copied().fold(f32::NEG_INFINITY, f32::max), |m, &v| m.max(v));
+    let argmax = row.iter().position(|&v| v == max).unwrap_or(0);
+
+    // e_k = exp((cos_k - max) / T), summed.
+    let mut sums = [0f32; LANES];
+    for (ec, rc) in e.chunks_exact_mut(LANES).zip(row.chunks_exact(LANES)) {
+        for l in 0..LANES {
+            ec[l] = exp_nonpositive((rc[l] - max) * inv_t);
+            sums[l] += ec[l];
+        }
+    }
+    let tail = k - k % LANES;
+    let mut sum: f32 = sums.iter().sum();
+    for i in tail..k {
+        e[i] = exp_nonpositive((row[i] - max) * inv_t);
+        sum += e[i];
+    }
+
+    // p_k < minMembership  <=>  e_k < minMembership * sum; the largest entry always stays.
+    let threshold = min_m * sum;
+    let mut kept_lanes = [0f32; LANES];
+    for ec in e.chunks_exact(LANES) {
+        for l in 0..LANES {
+            kept_lanes[l] += if ec[l] >= threshold { ec[l] } else { 0.0 };
+        }
+    }
+    let mut kept: f32 = kept_lanes.iter().sum();
+    kept += e[tail..].iter().map(|&v| if v >= threshold { v } else { 0.0 }).sum::<f32>();
+    if e[argmax] < threshold {
+        kept += e[argmax];
+        e[argmax] = f32::INFINITY; // marks it kept below; its value is exp(0) = 1
+    }
+    let inv_kept = 1.0 / kept;
+
+    let mut obj = [0f32; LANES];
+    for (rc, ec) in row.chunks_exact_mut(LANES).zip(e.chunks_exact(LANES)) {
+        for l in 0..LANES {
+            let p = if ec[l] >= threshold { ec[l].min(1.0) * inv_kept } else { 0.0 };
+            obj[l] += p * rc[l];
+            rc[l] = p;
+        }
+    }
+    let mut objective: f32 = obj.iter().sum();
+    for i in tail..k {
+        let p = if e[i] >= threshold { e[i].min(1.0) * inv_kept } else { 0.0 };
+        objective += p * row[i];
+        row[i] = p;
+    }
+    RowSummary { argmax, best_cos: max, objective }
+}
+
+/// Below this temperature float32 similarities are not precise enough: an error of `eps` in a
+/// cosine moves a membership by up to `eps / (4 T)`, and float32 GEMM errors reach ~4e-6 at
+/// D = 4096. Rows are then finished in float64 by `softmax_exact`.
+pub const EXACT_BELOW_TEMPERATURE: f64 = 0.02;
+
+/// Cosines whose exponent `(cos - max) / T` is below this are recomputed in float64; the rest
+/// have memberships under e^-14 of the largest, where float32 cosines are more than enough.
+const EXACT_WINDOW: f64 = 14.0;
+
+fn dot_f64<T: Element>(a: &[T], c: &[f32]) -> f64 {
+    let mut lanes = [0f64; 4];
+    let mut ac = a.chunks_exact(4);
+    let mut cc = c.chunks_exact(4);
+    for (x, y) in (&mut ac).zip(&mut cc) {
+        for l in 0..4 {
+            lanes[l] += x[l].to_f64() * f64::from(y[l]);
+        }
+    }
+    let tail: f64 = ac.remainder().iter().zip(cc.remainder()).map(|(x, &y)| x.to_f64() * f64::from(y)).sum();
+    lanes.iter().sum::<f64>() + tail
+}
+
+/// SPEC 2 on one row in float64, for tiny temperatures. `row` holds float32 cosines on entry
+/// (memberships on return); `cosine(k)` recomputes one exactly. Only the cosines near the
+/// maximum, the ones that decide the result, are recomputed.
+fn softmax_exact(row: &mut [f32], cosine: impl Fn(usize) -> f64, params: MembershipParams) -> RowSummary {
+    let inv_t = 1.0 / params.temperature;
+    let max32 = row.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+    let window = EXACT_WINDOW * params.temperature + 1e-5; // plus float32's own error
+    let cos: Vec<f64> = row
+        .iter()
+        .enumerate()
+        .map(|(c, &v)| if f64::from(max32 - v) < window { cosine(c) } else { f64::from(v) })
+        .collect();
+    let max = cos.iter().copied().fold(f64::NEG_INFINITY, f64::max);
+    let argmax = cos.iter().position(|&v| v == max).unwrap_or(0);
+    let e: Vec<f64> = cos.iter().map(|&c| ((c - max) * inv_t).exp()).collect();
+    let sum: f64 = e.iter().sum();
+    let threshold = params.min_membership * sum;
+    let keep = |c: usize| e[c] >= threshold || c == argmax;
+    let kept: f64 = (0..e.len()).filter(|&c| keep(c)).map(|c| e[c]).sum();
+    let mut objective = 0.0;
+    for (c, out) in row.iter_mut().enumerate() {
+        let p = if keep(c) { e[c] / kept } else { 0.0 };
+        objective += p * cos[c];
+        *out = p as f32;
+    }
+    RowSummary { argmax, best_cos: max as f32, objective: objective as f32 }
+}
+
+/// `exp(x)` for `x <= 0` in float32, branch-free so that it vectorizes: Cephes' range reduction
+/// and degree-6 polynomial (relative error below 2e-7). Results below float32's normal range are 0.
+#[inline(always)]
+pub(crate) fn exp_nonpositive(x: f32) -> f32 {
+    const LOG2E: f32 = std::f32::consts::LOG2_E;
+    const LN2_HI: f32 = 0.693_359_4;
+    const LN2_LO: f32 = -2.121_944_4e-4;
+    const ROUND: f32 = 12_582_912.0; // 1.5 * 2^23: adding and subtracting it rounds to an integer
+    let xc = x.max(-87.0);
+    let n = (xc * LOG2E + ROUND) - ROUND;
+    let r = xc - n * LN2_HI - n * LN2_LO;
+    let mut poly = 1.987_569_1e-4_f32;
+    poly = poly * r + 1.398_199_9e-3;
+    poly = poly * r + 8.333_452e-3;
+    poly = poly * r + 4.166_579_6e-2;
+    poly = poly * r + 1.666_666_5e-1;
+    poly = poly * r + 5.000_000_1e-1;
+    let y = poly * r * r + r + 1.0;
+    let scale = f32::from_bits((((n as i32) + 127) as u32) << 23);
+    if x < -87.0 { 0.0 } else { y * scale }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn exp_matches_f64_over_its_range() {
+        let mut worst = 0f64;
+        for i in 0..=200_000 {
+            let x = -87.0 * i as f32 / 200_000.0;
+            let got = f64::from(exp_nonpositive(x));
+            let want = f64::from(x).exp();
+            worst = worst.max(((got - want) / want).abs());
+        }
+        assert!(worst < 5e-7, "worst relative error {worst}");
+        assert_eq!(exp_nonpositive(-100.0), 0.0);
+        assert_eq!(exp_nonpositive(f32::NEG_INFINITY), 0.0);
+        assert_eq!(exp_nonpositive(0.0), 1.0);
+    }
+
+    #[test]
+    fn fused_softmax_keeps_the_maximum_when_nothing_passes_the_threshold() {
+        // 4 equal-ish entries of ~0.25 each, threshold 0.9: only the largest survives, as 1.0.
+        let mut row = vec![0.10, 0.11, 0.10, 0.09];
+        let mut scratch = vec![0.0; 4];
+        let s = fused_softmax(&mut row, &mut scratch, 1.0, 0.9);
+        assert_eq!(s.argmax, 1);
+        assert_eq!(row, vec![0.0, 1.0, 0.0, 0.0]);
+        assert!((s.objective - 0.11).abs() < 1e-7);
+    }
+
+    #[test]
+    fn gemm_crates_agree() {
+        let (m, k, n) = (37, 19, 23);
+        let a: Vec<f32> = (0..m * k).map(|i| ((i * 7 % 13) as f32 - 6.0) / 5.0).collect();
+        let b: Vec<f32> = (0..k * n).map(|i| ((i * 5 % 11) as f32 - 5.0) / 3.0).collect();
+        let mut want = vec![0f32; m * n];
+        for i in 0..m {
+            for j in 0..n {
+                want[i * n + j] = (0..k).map(|l| a[i * k + l] * b[l * n + j]).sum();
+            }
+        }
+        for g in [GemmCrate::Gemm, GemmCrate::MatrixMultiply] {
+            let mut c = vec![1f32; m * n];
+            g.multiply(m, k, n, &a, (k, 1), &b, (n, 1), &mut c, n, false);
+            c.iter().zip(&want).for_each(|(x, y)| assert!((x - y).abs() < 1e-4, "{g:?}"));
+            g.multiply(m, k, n, &a, (k, 1), &b, (n, 1), &mut c, n, true);
+            c.iter().zip(&want).for_each(|(x, y)| assert!((x - 2.0 * y).abs() < 1e-4, "{g:?} accumulate"));
+        }
+    }
+}

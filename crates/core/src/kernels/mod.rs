@@ -1,0 +1,283 @@
+//! The membership step (SPEC 2) and what a pass accumulates, behind one `Backend` trait that the
+//! CPU path (and later CUDA) implements, so orchestration never asks which device it runs on.
+
+pub mod cpu;
+
+use crate::error::{Error, Result};
+use crate::npz::{ActivationsRef, Chunk};
+use crate::pass::PassStats;
+use half::f16;
+use rayon::prelude::*;
+
+/// Unit-length cluster directions, row-major `[K, D]`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Centers {
+    pub k: usize,
+    pub d: usize,
+    pub data: Vec<f32>,
+}
+
+impl Centers {
+    /// Normalizes each row (SPEC 3: `initialCenters` are normalized on entry).
+    /// A zero, NaN or infinite row has no direction and is refused.
+    pub fn from_rows(k: usize, d: usize, mut data: Vec<f32>) -> Result<Self> {
+        if k == 0 || d == 0 || data.len() != k * d {
+            return Err(Error::invalid_input(
+                "initialCenters",
+                format!("holds {} values; expected nClusters * dModel = {k} * {d} = {}", data.len(), k * d),
+            ));
+        }
+        for (i, row) in data.chunks_exact_mut(d).enumerate() {
+            let norm = row.iter().map(|&x| f64::from(x) * f64::from(x)).sum::<f64>().sqrt();
+            if !(norm.is_finite() && norm > 0.0) {
+                return Err(Error::invalid_input(
+                    "initialCenters",
+                    format!("row {i} has no direction (zero, NaN or infinite values)"),
+                ));
+            }
+            row.iter_mut().for_each(|x| *x = (f64::from(*x) / norm) as f32);
+        }
+        Ok(Centers { k, d, data })
+    }
+
+    pub fn row(&self, k: usize) -> &[f32] {
+        &self.data[k * self.d..(k + 1) * self.d]
+    }
+}
+
+/// The two numbers of SPEC 2 besides the centers.
+#[derive(Debug, Clone, Copy)]
+pub struct MembershipParams {
+    pub temperature: f64,
+    pub min_membership: f64,
+}
+
+/// A set of token vectors `[n_tokens, D]` (flattened `[B, S, D]`) with their optional mask.
+#[derive(Debug, Clone, Copy)]
+pub struct Tokens<'a> {
+    /// Names the data in errors: a file path, or "activations" for arrays handed in by callers.
+    pub source: &'a str,
+    /// Position of this chunk in the run (0 for a lone array); exemplar and reseed locations use it.
+    pub chunk_index: usize,
+    pub activations: ActivationsRef<'a>,
+    pub seq_len: usize,
+    pub d: usize,
+    /// `[n_tokens]`, nonzero = real token.
+    pub mask: Option<&'a [u8]>,
+}
+
+impl<'a> Tokens<'a> {
+    pub fn from_chunk(chunk: &'a Chunk, chunk_index: usize) -> Self {
+        Tokens {
+            source: &chunk.source,
+            chunk_index,
+            activations: chunk.activations.as_ref(),
+            seq_len: chunk.seq_len,
+            d: chunk.d_model,
+            mask: chunk.attention_mask.as_deref(),
+        }
+    }
+
+    pub fn n_tokens(&self) -> usize {
+        self.activations.len() / self.d
+    }
+}
+
+/// The real, non-zero tokens of a `Tokens`, in order, with their inverse norms.
+/// Membership rows, dense or sparse, are numbered as these rows.
+#[derive(Debug, Clone, Default)]
+pub struct PreparedRows {
+    /// Flattened token index (`batch * seq_len + position`) of each row.
+    pub token: Vec<u32>,
+    /// `1 / |a|` for each row (float64: the tiny-temperature path recomputes cosines exactly).
+    pub inv_norm: Vec<f64>,
+    /// Real tokens whose vector is all zeros (no direction: no row, counted).
+    pub skipped: u64,
+}
+
+impl PreparedRows {
+    pub fn len(&self) -> usize {
+        self.token.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.token.is_empty()
+    }
+}
+
+/// Element types activations may be stored in.
+pub(crate) trait Element: Copy + Send + Sync + 'static {
+    fn to_f64(self) -> f64;
+    /// Writes `src * scale` into `dst` as float32.
+    fn scale_into(src: &[Self], scale: f64, dst: &mut [f32]);
+}
+
+impl Element for f32 {
+    fn to_f64(self) -> f64 {
+        f64::from(self)
+    }
+    fn scale_into(src: &[f32], scale: f64, dst: &mut [f32]) {
+        let scale = scale as f32;
+        dst.iter_mut().zip(src).for_each(|(d, &s)| *d = s * scale);
+    }
+}
+
+impl Element for f64 {
+    fn to_f64(self) -> f64 {
+        self
+    }
+    fn scale_into(src: &[f64], scale: f64, dst: &mut [f32]) {
+        dst.iter_mut().zip(src).for_each(|(d, &s)| *d = (s * scale) as f32);
+    }
+}
+
+impl Element for f16 {
+    fn to_f64(self) -> f64 {
+        f64::from(self)
+    }
+    fn scale_into(src: &[f16], scale: f64, dst: &mut [f32]) {
+        use half::slice::HalfFloatSliceExt;
+        src.convert_to_f32_slice(dst); // F16C when the CPU has it
+        let scale = scale as f32;
+        dst.iter_mut().for_each(|d| *d *= scale);
+    }
+}
+
+/// Tokens per parallel task of `prepare_rows` (large enough to amortize scheduling).
+const PREPARE_GROUP: usize = 4096;
+
+/// Finds the real tokens, checks them for NaN/Inf (SPEC 1), computes their norms in float64
+/// and counts the all-zero ones as skipped.
+pub fn prepare_rows(tokens: &Tokens) -> Result<PreparedRows> {
+    match tokens.activations {
+        ActivationsRef::F16(a) => prepare_typed(tokens, a),
+        ActivationsRef::F32(a) => prepare_typed(tokens, a),
+        ActivationsRef::F64(a) => prepare_typed(tokens, a),
+    }
+}
+
+fn prepare_typed<T: Element>(tokens: &Tokens, data: &[T]) -> Result<PreparedRows> {
+    let d = tokens.d;
+    let n = tokens.n_tokens();
+    let groups: Vec<Result<PreparedRows, usize>> = (0..n.div_ceil(PREPARE_GROUP))
+        .into_par_iter()
+        .map(|g| {
+            let mut part = PreparedRows::default();
+            for t in g * PREPARE_GROUP..((g + 1) * PREPARE_GROUP).min(n) {
+                if tokens.mask.is_some_and(|m| m[t] == 0) {
+                    continue;
+                }
+                let row = &data[t * d..(t + 1) * d];
+                let norm = row_norm(row).ok_or(t)?;
+                if norm == 0.0 {
+                    part.skipped += 1;
+                } else {
+                    part.token.push(t as u32);
+                    part.inv_norm.push(1.0 / norm);
+                }
+            }
+            Ok(part)
+        })
+        .collect();
+    let mut rows = PreparedRows::default();
+    for g in groups {
+        let g = g.map_err(|t| Error::NonFinite {
+            source_name: tokens.source.to_string(),
+            batch: t / tokens.seq_len.max(1),
+            position: t % tokens.seq_len.max(1),
+        })?;
+        rows.token.extend(g.token);
+        rows.inv_norm.extend(g.inv_norm);
+        rows.skipped += g.skipped;
+    }
+    Ok(rows)
+}
+
+/// Euclidean norm in float64, `None` if the row holds NaN or Inf. Rows of huge finite float64
+/// values, whose squares overflow, are rescaled rather than mistaken for infinite ones.
+fn row_norm<T: Element>(row: &[T]) -> Option<f64> {
+    let sum: f64 = row.iter().map(|&x| x.to_f64() * x.to_f64()).sum();
+    if sum.is_finite() {
+        return Some(sum.sqrt());
+    }
+    if row.iter().any(|&x| !x.to_f64().is_finite()) {
+        return None;
+    }
+    let max = row.iter().fold(0.0f64, |m, &x| m.max(x.to_f64().abs()));
+    Some(max * row.iter().map(|&x| (x.to_f64() / max).powi(2)).sum::<f64>().sqrt())
+}
+
+/// Memberships in compressed-row form: row `r` owns `cluster[offset[r]..offset[r + 1]]`
+/// (ascending) and the matching `value`s.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct SparseRows {
+    pub offset: Vec<usize>,
+    pub cluster: Vec<u32>,
+    pub value: Vec<f32>,
+}
+
+impl SparseRows {
+    pub fn row(&self, r: usize) -> (&[u32], &[f32]) {
+        let span = self.offset[r]..self.offset[r + 1];
+        (&self.cluster[span.clone()], &self.value[span])
+    }
+
+    pub fn nnz(&self) -> usize {
+        self.value.len()
+    }
+}
+
+/// What a caller wants from one membership pass over a set of tokens.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Want {
+    /// Dense `[rows, K]` memberships (only for callers that asked for them: it is `N x K`).
+    pub dense: bool,
+    /// Sparse memberships (the nonzero entries).
+    pub sparse: bool,
+    /// The pass's sufficient statistics (`S`, `m`, objective, counts, reseed candidate).
+    pub stats: bool,
+}
+
+#[derive(Debug, Clone, Default)]
+pub struct PassOutput {
+    pub rows: PreparedRows,
+    pub dense: Option<Vec<f32>>,
+    pub sparse: Option<SparseRows>,
+    pub stats: Option<PassStats>,
+}
+
+/// A device that computes memberships and pass statistics. `fit` and `transform` only see this.
+pub trait Backend: Send + Sync {
+    /// Human-readable device name ("cpu", "cuda:0").
+    fn name(&self) -> String;
+
+    /// SPEC 2 for every real token of `tokens`, plus what `want` asks for.
+    fn run(&self, centers: &Centers, tokens: &Tokens, params: MembershipParams, want: Want) -> Result<PassOutput>;
+}
+
+/// Checks that `tokens` and `centers` agree before any backend touches them.
+pub(crate) fn check_shapes(centers: &Centers, tokens: &Tokens) -> Result<()> {
+    if tokens.d != centers.d {
+        return Err(Error::BadChunk {
+            file: tokens.source.to_string(),
+            array: "activations".into(),
+            problem: format!("D = {} but the model's dModel is {}", tokens.d, centers.d),
+        });
+    }
+    let len = tokens.activations.len();
+    if len % tokens.d != 0 {
+        return Err(Error::invalid_input(tokens.source, format!("length {len} is not a multiple of dModel = {}", tokens.d)));
+    }
+    if let Some(mask) = tokens.mask {
+        if mask.len() != len / tokens.d {
+            return Err(Error::invalid_input(
+                "attentionMask",
+                format!("has {} entries but there are {} tokens", mask.len(), len / tokens.d),
+            ));
+        }
+    }
+    if len / tokens.d > u32::MAX as usize {
+        return Err(Error::invalid_input(tokens.source, "more than 2^32 tokens in one chunk; split it"));
+    }
+    Ok(())
+}

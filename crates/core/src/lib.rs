@@ -1,0 +1,18 @@
+//! soft-cluster core: soft spherical k-means over streamed neural-network activations.
+//!
+//! Pure Rust, no Node types. Modules follow the concepts of `SPEC.md`: `npz` reads chunks,
+//! `kernels` computes memberships on a `Backend`, `pass` is what a pass accumulates,
+//! `config` holds the defaults and their validation, `transform` is the user-facing step.
+
+pub mod config;
+pub mod error;
+pub mod kernels;
+pub mod npz;
+pub mod pass;
+pub mod transform;
+
+pub use config::ClusteringConfig;
+pub use error::{Error, Result};
+pub use kernels::{Backend, Centers, MembershipParams, PassOutput, PreparedRows, SparseRows, Tokens, Want};
+pub use npz::{read_chunk, Activations, ActivationsRef, Chunk};
+pub use pass::PassStats;

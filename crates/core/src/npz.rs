@@ -1,0 +1,394 @@
+//! Reading activation chunks (SPEC 1): `.npz` archives as numpy writes them, stored or deflated.
+//!
+//! The zip layer is the `zip` crate, the `.npy` header parser and the element decoders are
+//! `ndarray-npy`'s. float16, which `ndarray-npy` does not decode, is widened through `half`.
+//! Every member is checked against its header before anything is allocated, so a lying header
+//! can not make us allocate more than the archive really holds.
+
+use crate::error::{Error, Result};
+use half::f16;
+use ndarray::{ArrayD, IxDyn, ShapeBuilder};
+use ndarray_npy::npy::header::Header;
+use ndarray_npy::ReadableElement;
+use py_literal::Value as PyValue;
+use std::fs::File;
+use std::io::{self, BufReader, Read, Seek};
+use std::path::Path;
+
+/// Activation vectors of one chunk, row-major `[B * S, D]`, in the dtype they were stored in
+/// (float64 keeps its precision until rows are normalized; float16 stays half the size).
+#[derive(Debug, Clone)]
+pub enum Activations {
+    F16(Vec<f16>),
+    F32(Vec<f32>),
+    F64(Vec<f64>),
+}
+
+impl Activations {
+    pub fn len(&self) -> usize {
+        match self {
+            Activations::F16(v) => v.len(),
+            Activations::F32(v) => v.len(),
+            Activations::F64(v) => v.len(),
+        }
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// numpy's name of the stored dtype.
+    pub fn dtype(&self) -> &'static str {
+        match self {
+            Activations::F16(_) => "float16",
+            Activations::F32(_) => "float32",
+            Activations::F64(_) => "float64",
+        }
+    }
+
+    pub fn as_ref(&self) -> ActivationsRef<'_> {
+        match self {
+            Activations::F16(v) => ActivationsRef::F16(v),
+            Activations::F32(v) => ActivationsRef::F32(v),
+            Activations::F64(v) => ActivationsRef::F64(v),
+        }
+    }
+
+    /// Widens every element to float32 (for callers that want to look at a chunk).
+    pub fn to_f32(&self) -> Vec<f32> {
+        match self {
+            Activations::F16(v) => v.iter().map(|x| x.to_f32()).collect(),
+            Activations::F32(v) => v.clone(),
+            Activations::F64(v) => v.iter().map(|&x| x as f32).collect(),
+        }
+    }
+}
+
+/// A borrowed view of activations, what the kernels read from.
+#[derive(Debug, Clone, Copy)]
+pub enum ActivationsRef<'a> {
+    F16(&'a [f16]),
+    F32(&'a [f32]),
+    F64(&'a [f64]),
+}
+
+impl ActivationsRef<'_> {
+    pub fn len(&self) -> usize {
+        match self {
+            ActivationsRef::F16(v) => v.len(),
+            ActivationsRef::F32(v) => v.len(),
+            ActivationsRef::F64(v) => v.len(),
+        }
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+/// One chunk file in memory: `B` sequences of `S` positions of `D`-dimensional activations.
+#[derive(Debug, Clone)]
+pub struct Chunk {
+    /// The file it came from, as given (used in every error about it).
+    pub source: String,
+    pub batch: usize,
+    pub seq_len: usize,
+    pub d_model: usize,
+    pub activations: Activations,
+    /// `[B * S]`, 1 = real token, 0 = padding; `None` = all real.
+    pub attention_mask: Option<Vec<u8>>,
+    /// `[B * S]`; `None` when the chunk has no `token_ids`.
+    pub token_ids: Option<Vec<i64>>,
+}
+
+impl Chunk {
+    pub fn n_tokens(&self) -> usize {
+        self.batch * self.seq_len
+    }
+
+    /// Refuses a chunk whose `D` is not the model's (SPEC 1).
+    pub fn check_d_model(&self, d_model: usize) -> Result<()> {
+        if self.d_model != d_model {
+            return Err(Error::BadChunk {
+                file: self.source.clone(),
+                array: "activations".into(),
+                problem: format!("D = {} but the model's dModel is {}", self.d_model, d_model),
+            });
+        }
+        Ok(())
+    }
+}
+
+/// An array decoded from one `.npy` member, in C order.
+enum Elements {
+    Bool(Vec<bool>),
+    I8(Vec<i8>),
+    I16(Vec<i16>),
+    I32(Vec<i32>),
+    I64(Vec<i64>),
+    U8(Vec<u8>),
+    U16(Vec<u16>),
+    U32(Vec<u32>),
+    U64(Vec<u64>),
+    F16(Vec<f16>),
+    F32(Vec<f32>),
+    F64(Vec<f64>),
+}
+
+struct NpyArray {
+    shape: Vec<usize>,
+    descr: String,
+    elements: Elements,
+}
+
+/// Reads and checks one chunk file (SPEC 1). Errors name the file, the array and the problem.
+pub fn read_chunk(path: &Path) -> Result<Chunk> {
+    let file = File::open(path).map_err(|e| Error::io(path, e))?;
+    let mut zip = zip::ZipArchive::new(BufReader::new(file))
+        .map_err(|e| Error::bad_chunk(path, "(archive)", format!("not a readable .npz (zip) file: {e}")))?;
+
+    let activations = read_member(&mut zip, path, "activations")?
+        .ok_or_else(|| Error::bad_chunk(path, "activations", "missing (the chunk must hold an `activations` array)"))?;
+    let (batch, seq_len, d_model) = match activations.shape[..] {
+        [b, s, d] => (b, s, d),
+        [t, d] => (1, t, d),
+        _ => {
+            return Err(Error::bad_chunk(
+                path,
+                "activations",
+                format!("has rank {} (shape {:?}); expected [B, S, D] or [T, D]", activations.shape.len(), activations.shape),
+            ))
+        }
+    };
+    if d_model == 0 {
+        return Err(Error::bad_chunk(path, "activations", "has D = 0 (no features)"));
+    }
+    let rank3 = activations.shape.len() == 3;
+    let activations = match activations.elements {
+        Elements::F16(v) => Activations::F16(v),
+        Elements::F32(v) => Activations::F32(v),
+        Elements::F64(v) => Activations::F64(v),
+        _ => {
+            return Err(Error::bad_chunk(
+                path,
+                "activations",
+                format!("has dtype {}; expected float16, float32 or float64", activations.descr),
+            ))
+        }
+    };
+
+    // Per-token arrays are [B, S]; for a [T, D] chunk [T] is accepted as well as [1, T].
+    let token_shape_ok = |shape: &[usize]| shape == [batch, seq_len] || (!rank3 && shape == [seq_len]);
+
+    let attention_mask = match read_member(&mut zip, path, "attention_mask")? {
+        None => None,
+        Some(a) => {
+            if !token_shape_ok(&a.shape) {
+                return Err(Error::bad_chunk(
+                    path,
+                    "attention_mask",
+                    format!("has shape {:?}; expected [B, S] = [{batch}, {seq_len}] to match activations", a.shape),
+                ));
+            }
+            Some(match a.elements {
+                Elements::Bool(v) => v.into_iter().map(u8::from).collect(),
+                Elements::I8(v) => nonzero(v),
+                Elements::I16(v) => nonzero(v),
+                Elements::I32(v) => nonzero(v),
+                Elements::I64(v) => nonzero(v),
+                Elements::U8(v) => nonzero(v),
+                Elements::U16(v) => nonzero(v),
+                Elements::U32(v) => nonzero(v),
+                Elements::U64(v) => nonzero(v),
+                _ => {
+                    return Err(Error::bad_chunk(
+                        path,
+                        "attention_mask",
+                        format!("has dtype {}; expected bool or an integer type", a.descr),
+                    ))
+                }
+            })
+        }
+    };
+
+    let token_ids = match read_member(&mut zip, path, "token_ids")? {
+        None => None,
+        Some(a) => {
+            if !token_shape_ok(&a.shape) {
+                return Err(Error::bad_chunk(
+                    path,
+                    "token_ids",
+                    format!("has shape {:?}; expected [B, S] = [{batch}, {seq_len}] to match activations", a.shape),
+                ));
+            }
+            Some(match a.elements {
+                Elements::I32(v) => v.into_iter().map(i64::from).collect(),
+                Elements::I64(v) => v,
+                Elements::U16(v) => v.into_iter().map(i64::from).collect(),
+                Elements::U32(v) => v.into_iter().map(i64::from).collect(),
+                _ => {
+                    return Err(Error::bad_chunk(
+                        path,
+                        "token_ids",
+                        format!("has dtype {}; expected int32, int64, uint16 or uint32", a.descr),
+                    ))
+                }
+            })
+        }
+    };
+
+    Ok(Chunk {
+        source: path.display().to_string(),
+        batch,
+        seq_len,
+        d_model,
+        activations,
+        attention_mask,
+        token_ids,
+    })
+}
+
+/// Reads a standalone `.npy` file of float32 or float64 as float32 (used for `initialCenters`).
+/// Returns the shape and the C-order data.
+pub fn read_npy_f32(path: &Path) -> Result<(Vec<usize>, Vec<f32>)> {
+    let file = File::open(path).map_err(|e| Error::io(path, e))?;
+    let size = file.metadata().map_err(|e| Error::io(path, e))?.len();
+    let array = read_npy(BufReader::new(file), size, path, "(array)")?;
+    let data = match array.elements {
+        Elements::F32(v) => v,
+        Elements::F64(v) => v.into_iter().map(|x| x as f32).collect(),
+        Elements::F16(v) => v.into_iter().map(f32::from).collect(),
+        _ => return Err(Error::bad_chunk(path, "(array)", format!("has dtype {}; expected a float type", array.descr))),
+    };
+    Ok((array.shape, data))
+}
+
+fn nonzero<T: Default + PartialEq>(v: Vec<T>) -> Vec<u8> {
+    let zero = T::default();
+    v.into_iter().map(|x| u8::from(x != zero)).collect()
+}
+
+/// Reads member `name` (or `name.npy`, as numpy names them) if the archive has it.
+fn read_member<R: Read + Seek>(zip: &mut zip::ZipArchive<R>, path: &Path, name: &str) -> Result<Option<NpyArray>> {
+    let npy_name = format!("{name}.npy");
+    let Some(index) = zip.index_for_name(&npy_name).or_else(|| zip.index_for_name(name)) else {
+        return Ok(None);
+    };
+    let member = zip
+        .by_index(index)
+        .map_err(|e| Error::bad_chunk(path, name, format!("corrupt archive member: {e}")))?;
+    let size = member.size();
+    read_npy(member, size, path, name).map(Some)
+}
+
+/// Counts bytes consumed, so the data size can be checked after the header was parsed.
+struct Counting<R> {
+    inner: R,
+    consumed: u64,
+}
+
+impl<R: Read> Read for Counting<R> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        let n = self.inner.read(buf)?;
+        self.consumed += n as u64;
+        Ok(n)
+    }
+}
+
+/// Decodes one `.npy` stream of `total_size` bytes.
+fn read_npy<R: Read>(reader: R, total_size: u64, path: &Path, name: &str) -> Result<NpyArray> {
+    let bad = |problem: String| Error::bad_chunk(path, name, problem);
+    let mut reader = Counting { inner: reader, consumed: 0 };
+    let header = Header::from_reader(&mut reader).map_err(|e| bad(format!("bad .npy header: {e}")))?;
+    let descr = match &header.type_descriptor {
+        PyValue::String(s) => s.clone(),
+        other => return Err(bad(format!("has a structured dtype ({other}); expected a plain numeric dtype"))),
+    };
+    let (order, kind) = split_descr(&descr);
+    let item_size: usize = match kind {
+        "b1" | "i1" | "u1" => 1,
+        "i2" | "u2" | "f2" => 2,
+        "i4" | "u4" | "f4" => 4,
+        "i8" | "u8" | "f8" => 8,
+        "O" => return Err(bad("holds pickled Python objects (dtype object), which are never loaded".into())),
+        _ => return Err(bad(format!("has dtype {descr}, which soft-cluster does not read"))),
+    };
+    let shape = header.shape.clone();
+    let len = shape
+        .iter()
+        .try_fold(1usize, |acc, &n| acc.checked_mul(n))
+        .filter(|n| n.checked_mul(item_size).is_some_and(|b| b <= isize::MAX as usize))
+        .ok_or_else(|| bad(format!("header declares an impossible shape {shape:?}")))?;
+    // Checked before allocating: the header may claim more data than the member holds.
+    let available = total_size.saturating_sub(reader.consumed);
+    let declared = (len * item_size) as u64;
+    if declared != available {
+        return Err(bad(format!(
+            "header declares shape {shape:?} of {descr} ({declared} bytes) but the member holds {available} bytes of data"
+        )));
+    }
+    let canonical = PyValue::String(format!("{order}{kind}"));
+    let read_error = |e: ndarray_npy::ReadDataError| bad(format!("cannot decode data: {e}"));
+    let elements = match kind {
+        "b1" => Elements::Bool(bool::read_to_end_exact_vec(&mut reader, &canonical, len).map_err(read_error)?),
+        "i1" => Elements::I8(i8::read_to_end_exact_vec(&mut reader, &canonical, len).map_err(read_error)?),
+        "u1" => Elements::U8(u8::read_to_end_exact_vec(&mut reader, &canonical, len).map_err(read_error)?),
+        "i2" => Elements::I16(i16::read_to_end_exact_vec(&mut reader, &canonical, len).map_err(read_error)?),
+        "u2" => Elements::U16(u16::read_to_end_exact_vec(&mut reader, &canonical, len).map_err(read_error)?),
+        "i4" => Elements::I32(i32::read_to_end_exact_vec(&mut reader, &canonical, len).map_err(read_error)?),
+        "u4" => Elements::U32(u32::read_to_end_exact_vec(&mut reader, &canonical, len).map_err(read_error)?),
+        "i8" => Elements::I64(i64::read_to_end_exact_vec(&mut reader, &canonical, len).map_err(read_error)?),
+        "u8" => Elements::U64(u64::read_to_end_exact_vec(&mut reader, &canonical, len).map_err(read_error)?),
+        "f4" => Elements::F32(f32::read_to_end_exact_vec(&mut reader, &canonical, len).map_err(read_error)?),
+        "f8" => Elements::F64(f64::read_to_end_exact_vec(&mut reader, &canonical, len).map_err(read_error)?),
+        "f2" => {
+            // ndarray-npy has no float16: read the raw halves in the stored byte order.
+            let mut raw = vec![0u8; len * 2];
+            reader.read_exact(&mut raw).map_err(|e| bad(format!("cannot decode data: {e}")))?;
+            let big_endian = order == ">";
+            Elements::F16(
+                raw.chunks_exact(2)
+                    .map(|b| {
+                        let bits = if big_endian { u16::from_be_bytes([b[0], b[1]]) } else { u16::from_le_bytes([b[0], b[1]]) };
+                        f16::from_bits(bits)
+                    })
+                    .collect(),
+            )
+        }
+        _ => unreachable!("kinds were filtered above"),
+    };
+    let elements = if header.layout.is_fortran() && shape.len() > 1 { to_c_order(elements, &shape) } else { elements };
+    Ok(NpyArray { shape, descr, elements })
+}
+
+/// Splits a numpy type string such as `<f4` into byte order (`<`, `>` or `|`) and kind (`f4`).
+/// `=` (native) means little-endian on every platform we build for.
+fn split_descr(descr: &str) -> (&str, &str) {
+    match descr.as_bytes().first() {
+        Some(b'<') | Some(b'|') => (&descr[..1], &descr[1..]),
+        Some(b'>') => (">", &descr[1..]),
+        Some(b'=') => ("<", &descr[1..]),
+        _ => ("<", descr),
+    }
+}
+
+fn to_c_order(elements: Elements, shape: &[usize]) -> Elements {
+    fn reorder<T: Clone>(v: Vec<T>, shape: &[usize]) -> Vec<T> {
+        let array = ArrayD::from_shape_vec(IxDyn(shape).f(), v).expect("length was checked against the shape");
+        array.iter().cloned().collect()
+    }
+    match elements {
+        Elements::Bool(v) => Elements::Bool(reorder(v, shape)),
+        Elements::I8(v) => Elements::I8(reorder(v, shape)),
+        Elements::I16(v) => Elements::I16(reorder(v, shape)),
+        Elements::I32(v) => Elements::I32(reorder(v, shape)),
+        Elements::I64(v) => Elements::I64(reorder(v, shape)),
+        Elements::U8(v) => Elements::U8(reorder(v, shape)),
+        Elements::U16(v) => Elements::U16(reorder(v, shape)),
+        Elements::U32(v) => Elements::U32(reorder(v, shape)),
+        Elements::U64(v) => Elements::U64(reorder(v, shape)),
+        Elements::F16(v) => Elements::F16(reorder(v, shape)),
+        Elements::F32(v) => Elements::F32(reorder(v, shape)),
+        Elements::F64(v) => Elements::F64(reorder(v, shape)),
+    }
+}

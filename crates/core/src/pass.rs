@@ -1,0 +1,104 @@
+//! What one streaming pass accumulates (SPEC 3 design note): a single mergeable value. Threads
+//! merge their partials with `merge`; later, devices and ranks will call the same function.
+
+/// The real token with the lowest best-cosine to the current centers: where an empty cluster's
+/// center moves (SPEC 3.3). Ties go to the earliest (chunk, token).
+#[derive(Debug, Clone, PartialEq)]
+pub struct Farthest {
+    pub best_cos: f32,
+    pub chunk: usize,
+    /// Flattened token index within its chunk.
+    pub token: usize,
+    /// The unit-length token vector.
+    pub vector: Vec<f32>,
+}
+
+impl Farthest {
+    fn precedes(&self, other: &Farthest) -> bool {
+        (self.best_cos, self.chunk, self.token) < (other.best_cos, other.chunk, other.token)
+    }
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct PassStats {
+    pub k: usize,
+    pub d: usize,
+    /// `S = P^T X`, `[K, D]`, summed in float64 across blocks, chunks and devices.
+    pub s: Vec<f64>,
+    /// `m_k = sum_x p_k(x)`.
+    pub mass: Vec<f64>,
+    /// `sum_x sum_k p_k(x) cos(x, C_k)`; divided by `n_rows` it is SPEC 3.5's objective.
+    pub objective_sum: f64,
+    /// Real, non-zero tokens seen.
+    pub n_rows: u64,
+    /// Real tokens skipped because their vector is all zeros.
+    pub skipped: u64,
+    /// Tokens whose largest membership is cluster k.
+    pub hard_count: Vec<u64>,
+    pub farthest: Option<Farthest>,
+}
+
+impl PassStats {
+    pub fn new(k: usize, d: usize) -> Self {
+        PassStats {
+            k,
+            d,
+            s: vec![0.0; k * d],
+            mass: vec![0.0; k],
+            objective_sum: 0.0,
+            n_rows: 0,
+            skipped: 0,
+            hard_count: vec![0; k],
+            farthest: None,
+        }
+    }
+
+    /// Adds `other` into `self`. Associative; callers merge in a fixed order for bitwise repeatability.
+    pub fn merge(&mut self, other: PassStats) {
+        assert_eq!((self.k, self.d), (other.k, other.d), "merging statistics of different shapes");
+        self.s.iter_mut().zip(&other.s).for_each(|(a, b)| *a += b);
+        self.mass.iter_mut().zip(&other.mass).for_each(|(a, b)| *a += b);
+        self.hard_count.iter_mut().zip(&other.hard_count).for_each(|(a, b)| *a += b);
+        self.objective_sum += other.objective_sum;
+        self.n_rows += other.n_rows;
+        self.skipped += other.skipped;
+        self.farthest = match (self.farthest.take(), other.farthest) {
+            (Some(a), Some(b)) => Some(if b.precedes(&a) { b } else { a }),
+            (a, b) => a.or(b),
+        };
+    }
+
+    /// `mean_x sum_k p_k cos(x, C_k)` (SPEC 3.5), 0 when no token was seen.
+    pub fn objective(&self) -> f64 {
+        if self.n_rows == 0 { 0.0 } else { self.objective_sum / self.n_rows as f64 }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn stats_with(best_cos: f32, chunk: usize, token: usize, mass: f64) -> PassStats {
+        let mut s = PassStats::new(1, 1);
+        s.mass[0] = mass;
+        s.s[0] = mass;
+        s.n_rows = 1;
+        s.hard_count[0] = 1;
+        s.farthest = Some(Farthest { best_cos, chunk, token, vector: vec![1.0] });
+        s
+    }
+
+    #[test]
+    fn merge_sums_and_keeps_the_farthest_earliest_token() {
+        let mut a = stats_with(0.5, 1, 3, 1.0);
+        a.merge(stats_with(0.2, 2, 0, 2.0));
+        a.merge(stats_with(0.2, 0, 9, 4.0));
+        a.merge(stats_with(0.2, 0, 10, 8.0));
+        assert_eq!(a.mass, vec![15.0]);
+        assert_eq!(a.s, vec![15.0]);
+        assert_eq!(a.n_rows, 4);
+        assert_eq!(a.hard_count, vec![4]);
+        let f = a.farthest.unwrap();
+        assert_eq!((f.best_cos, f.chunk, f.token), (0.2, 0, 9));
+    }
+}

@@ -1,0 +1,107 @@
+//! Shared helpers of the integration tests: fixture paths, hand-made `.npz` files and the
+//! float64 reference of SPEC 2 that every backend is checked against.
+#![allow(dead_code)]
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+pub fn fixture(name: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../../fixtures").join(name)
+}
+
+/// Bytes of a `.npy` file (format 1.0) with the given header fields and raw data.
+pub fn npy_bytes(descr: &str, fortran: bool, shape: &[usize], data: &[u8]) -> Vec<u8> {
+    let shape_str = match shape.len() {
+        1 => format!("({},)", shape[0]),
+        _ => format!("({})", shape.iter().map(|s| s.to_string()).collect::<Vec<_>>().join(", ")),
+    };
+    let mut header = format!(
+        "{{'descr': '{descr}', 'fortran_order': {}, 'shape': {shape_str}, }}",
+        if fortran { "True" } else { "False" }
+    );
+    while (10 + header.len() + 1) % 64 != 0 {
+        header.push(' ');
+    }
+    header.push('\n');
+    let mut out = b"\x93NUMPY\x01\x00".to_vec();
+    out.extend((header.len() as u16).to_le_bytes());
+    out.extend(header.as_bytes());
+    out.extend(data);
+    out
+}
+
+/// Writes an `.npz` with the given members (names without `.npy`), stored or deflated.
+pub fn write_npz(path: &Path, members: &[(&str, Vec<u8>)], deflate: bool) {
+    let file = std::fs::File::create(path).unwrap();
+    let mut zip = zip::ZipWriter::new(file);
+    let method = if deflate { zip::CompressionMethod::Deflated } else { zip::CompressionMethod::Stored };
+    let options = zip::write::SimpleFileOptions::default().compression_method(method);
+    for (name, bytes) in members {
+        zip.start_file(format!("{name}.npy"), options).unwrap();
+        zip.write_all(bytes).unwrap();
+    }
+    zip.finish().unwrap();
+}
+
+/// Reads an int64 / float32 array of an `.npz` that is not a chunk (expected outputs).
+pub fn read_npz_i64(path: &Path, name: &str) -> (Vec<usize>, Vec<i64>) {
+    let mut npz = ndarray_npy::NpzReader::new(std::fs::File::open(path).unwrap()).unwrap();
+    let a: ndarray::ArrayD<i64> = npz.by_name(name).unwrap();
+    (a.shape().to_vec(), a.iter().copied().collect())
+}
+
+pub fn read_npz_f32(path: &Path, name: &str) -> (Vec<usize>, Vec<f32>) {
+    let mut npz = ndarray_npy::NpzReader::new(std::fs::File::open(path).unwrap()).unwrap();
+    let a: ndarray::ArrayD<f32> = npz.by_name(name).unwrap();
+    (a.shape().to_vec(), a.iter().copied().collect())
+}
+
+/// SPEC 2 in float64, written the plain way: one row of activations in, one row of memberships out.
+pub fn reference_row(a: &[f64], centers: &[f32], k: usize, temperature: f64, min_membership: f64) -> Vec<f64> {
+    let d = a.len();
+    let norm = a.iter().map(|v| v * v).sum::<f64>().sqrt();
+    let s: Vec<f64> = (0..k)
+        .map(|c| (0..d).map(|j| a[j] / norm * f64::from(centers[c * d + j])).sum::<f64>() / temperature)
+        .collect();
+    let max = s.iter().copied().fold(f64::NEG_INFINITY, f64::max);
+    let e: Vec<f64> = s.iter().map(|v| (v - max).exp()).collect();
+    let sum: f64 = e.iter().sum();
+    let mut p: Vec<f64> = e.iter().map(|v| v / sum).collect();
+    let argmax = (0..k).fold(0, |b, c| if p[c] > p[b] { c } else { b });
+    for (c, v) in p.iter_mut().enumerate() {
+        if *v < min_membership && c != argmax {
+            *v = 0.0;
+        }
+    }
+    let kept: f64 = p.iter().sum();
+    p.iter().map(|v| v / kept).collect()
+}
+
+/// A reference row is "ambiguous" when float rounding may legitimately flip a decision of SPEC 2:
+/// an entry within `margin` of the threshold, or two cosines tied for the maximum.
+pub fn ambiguous(a: &[f64], centers: &[f32], k: usize, temperature: f64, min_membership: f64) -> bool {
+    let unfiltered = reference_row(a, centers, k, temperature, 0.0);
+    let margin = 1e-5;
+    if min_membership > 0.0 && unfiltered.iter().any(|&p| (p - min_membership).abs() < margin) {
+        return true;
+    }
+    let mut sorted = unfiltered.clone();
+    sorted.sort_by(|x, y| y.partial_cmp(x).unwrap());
+    k > 1 && (sorted[0] - sorted[1]).abs() < margin && sorted[1] < min_membership + margin
+}
+
+/// Unit-normalized random-ish centers, deterministic.
+pub fn unit_rows(k: usize, d: usize, seed: u64) -> Vec<f32> {
+    let mut state = seed.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+    let mut next = move || {
+        state = state.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+        ((state >> 33) as f64 / (1u64 << 31) as f64) * 2.0 - 1.0
+    };
+    let mut out = Vec::with_capacity(k * d);
+    for _ in 0..k {
+        let row: Vec<f64> = (0..d).map(|_| next()).collect();
+        let n = row.iter().map(|v| v * v).sum::<f64>().sqrt().max(1e-12);
+        out.extend(row.iter().map(|v| (v / n) as f32));
+    }
+    out
+}
