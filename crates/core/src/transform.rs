@@ -1,14 +1,58 @@
 //! Memberships of new data under fixed centers (the `transform` of SPEC 7).
 
 use crate::config::ClusteringConfig;
-use crate::error::Result;
+use crate::error::{Error, Result};
 use crate::kernels::{Backend, Centers, MembershipParams, PassOutput, Tokens, Want};
 
 pub fn params_of(config: &ClusteringConfig) -> MembershipParams {
     MembershipParams { temperature: config.temperature, min_membership: config.min_membership }
 }
 
+/// `(batch, seq_len, d)` of a caller's `shape` (`[B, S, D]` or `[T, D]`) for an array of `len`
+/// values, checked: whole non-negative dimensions whose product is `len`, and `D = d_model`.
+pub fn layout_of(shape: &[f64], len: usize, d_model: usize) -> Result<(usize, usize, usize)> {
+    let dims: Vec<usize> = shape
+        .iter()
+        .map(|&v| {
+            if v >= 0.0 && v.fract() == 0.0 && v <= u32::MAX as f64 {
+                Ok(v as usize)
+            } else {
+                Err(Error::invalid_input("shape", format!("dimensions must be non-negative integers, got {shape:?}")))
+            }
+        })
+        .collect::<Result<_>>()?;
+    let (batch, seq_len, d) = match dims[..] {
+        [b, s, d] => (b, s, d),
+        [t, d] => (1, t, d),
+        _ => return Err(Error::invalid_input("shape", format!("must be [B, S, D] or [T, D], got {shape:?}"))),
+    };
+    if d != d_model {
+        return Err(Error::invalid_input("shape", format!("D = {d} but the model's dModel is {d_model}")));
+    }
+    if batch.checked_mul(seq_len).and_then(|n| n.checked_mul(d)) != Some(len) {
+        return Err(Error::invalid_input("activations", format!("has {len} values but shape {shape:?} needs {}", batch as f64 * seq_len as f64 * d as f64)));
+    }
+    Ok((batch, seq_len, d))
+}
+
 /// Memberships of every real token of `tokens`; `dense` adds the `[rows, K]` matrix.
 pub fn transform(backend: &dyn Backend, config: &ClusteringConfig, centers: &Centers, tokens: &Tokens, dense: bool) -> Result<PassOutput> {
     backend.run(centers, tokens, params_of(config), Want { dense, sparse: true, stats: false })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn shapes_are_checked() {
+        assert_eq!(layout_of(&[2.0, 3.0, 4.0], 24, 4).unwrap(), (2, 3, 4));
+        assert_eq!(layout_of(&[6.0, 4.0], 24, 4).unwrap(), (1, 6, 4));
+        let msg = |s: &[f64], len, d| layout_of(s, len, d).unwrap_err().to_string();
+        assert!(msg(&[2.0, -3.0, 4.0], 24, 4).contains("non-negative integers"));
+        assert!(msg(&[2.0, 1.5, 4.0], 24, 4).contains("non-negative integers"));
+        assert!(msg(&[24.0], 24, 4).contains("must be [B, S, D] or [T, D]"));
+        assert!(msg(&[2.0, 3.0, 4.0], 23, 4).contains("has 23 values but shape"));
+        assert!(msg(&[2.0, 3.0, 4.0], 24, 5).contains("D = 4 but the model's dModel is 5"));
+    }
 }

@@ -281,3 +281,20 @@ pub(crate) fn check_shapes(centers: &Centers, tokens: &Tokens) -> Result<()> {
     }
     Ok(())
 }
+
+impl PassOutput {
+    /// Nonzero memberships as flattened `(batch, position, cluster)` triplets, sorted in that
+    /// order (SPEC 4), for tokens laid out `seq_len` to a sequence.
+    pub fn coo_indices(&self, seq_len: usize) -> Vec<i64> {
+        let Some(sparse) = &self.sparse else { return Vec::new() };
+        let seq_len = seq_len.max(1);
+        let mut out = Vec::with_capacity(sparse.nnz() * 3);
+        for (r, &t) in self.rows.token.iter().enumerate() {
+            let (batch, position) = (t as usize / seq_len, t as usize % seq_len);
+            for &c in sparse.row(r).0 {
+                out.extend([batch as i64, position as i64, i64::from(c)]);
+            }
+        }
+        out
+    }
+}

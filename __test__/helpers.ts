@@ -1,0 +1,52 @@
+// Shared by the specs: fixture paths and the float64 reference of SPEC 2, written the plain way.
+import { join } from 'node:path'
+
+export const fixture = (name: string): string => join(__dirname, '..', 'fixtures', name)
+
+/** SPEC 2 for one activation row, in float64 (JS numbers). */
+export function referenceRow(a: ArrayLike<number>, centers: ArrayLike<number>, k: number, temperature: number, minMembership: number): number[] {
+  const d = a.length
+  let norm = 0
+  for (let j = 0; j < d; j++) norm += a[j]! * a[j]!
+  norm = Math.sqrt(norm)
+  const s: number[] = []
+  for (let c = 0; c < k; c++) {
+    let dot = 0
+    for (let j = 0; j < d; j++) dot += (a[j]! / norm) * centers[c * d + j]!
+    s.push(dot / temperature)
+  }
+  const max = Math.max(...s)
+  const e = s.map((v) => Math.exp(v - max))
+  const sum = e.reduce((x, y) => x + y, 0)
+  const p = e.map((v) => v / sum)
+  let argmax = 0
+  p.forEach((v, c) => {
+    if (v > p[argmax]!) argmax = c
+  })
+  const kept = p.map((v, c) => (v < minMembership && c !== argmax ? 0 : v))
+  const total = kept.reduce((x, y) => x + y, 0)
+  return kept.map((v) => v / total)
+}
+
+/** True when float rounding may legitimately flip a decision (an entry at the threshold). */
+export function ambiguous(a: ArrayLike<number>, centers: ArrayLike<number>, k: number, temperature: number, minMembership: number): boolean {
+  if (minMembership === 0) return false
+  return referenceRow(a, centers, k, temperature, 0).some((p) => Math.abs(p - minMembership) < 1e-5)
+}
+
+/** Asserts that a thrown error carries `code` and mentions every needle. */
+export function expectError(fn: () => unknown, code: string, ...needles: string[]): Error & { code: string } {
+  let caught: unknown
+  try {
+    fn()
+  } catch (e) {
+    caught = e
+  }
+  if (!(caught instanceof Error)) throw new Error(`expected an Error with code ${code}, got ${String(caught)}`)
+  const err = caught as Error & { code: string }
+  if (err.code !== code) throw new Error(`expected code ${code}, got ${err.code}: ${err.message}`)
+  for (const n of needles) {
+    if (!err.message.includes(n)) throw new Error(`message ${JSON.stringify(err.message)} should mention ${JSON.stringify(n)}`)
+  }
+  return err
+}

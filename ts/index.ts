@@ -1,0 +1,22 @@
+export { SequentialSoftClustering, type TransformOptions, type TransformResult } from './clustering'
+export { resolveConfig, type ClusteringConfig, type Device, type ResolvedConfig } from './config'
+import * as native from './native'
+
+export type ChunkData = native.ChunkData
+
+/** Reads one chunk `.npz` (SPEC 1): activations widened to float32, shape `[B, S, D]`. */
+export function readChunk(path: string): ChunkData {
+  return native.readChunk(path)
+}
+
+/** `readChunk` off the JS thread. */
+export function readChunkAsync(path: string): Promise<ChunkData> {
+  return native.readChunkAsync(path)
+}
+
+export type NpyArray = native.NpyArray
+
+/** Reads a float `.npy` file (float16, float32 or float64) as float32, e.g. initial centers. */
+export function readNpy(path: string): NpyArray {
+  return native.readNpy(path)
+}
