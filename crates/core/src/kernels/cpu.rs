@@ -10,8 +10,9 @@ use crate::pass::{Farthest, PassStats};
 use rayon::prelude::*;
 
 /// Rows per block: the block of `N x K` similarities that exists at any time, per thread.
-/// 128 rows of D = 768 floats (384 KiB) stay in L2 next to the GEMM's packed panels.
-pub const BLOCK_ROWS: usize = 128;
+/// 512 measured best here (benches/RESULTS.md): smaller blocks re-pack the centers for the GEMM
+/// too often and give the `P^T X` GEMM too short an inner dimension.
+pub const BLOCK_ROWS: usize = 512;
 
 /// Which GEMM crate multiplies the matrices. Both are kept so the benchmark can compare them;
 /// `Default` is the one that measured faster here (benches/RESULTS.md).
@@ -24,9 +25,23 @@ pub enum GemmCrate {
     MatrixMultiply,
 }
 
-#[derive(Debug, Clone, Copy, Default)]
+#[derive(Debug, Clone, Copy)]
 pub struct CpuBackend {
     pub gemm: GemmCrate,
+    /// Rows per block (see `BLOCK_ROWS`).
+    pub block_rows: usize,
+}
+
+impl Default for CpuBackend {
+    fn default() -> Self {
+        CpuBackend { gemm: GemmCrate::default(), block_rows: BLOCK_ROWS }
+    }
+}
+
+impl CpuBackend {
+    pub fn with_gemm(gemm: GemmCrate) -> Self {
+        CpuBackend { gemm, ..Self::default() }
+    }
 }
 
 impl Backend for CpuBackend {
@@ -39,7 +54,8 @@ impl Backend for CpuBackend {
         let rows = prepare_rows(tokens)?;
         let n = rows.len();
         let k = centers.k;
-        let parts = rayon::current_num_threads().min(n.div_ceil(BLOCK_ROWS)).max(1);
+        let block_rows = self.block_rows.max(1);
+        let parts = rayon::current_num_threads().min(n.div_ceil(block_rows)).max(1);
         let ranges: Vec<_> = (0..parts).map(|i| i * n / parts..(i + 1) * n / parts).collect();
 
         let mut dense = want.dense.then(|| vec![0f32; n * k]);
@@ -56,7 +72,7 @@ impl Backend for CpuBackend {
             None => dense_parts.resize_with(parts, || None),
         }
 
-        let job = Job { centers, params, want, gemm: self.gemm, chunk_index: tokens.chunk_index };
+        let job = Job { centers, params, want, gemm: self.gemm, block_rows, chunk_index: tokens.chunk_index };
         let partials: Vec<Partial> = ranges
             .into_par_iter()
             .zip(dense_parts)
@@ -100,6 +116,7 @@ struct Job<'a> {
     params: MembershipParams,
     want: Want,
     gemm: GemmCrate,
+    block_rows: usize,
     chunk_index: usize,
 }
 
@@ -111,16 +128,17 @@ impl Job<'_> {
         let inv_t = (1.0 / self.params.temperature) as f32;
         let min_m = self.params.min_membership as f32;
         let exact = self.params.temperature < EXACT_BELOW_TEMPERATURE;
-        let mut x = vec![0f32; BLOCK_ROWS.min(n) * d];
-        let mut p = vec![0f32; BLOCK_ROWS.min(n) * k];
+        let block_rows = self.block_rows;
+        let mut x = vec![0f32; block_rows.min(n) * d];
+        let mut p = vec![0f32; block_rows.min(n) * k];
         let mut e = vec![0f32; k];
         let mut sparse = self.want.sparse.then(|| SparseRows { offset: vec![0], ..Default::default() });
         let mut s_block = if self.want.stats { vec![0f32; k * d] } else { Vec::new() };
         let mut stats = self.want.stats.then(|| PassStats::new(k, d));
         let mut farthest: Option<(f32, usize)> = None;
 
-        for start in (0..n).step_by(BLOCK_ROWS) {
-            let b = BLOCK_ROWS.min(n - start);
+        for start in (0..n).step_by(block_rows) {
+            let b = block_rows.min(n - start);
             for j in 0..b {
                 let t = tokens[start + j] as usize;
                 T::scale_into(&src[t * d..(t + 1) * d], inv_norm[start + j], &mut x[j * d..(j + 1) * d]);
@@ -224,88 +242,148 @@ pub(crate) struct RowSummary {
 }
 
 /// SPEC 2 on one row, in place: `row` holds cosines on entry and memberships on return.
-/// `scratch` is a `K`-long buffer. Dispatches to an AVX2+FMA build of the same code when the CPU
-/// has it (the package is built for baseline x86-64 so that one binary runs everywhere).
+/// `scratch` is a `K`-long buffer. Uses an AVX2+FMA version when the CPU has it (the package is
+/// built for baseline x86-64 so that one binary runs everywhere, hence the runtime check).
 pub(crate) fn fused_softmax(row: &mut [f32], scratch: &mut [f32], inv_t: f32, min_m: f32) -> RowSummary {
     #[cfg(target_arch = "x86_64")]
     {
         if std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma") {
-            // SAFETY: the CPU supports the features this build of the function is compiled for.
-            return unsafe { fused_softmax_avx2(row, scratch, inv_t, min_m) };
+            // SAFETY: the CPU supports the features this version is compiled for.
+            return unsafe { avx2::fused_softmax(row, scratch, inv_t, min_m) };
         }
     }
-    fused_softmax_body(row, scratch, inv_t, min_m)
+    fused_softmax_scalar(row, scratch, inv_t, min_m)
+}
+
+/// The portable version of `fused_softmax`, and the reference for the SIMD one.
+pub(crate) fn fused_softmax_scalar(row: &mut [f32], e: &mut [f32], inv_t: f32, min_m: f32) -> RowSummary {
+    let k = row.len();
+    let e = &mut e[..k];
+    let max = row.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+    let argmax = row.iter().position(|&v| v == max).unwrap_or(0);
+    let mut sum = 0f32;
+    for (ei, &c) in e.iter_mut().zip(row.iter()) {
+        *ei = exp_nonpositive((c - max) * inv_t);
+        sum += *ei;
+    }
+    // p_k < minMembership  <=>  e_k < minMembership * sum; the largest entry always stays.
+    let threshold = min_m * sum;
+    let forced = e[argmax] < threshold;
+    let kept: f32 = e.iter().filter(|&&v| v >= threshold).sum::<f32>() + if forced { e[argmax] } else { 0.0 };
+    let inv_kept = 1.0 / kept;
+    let mut objective = 0f32;
+    for (c, &ei) in row.iter_mut().zip(e.iter()) {
+        let p = if ei >= threshold { ei * inv_kept } else { 0.0 };
+        objective += p * *c;
+        *c = p;
+    }
+    if forced {
+        row[argmax] = e[argmax] * inv_kept;
+        objective += row[argmax] * max;
+    }
+    RowSummary { argmax, best_cos: max, objective }
 }
 
 #[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx2,fma")]
-unsafe fn fused_softmax_avx2(row: &mut [f32], scratch: &mut [f32], inv_t: f32, min_m: f32) -> RowSummary {
-    fused_softmax_body(row, scratch, inv_t, min_m)
-}
+mod avx2 {
+    //! `fused_softmax` with AVX2 + FMA intrinsics: the same steps as `fused_softmax_scalar`,
+    //! eight lanes at a time (the compiler does not vectorize the reductions by itself).
+    use super::{exp_nonpositive, RowSummary};
+    use std::arch::x86_64::*;
 
-const LANES: usize = 8;
+    #[inline]
+    #[target_feature(enable = "avx2,fma")]
+    fn hsum(v: __m256) -> f32 {
+        let s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
+        let s = _mm_add_ps(s, _mm_movehl_ps(s, s));
+        _mm_cvtss_f32(_mm_add_ss(s, _mm_shuffle_ps(s, s, 1)))
+    }
 
-#[inline(always)]
-fn fused_softmax_body(row: &mut [f32], e: &mut [f32], inv_t: f32, min_m: f32) -> RowSummary {
-    let k = row.len();
-    let e = &mut e[..k];
-    // Row max; eight independent lanes so the compiler can vectorize the reduction.
-    let mut lanes = [f32::NEG_INFINITY; LANES];
-    let mut chunks = row.chunks_exact(LANES);
-    for c in &mut chunks {
-        for l in 0..LANES {
-            lanes[l] = lanes[l].max(c[l]);
+    #[inline]
+    #[target_feature(enable = "avx2,fma")]
+    fn hmax(v: __m256) -> f32 {
+        let s = _mm_max_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
+        let s = _mm_max_ps(s, _mm_movehl_ps(s, s));
+        _mm_cvtss_f32(_mm_max_ss(s, _mm_shuffle_ps(s, s, 1)))
+    }
+
+    /// Eight lanes of `exp_nonpositive`.
+    #[inline]
+    #[target_feature(enable = "avx2,fma")]
+    fn exp8(x: __m256) -> __m256 {
+        let xc = _mm256_max_ps(x, _mm256_set1_ps(-87.0));
+        let n = _mm256_round_ps(_mm256_mul_ps(xc, _mm256_set1_ps(std::f32::consts::LOG2_E)), _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+        let r = _mm256_fnmadd_ps(n, _mm256_set1_ps(0.693_359_4), xc);
+        let r = _mm256_fnmadd_ps(n, _mm256_set1_ps(-2.121_944_4e-4), r);
+        let mut p = _mm256_set1_ps(1.987_569_1e-4);
+        for c in [1.398_199_9e-3, 8.333_452e-3, 4.166_579_6e-2, 1.666_666_5e-1, 5.000_000_1e-1] {
+            p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(c));
         }
-    }
-    let max = chunks.remainder().iter().fold(lanes.iter().copied().fold(f32::NEG_INFINITY, f32::max), |m, &v| m.max(v));
-    let argmax = row.iter().position(|&v| v == max).unwrap_or(0);
-
-    // e_k = exp((cos_k - max) / T), summed.
-    let mut sums = [0f32; LANES];
-    for (ec, rc) in e.chunks_exact_mut(LANES).zip(row.chunks_exact(LANES)) {
-        for l in 0..LANES {
-            ec[l] = exp_nonpositive((rc[l] - max) * inv_t);
-            sums[l] += ec[l];
-        }
-    }
-    let tail = k - k % LANES;
-    let mut sum: f32 = sums.iter().sum();
-    for i in tail..k {
-        e[i] = exp_nonpositive((row[i] - max) * inv_t);
-        sum += e[i];
+        let y = _mm256_add_ps(_mm256_fmadd_ps(p, _mm256_mul_ps(r, r), r), _mm256_set1_ps(1.0));
+        let bits = _mm256_slli_epi32::<23>(_mm256_add_epi32(_mm256_cvtps_epi32(n), _mm256_set1_epi32(127)));
+        let in_range = _mm256_cmp_ps::<_CMP_GE_OQ>(x, _mm256_set1_ps(-87.0));
+        _mm256_and_ps(_mm256_mul_ps(y, _mm256_castsi256_ps(bits)), in_range)
     }
 
-    // p_k < minMembership  <=>  e_k < minMembership * sum; the largest entry always stays.
-    let threshold = min_m * sum;
-    let mut kept_lanes = [0f32; LANES];
-    for ec in e.chunks_exact(LANES) {
-        for l in 0..LANES {
-            kept_lanes[l] += if ec[l] >= threshold { ec[l] } else { 0.0 };
+    #[target_feature(enable = "avx2,fma")]
+    pub(super) unsafe fn fused_softmax(row: &mut [f32], e: &mut [f32], inv_t: f32, min_m: f32) -> RowSummary {
+        let k = row.len();
+        assert!(e.len() >= k);
+        let full = k - k % 8;
+        let (rp, ep) = (row.as_mut_ptr(), e.as_mut_ptr());
+        // SAFETY (all loads and stores): indices stay below `full <= k <= e.len()`.
+        let mut vmax = _mm256_set1_ps(f32::NEG_INFINITY);
+        for i in (0..full).step_by(8) {
+            vmax = _mm256_max_ps(vmax, unsafe { _mm256_loadu_ps(rp.add(i)) });
         }
-    }
-    let mut kept: f32 = kept_lanes.iter().sum();
-    kept += e[tail..].iter().map(|&v| if v >= threshold { v } else { 0.0 }).sum::<f32>();
-    if e[argmax] < threshold {
-        kept += e[argmax];
-        e[argmax] = f32::INFINITY; // marks it kept below; its value is exp(0) = 1
-    }
-    let inv_kept = 1.0 / kept;
+        let max = row[full..].iter().fold(hmax(vmax), |m, &v| m.max(v));
+        let argmax = row.iter().position(|&v| v == max).unwrap_or(0);
 
-    let mut obj = [0f32; LANES];
-    for (rc, ec) in row.chunks_exact_mut(LANES).zip(e.chunks_exact(LANES)) {
-        for l in 0..LANES {
-            let p = if ec[l] >= threshold { ec[l].min(1.0) * inv_kept } else { 0.0 };
-            obj[l] += p * rc[l];
-            rc[l] = p;
+        let (vmaxb, vinv) = (_mm256_set1_ps(max), _mm256_set1_ps(inv_t));
+        let mut vsum = _mm256_setzero_ps();
+        for i in (0..full).step_by(8) {
+            let z = _mm256_mul_ps(_mm256_sub_ps(unsafe { _mm256_loadu_ps(rp.add(i)) }, vmaxb), vinv);
+            let ez = exp8(z);
+            unsafe { _mm256_storeu_ps(ep.add(i), ez) };
+            vsum = _mm256_add_ps(vsum, ez);
         }
+        let mut sum = hsum(vsum);
+        for i in full..k {
+            e[i] = exp_nonpositive((row[i] - max) * inv_t);
+            sum += e[i];
+        }
+
+        let threshold = min_m * sum;
+        let vthr = _mm256_set1_ps(threshold);
+        let mut vkept = _mm256_setzero_ps();
+        for i in (0..full).step_by(8) {
+            let ev = unsafe { _mm256_loadu_ps(ep.add(i)) };
+            vkept = _mm256_add_ps(vkept, _mm256_and_ps(ev, _mm256_cmp_ps::<_CMP_GE_OQ>(ev, vthr)));
+        }
+        let forced = e[argmax] < threshold;
+        let kept = hsum(vkept) + e[full..k].iter().filter(|&&v| v >= threshold).sum::<f32>() + if forced { e[argmax] } else { 0.0 };
+        let inv_kept = 1.0 / kept;
+
+        let vinv_kept = _mm256_set1_ps(inv_kept);
+        let mut vobj = _mm256_setzero_ps();
+        for i in (0..full).step_by(8) {
+            let ev = unsafe { _mm256_loadu_ps(ep.add(i)) };
+            let p = _mm256_and_ps(_mm256_mul_ps(ev, vinv_kept), _mm256_cmp_ps::<_CMP_GE_OQ>(ev, vthr));
+            vobj = _mm256_fmadd_ps(p, unsafe { _mm256_loadu_ps(rp.add(i)) }, vobj);
+            unsafe { _mm256_storeu_ps(rp.add(i), p) };
+        }
+        let mut objective = hsum(vobj);
+        for i in full..k {
+            let p = if e[i] >= threshold { e[i] * inv_kept } else { 0.0 };
+            objective += p * row[i];
+            row[i] = p;
+        }
+        if forced {
+            row[argmax] = e[argmax] * inv_kept;
+            objective += row[argmax] * max;
+        }
+        RowSummary { argmax, best_cos: max, objective }
     }
-    let mut objective: f32 = obj.iter().sum();
-    for i in tail..k {
-        let p = if e[i] >= threshold { e[i].min(1.0) * inv_kept } else { 0.0 };
-        objective += p * row[i];
-        row[i] = p;
-    }
-    RowSummary { argmax, best_cos: max, objective }
 }
 
 /// Below this temperature float32 similarities are not precise enough: an error of `eps` in a
@@ -408,6 +486,30 @@ mod tests {
         assert_eq!(s.argmax, 1);
         assert_eq!(row, vec![0.0, 1.0, 0.0, 0.0]);
         assert!((s.objective - 0.11).abs() < 1e-7);
+    }
+
+    #[test]
+    fn simd_and_scalar_softmax_agree() {
+        let mut state = 17u64;
+        let mut next = move || {
+            state = state.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+            ((state >> 40) as f32 / (1u64 << 24) as f32) * 2.0 - 1.0
+        };
+        for k in [1, 3, 8, 13, 64, 1000] {
+            for (inv_t, min_m) in [(1.0, 0.0), (4.0, 0.01), (100.0, 0.3), (1e-6, 0.99)] {
+                let row: Vec<f32> = (0..k).map(|_| next()).collect();
+                let (mut a, mut b) = (row.clone(), row.clone());
+                let mut scratch = vec![0f32; k];
+                let sa = fused_softmax(&mut a, &mut scratch, inv_t, min_m);
+                let sb = fused_softmax_scalar(&mut b, &mut scratch, inv_t, min_m);
+                assert_eq!((sa.argmax, sa.best_cos), (sb.argmax, sb.best_cos));
+                assert!((sa.objective - sb.objective).abs() < 1e-5);
+                for (x, y) in a.iter().zip(&b) {
+                    assert!((x - y).abs() < 1e-6, "k={k} inv_t={inv_t}: {x} vs {y}");
+                }
+                assert!((a.iter().sum::<f32>() - 1.0).abs() < 1e-5);
+            }
+        }
     }
 
     #[test]
