@@ -27,6 +27,10 @@ pub enum Error {
     #[error("{file}: {problem}")]
     BadModel { file: String, problem: String },
 
+    /// The requested device can not be used.
+    #[error("device {device}: {problem}")]
+    Device { device: String, problem: String },
+
     /// Reading or writing a file failed at the OS level.
     #[error("{file}: {source}")]
     Io { file: String, #[source] source: std::io::Error },
@@ -41,6 +45,7 @@ impl Error {
             Error::Config { .. } => "ERR_INVALID_CONFIG",
             Error::InvalidInput { .. } => "ERR_INVALID_INPUT",
             Error::BadModel { .. } => "ERR_BAD_MODEL",
+            Error::Device { .. } => "ERR_DEVICE",
             Error::Io { .. } => "ERR_IO",
         }
     }

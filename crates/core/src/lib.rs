@@ -6,12 +6,17 @@
 
 pub mod config;
 pub mod error;
+pub mod exemplars;
+pub mod fit;
 pub mod kernels;
+pub mod model;
 pub mod npz;
+pub mod output;
 pub mod pass;
 pub mod transform;
 
 pub use config::ClusteringConfig;
+pub use model::{HistoryEntry, Model};
 pub use error::{Error, Result};
 pub use kernels::{Backend, Centers, MembershipParams, PassOutput, PreparedRows, SparseRows, Tokens, Want};
 pub use npz::{read_chunk, Activations, ActivationsRef, Chunk};

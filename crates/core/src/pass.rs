@@ -1,8 +1,8 @@
 //! What one streaming pass accumulates (SPEC 3 design note): a single mergeable value. Threads
 //! merge their partials with `merge`; later, devices and ranks will call the same function.
 
-/// The real token with the lowest best-cosine to the current centers: where an empty cluster's
-/// center moves (SPEC 3.3). Ties go to the earliest (chunk, token).
+/// A real token with a low best-cosine to the current centers: where an empty cluster's center
+/// moves (SPEC 3.3). The lowest first; ties go to the earliest (chunk, token).
 #[derive(Debug, Clone, PartialEq)]
 pub struct Farthest {
     pub best_cos: f32,
@@ -14,10 +14,13 @@ pub struct Farthest {
 }
 
 impl Farthest {
-    fn precedes(&self, other: &Farthest) -> bool {
+    pub fn precedes(&self, other: &Farthest) -> bool {
         (self.best_cos, self.chunk, self.token) < (other.best_cos, other.chunk, other.token)
     }
 }
+
+/// How many reseed candidates a pass keeps: enough for that many clusters to go empty at once.
+pub const RESEED_CANDIDATES: usize = 64;
 
 #[derive(Debug, Clone, PartialEq)]
 pub struct PassStats {
@@ -35,7 +38,8 @@ pub struct PassStats {
     pub skipped: u64,
     /// Tokens whose largest membership is cluster k.
     pub hard_count: Vec<u64>,
-    pub farthest: Option<Farthest>,
+    /// Up to `RESEED_CANDIDATES` tokens with the lowest best-cosine, lowest first.
+    pub farthest: Vec<Farthest>,
 }
 
 impl PassStats {
@@ -49,7 +53,7 @@ impl PassStats {
             n_rows: 0,
             skipped: 0,
             hard_count: vec![0; k],
-            farthest: None,
+            farthest: Vec::new(),
         }
     }
 
@@ -62,10 +66,9 @@ impl PassStats {
         self.objective_sum += other.objective_sum;
         self.n_rows += other.n_rows;
         self.skipped += other.skipped;
-        self.farthest = match (self.farthest.take(), other.farthest) {
-            (Some(a), Some(b)) => Some(if b.precedes(&a) { b } else { a }),
-            (a, b) => a.or(b),
-        };
+        self.farthest.extend(other.farthest);
+        self.farthest.sort_by(|a, b| if a.precedes(b) { std::cmp::Ordering::Less } else { std::cmp::Ordering::Greater });
+        self.farthest.truncate(RESEED_CANDIDATES);
     }
 
     /// `mean_x sum_k p_k cos(x, C_k)` (SPEC 3.5), 0 when no token was seen.
@@ -84,7 +87,7 @@ mod tests {
         s.s[0] = mass;
         s.n_rows = 1;
         s.hard_count[0] = 1;
-        s.farthest = Some(Farthest { best_cos, chunk, token, vector: vec![1.0] });
+        s.farthest = vec![Farthest { best_cos, chunk, token, vector: vec![1.0] }];
         s
     }
 
@@ -98,7 +101,7 @@ mod tests {
         assert_eq!(a.s, vec![15.0]);
         assert_eq!(a.n_rows, 4);
         assert_eq!(a.hard_count, vec![4]);
-        let f = a.farthest.unwrap();
-        assert_eq!((f.best_cos, f.chunk, f.token), (0.2, 0, 9));
+        let order: Vec<_> = a.farthest.iter().map(|f| (f.best_cos, f.chunk, f.token)).collect();
+        assert_eq!(order, vec![(0.2, 0, 9), (0.2, 0, 10), (0.2, 2, 0), (0.5, 1, 3)]);
     }
 }

@@ -150,9 +150,11 @@ fn statistics_count_hard_assignments_objective_skips_and_farthest_token() {
     }
     assert!((stats.objective() - objective / 3.0).abs() < 1e-6);
     // Token 2 = (0,-2) has the lowest best-cosine (0, against C_0); it is the reseed candidate.
-    let far = stats.farthest.unwrap();
+    let far = &stats.farthest[0];
     assert_eq!((far.chunk, far.token, far.vector.clone()), (4, 2, vec![0.0, -1.0]));
     assert!(far.best_cos.abs() < 1e-7);
+    // K = 2 keeps two candidates: then (1,1)/sqrt2 with best cosine 0.707.
+    assert_eq!(stats.farthest.iter().map(|f| f.token).collect::<Vec<_>>(), vec![2, 3]);
 }
 
 #[test]

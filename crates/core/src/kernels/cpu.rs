@@ -6,7 +6,7 @@
 use super::{check_shapes, prepare_rows, Backend, Centers, Element, MembershipParams, PassOutput, SparseRows, Tokens, Want};
 use crate::error::Result;
 use crate::npz::ActivationsRef;
-use crate::pass::{Farthest, PassStats};
+use crate::pass::{Farthest, PassStats, RESEED_CANDIDATES};
 use rayon::prelude::*;
 
 /// Rows per block: the block of `N x K` similarities that exists at any time, per thread.
@@ -135,7 +135,9 @@ impl Job<'_> {
         let mut sparse = self.want.sparse.then(|| SparseRows { offset: vec![0], ..Default::default() });
         let mut s_block = if self.want.stats { vec![0f32; k * d] } else { Vec::new() };
         let mut stats = self.want.stats.then(|| PassStats::new(k, d));
-        let mut farthest: Option<(f32, usize)> = None;
+        // (best cosine, row) of the rows with the lowest best cosine, lowest first.
+        let mut farthest: Vec<(f32, usize)> = Vec::new();
+        let keep_farthest = RESEED_CANDIDATES.min(k);
 
         for start in (0..n).step_by(block_rows) {
             let b = block_rows.min(n - start);
@@ -167,8 +169,10 @@ impl Job<'_> {
                     st.objective_sum += f64::from(row.objective);
                     st.hard_count[row.argmax] += 1;
                     st.mass.iter_mut().zip(&p[j * k..(j + 1) * k]).for_each(|(m, &v)| *m += f64::from(v));
-                    if farthest.is_none_or(|(best, _)| row.best_cos < best) {
-                        farthest = Some((row.best_cos, start + j));
+                    if farthest.len() < keep_farthest || farthest.last().is_some_and(|&(worst, _)| row.best_cos < worst) {
+                        let at = farthest.partition_point(|&(c, _)| c <= row.best_cos);
+                        farthest.insert(at, (row.best_cos, start + j));
+                        farthest.truncate(keep_farthest);
                     }
                 }
             }
@@ -184,12 +188,15 @@ impl Job<'_> {
         if let Some(st) = stats.as_mut() {
             st.n_rows = n as u64;
             st.s = s_block.iter().map(|&v| f64::from(v)).collect();
-            st.farthest = farthest.map(|(best_cos, r)| {
-                let t = tokens[r] as usize;
-                let mut vector = vec![0f32; d];
-                T::scale_into(&src[t * d..(t + 1) * d], inv_norm[r], &mut vector);
-                Farthest { best_cos, chunk: self.chunk_index, token: t, vector }
-            });
+            st.farthest = farthest
+                .into_iter()
+                .map(|(best_cos, r)| {
+                    let t = tokens[r] as usize;
+                    let mut vector = vec![0f32; d];
+                    T::scale_into(&src[t * d..(t + 1) * d], inv_norm[r], &mut vector);
+                    Farthest { best_cos, chunk: self.chunk_index, token: t, vector }
+                })
+                .collect();
         }
         Partial { sparse, stats }
     }

@@ -255,6 +255,28 @@ pub trait Backend: Send + Sync {
     fn run(&self, centers: &Centers, tokens: &Tokens, params: MembershipParams, want: Want) -> Result<PassOutput>;
 }
 
+/// Writes token `token` of `tokens`, scaled by `inv_norm`, into `out` as float32.
+pub fn unit_row(tokens: &Tokens, token: usize, inv_norm: f64, out: &mut [f32]) {
+    let span = token * tokens.d..(token + 1) * tokens.d;
+    match tokens.activations {
+        ActivationsRef::F16(a) => Element::scale_into(&a[span], inv_norm, out),
+        ActivationsRef::F32(a) => Element::scale_into(&a[span], inv_norm, out),
+        ActivationsRef::F64(a) => Element::scale_into(&a[span], inv_norm, out),
+    }
+}
+
+/// The backend for a config's `device` (SPEC 7). The one place that knows which devices exist:
+/// `auto` is CUDA when a usable GPU is present (not in this build yet), else the CPU.
+pub fn backend_for(device: &str) -> Result<Box<dyn Backend>> {
+    match device {
+        "auto" | "cpu" => Ok(Box::new(cpu::CpuBackend::default())),
+        _ => Err(Error::Device {
+            device: device.to_string(),
+            problem: "this build has no CUDA backend; use \"cpu\" or \"auto\"".into(),
+        }),
+    }
+}
+
 /// Checks that `tokens` and `centers` agree before any backend touches them.
 pub(crate) fn check_shapes(centers: &Centers, tokens: &Tokens) -> Result<()> {
     if tokens.d != centers.d {

@@ -105,3 +105,15 @@ pub fn unit_rows(k: usize, d: usize, seed: u64) -> Vec<f32> {
     }
     out
 }
+
+/// Writes a chunk `.npz` with float32 activations `[b, s, d]`, a bool mask and int64 token ids.
+pub fn write_chunk(path: &Path, b: usize, s: usize, d: usize, acts: &[f32], mask: Option<&[u8]>, ids: Option<&[i64]>) {
+    let mut members = vec![("activations", npy_bytes("<f4", false, &[b, s, d], &acts.iter().flat_map(|v| v.to_le_bytes()).collect::<Vec<_>>()))];
+    if let Some(m) = mask {
+        members.push(("attention_mask", npy_bytes("|b1", false, &[b, s], m)));
+    }
+    if let Some(ids) = ids {
+        members.push(("token_ids", npy_bytes("<i8", false, &[b, s], &ids.iter().flat_map(|v| v.to_le_bytes()).collect::<Vec<_>>())));
+    }
+    write_npz(path, &members, false);
+}

@@ -1,0 +1,151 @@
+//! Bounded top-k exemplar heaps (SPEC 5): for each cluster, the `nExemplars` real tokens with the
+//! largest membership, ties broken by the earliest (chunk, batch, position). Memory is
+//! `K * nExemplars` entries whatever the data size.
+
+use serde::{Deserialize, Serialize};
+use std::cmp::Ordering;
+use std::collections::BinaryHeap;
+
+/// Where a token is: chunk index in the run, sequence, position.
+pub type Location = (usize, usize, usize);
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Exemplar {
+    pub value: f32,
+    pub chunk: usize,
+    pub batch: usize,
+    pub position: usize,
+    /// Token ids of `position - w ..= position + w` (-1 outside the sequence, at padding, or
+    /// when the chunk has no token ids).
+    pub tokens: Vec<i64>,
+    /// This cluster's membership at those positions (0 outside, at padding or without a row).
+    pub context_memberships: Vec<f32>,
+}
+
+impl Exemplar {
+    pub fn location(&self) -> Location {
+        (self.chunk, self.batch, self.position)
+    }
+}
+
+/// True when `(value, at)` ranks before `(other_value, other_at)`.
+pub fn ranks_before(value: f32, at: Location, other_value: f32, other_at: Location) -> bool {
+    value > other_value || (value == other_value && at < other_at)
+}
+
+/// Heap order: the greatest entry is the WORST kept exemplar, the one a better candidate evicts.
+#[derive(Debug, Clone)]
+struct Worst(Exemplar);
+
+impl PartialEq for Worst {
+    fn eq(&self, other: &Self) -> bool {
+        self.cmp(other) == Ordering::Equal
+    }
+}
+impl Eq for Worst {}
+impl PartialOrd for Worst {
+    fn partial_cmp(&self, other: &Self) -> Option<Ordering> {
+        Some(self.cmp(other))
+    }
+}
+impl Ord for Worst {
+    fn cmp(&self, other: &Self) -> Ordering {
+        let (a, b) = (&self.0, &other.0);
+        if ranks_before(a.value, a.location(), b.value, b.location()) {
+            Ordering::Less
+        } else if ranks_before(b.value, b.location(), a.value, a.location()) {
+            Ordering::Greater
+        } else {
+            Ordering::Equal
+        }
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct ExemplarHeaps {
+    capacity: usize,
+    heaps: Vec<BinaryHeap<Worst>>,
+}
+
+impl ExemplarHeaps {
+    pub fn new(k: usize, capacity: usize) -> Self {
+        ExemplarHeaps { capacity, heaps: (0..k).map(|_| BinaryHeap::with_capacity(capacity + 1)).collect() }
+    }
+
+    /// Whether a candidate would be kept; checked before its context is gathered.
+    pub fn would_accept(&self, cluster: usize, value: f32, at: Location) -> bool {
+        let heap = &self.heaps[cluster];
+        if heap.len() < self.capacity {
+            return self.capacity > 0;
+        }
+        heap.peek().is_some_and(|worst| ranks_before(value, at, worst.0.value, worst.0.location()))
+    }
+
+    pub fn offer(&mut self, cluster: usize, exemplar: Exemplar) {
+        if !self.would_accept(cluster, exemplar.value, exemplar.location()) {
+            return;
+        }
+        let heap = &mut self.heaps[cluster];
+        heap.push(Worst(exemplar));
+        if heap.len() > self.capacity {
+            heap.pop();
+        }
+    }
+
+    /// Adds every entry of `other` (the same `K` and capacity); associative and order-free.
+    pub fn merge(&mut self, other: ExemplarHeaps) {
+        for (cluster, heap) in other.heaps.into_iter().enumerate() {
+            for Worst(e) in heap {
+                self.offer(cluster, e);
+            }
+        }
+    }
+
+    /// Per cluster, best first.
+    pub fn into_sorted(self) -> Vec<Vec<Exemplar>> {
+        self.heaps.into_iter().map(|h| h.into_sorted_vec().into_iter().map(|w| w.0).collect()).collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ex(value: f32, chunk: usize, batch: usize, position: usize) -> Exemplar {
+        Exemplar { value, chunk, batch, position, tokens: vec![], context_memberships: vec![] }
+    }
+
+    #[test]
+    fn keeps_the_largest_with_earliest_ties_whatever_the_order() {
+        let candidates = vec![ex(0.5, 1, 0, 0), ex(0.9, 2, 0, 0), ex(0.5, 0, 3, 1), ex(0.7, 0, 0, 0), ex(0.5, 0, 3, 0), ex(0.1, 0, 0, 1)];
+        let want: Vec<Location> = vec![(2, 0, 0), (0, 0, 0), (0, 3, 0)];
+        for rotation in 0..candidates.len() {
+            let mut heaps = ExemplarHeaps::new(1, 3);
+            let mut order = candidates.clone();
+            order.rotate_left(rotation);
+            order.into_iter().for_each(|e| heaps.offer(0, e));
+            let got: Vec<Location> = heaps.into_sorted()[0].iter().map(Exemplar::location).collect();
+            assert_eq!(got, want, "rotation {rotation}");
+        }
+    }
+
+    #[test]
+    fn merge_equals_offering_everything_to_one_heap() {
+        let all: Vec<Exemplar> = (0..40).map(|i| ex(((i * 7) % 11) as f32, i % 3, i, 0)).collect();
+        let mut one = ExemplarHeaps::new(2, 4);
+        let (mut a, mut b) = (ExemplarHeaps::new(2, 4), ExemplarHeaps::new(2, 4));
+        for (i, e) in all.into_iter().enumerate() {
+            one.offer(i % 2, e.clone());
+            if i < 17 { a.offer(i % 2, e) } else { b.offer(i % 2, e) }
+        }
+        a.merge(b);
+        assert_eq!(a.into_sorted(), one.into_sorted());
+    }
+
+    #[test]
+    fn capacity_zero_keeps_nothing() {
+        let mut h = ExemplarHeaps::new(1, 0);
+        h.offer(0, ex(1.0, 0, 0, 0));
+        assert!(h.into_sorted()[0].is_empty());
+    }
+}

@@ -1,0 +1,344 @@
+//! `fitChunks` (SPEC 3): k-means++ init over a seeded sample, streaming passes that sum `S` and
+//! `m` over every chunk, center updates with reseeding, then the output pass that writes the
+//! per-chunk memberships, fills the exemplar heaps and saves the model. The next chunk is read
+//! on another thread while the current one is computed: memory stays at about two chunks.
+
+use crate::config::ClusteringConfig;
+use crate::error::{Error, Result};
+use crate::exemplars::{Exemplar, ExemplarHeaps};
+use crate::kernels::{prepare_rows, unit_row, Backend, Centers, PassOutput, Tokens, Want};
+use crate::model::{HistoryEntry, Model};
+use crate::npz::{read_chunk, Chunk};
+use crate::output::write_memberships;
+use crate::pass::PassStats;
+use crate::transform::params_of;
+use rand::{Rng, SeedableRng};
+use rand_chacha::ChaCha8Rng;
+use rayon::prelude::*;
+use serde::Serialize;
+use std::collections::HashSet;
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+/// Which part of a fit is running.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Phase {
+    /// Sampling tokens for k-means++.
+    Init,
+    /// An iteration's pass.
+    Iterate,
+    /// The final pass that writes outputs.
+    Output,
+}
+
+/// Reported after every chunk.
+#[derive(Debug, Clone, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Progress {
+    pub phase: Phase,
+    /// 1-based iteration (0 outside iterations).
+    pub iteration: usize,
+    pub n_iterations: usize,
+    /// 1-based chunk just finished.
+    pub chunk: usize,
+    pub n_chunks: usize,
+    /// Real tokens processed so far in this pass.
+    pub tokens_done: u64,
+    pub tokens_per_s: f64,
+}
+
+/// Memberships smaller than this (in tokens' worth) leave a cluster empty (SPEC 3.3).
+const EMPTY_MASS: f64 = 1e-6;
+
+/// Tokens sampled for k-means++: enough per cluster, small enough to stay in cache.
+fn sample_size(k: usize) -> usize {
+    (8 * k).clamp(4096, 32768).max(k)
+}
+
+pub struct FitRequest<'a> {
+    pub config: &'a ClusteringConfig,
+    /// Start here instead of k-means++ (already normalized).
+    pub initial_centers: Option<Centers>,
+    pub chunks: &'a [PathBuf],
+    pub output_dir: &'a Path,
+}
+
+/// Runs a whole fit and writes its outputs; returns the fitted model (also saved as
+/// `<output_dir>/model.safetensors`).
+pub fn fit_chunks(request: FitRequest, backend: &dyn Backend, progress: &mut dyn FnMut(&Progress)) -> Result<Model> {
+    let FitRequest { config, initial_centers, chunks, output_dir } = request;
+    config.validate()?;
+    let names = chunk_names(chunks)?;
+    std::fs::create_dir_all(output_dir).map_err(|e| Error::io(output_dir, e))?;
+    let params = params_of(config);
+
+    let mut centers = match initial_centers {
+        Some(c) => c,
+        None => kmeans_plus_plus(config, chunks, progress)?,
+    };
+
+    let mut history = Vec::new();
+    for iteration in 1..=config.n_iterations {
+        let started = Instant::now();
+        let mut stats = PassStats::new(config.n_clusters, config.d_model);
+        stream_chunks(chunks, config.d_model, |i, chunk| {
+            let out = backend.run(&centers, &Tokens::from_chunk(&chunk, i), params, Want { stats: true, ..Want::default() })?;
+            stats.merge(out.stats.expect("stats were asked for"));
+            report(progress, Phase::Iterate, iteration, config, i, chunks.len(), stats.n_rows, started);
+            Ok(())
+        })?;
+        if stats.n_rows == 0 {
+            return Err(Error::invalid_input("chunks", "hold no real, non-zero tokens to cluster"));
+        }
+        let (next, reseeds) = updated_centers(&centers, &stats);
+        let max_shift = (0..centers.k)
+            .map(|c| 1.0 - centers.row(c).iter().zip(next.row(c)).map(|(&a, &b)| f64::from(a) * f64::from(b)).sum::<f64>())
+            .fold(0.0, f64::max);
+        history.push(HistoryEntry {
+            iteration,
+            objective: stats.objective(),
+            max_shift,
+            mass: stats.mass.clone(),
+            reseeds,
+            skipped: stats.skipped,
+            seconds: started.elapsed().as_secs_f64(),
+        });
+        centers = next;
+        if max_shift < config.tol {
+            break;
+        }
+    }
+
+    // The output pass: memberships files, exemplars, per-cluster statistics.
+    let started = Instant::now();
+    let mut heaps = ExemplarHeaps::new(config.n_clusters, config.n_exemplars);
+    let mut stats = PassStats::new(config.n_clusters, config.d_model);
+    stream_chunks(chunks, config.d_model, |i, chunk| {
+        let out = backend.run(&centers, &Tokens::from_chunk(&chunk, i), params, Want { sparse: true, stats: true, ..Want::default() })?;
+        collect_exemplars(&mut heaps, &chunk, i, &out, config.context_window);
+        let stem = names[i].strip_suffix(".npz").unwrap_or(&names[i]);
+        let metadata = serde_json::json!({
+            "total_sequences": chunk.batch,
+            "sequence_length": chunk.seq_len,
+            "n_clusters": config.n_clusters,
+            "source": names[i],
+            "format_version": 1,
+            "n_tokens": out.rows.len(),
+            "skipped": out.rows.skipped,
+        });
+        let indices = out.coo_indices(chunk.seq_len);
+        let values = out.sparse.as_ref().map(|s| s.value.clone()).unwrap_or_default();
+        write_memberships(&output_dir.join(format!("{stem}.memberships.npz")), indices, values, chunk.batch, chunk.seq_len, &metadata)?;
+        stats.merge(out.stats.expect("stats were asked for"));
+        report(progress, Phase::Output, 0, config, i, chunks.len(), stats.n_rows, started);
+        Ok(())
+    })?;
+
+    let model = Model {
+        config: config.clone(),
+        centers,
+        cluster_mass: stats.mass,
+        cluster_count: stats.hard_count,
+        exemplars: heaps.into_sorted(),
+        history,
+        chunks: names,
+    };
+    model.save(&output_dir.join("model.safetensors"))?;
+    Ok(model)
+}
+
+#[allow(clippy::too_many_arguments)]
+fn report(progress: &mut dyn FnMut(&Progress), phase: Phase, iteration: usize, config: &ClusteringConfig, i: usize, n_chunks: usize, tokens_done: u64, started: Instant) {
+    progress(&Progress {
+        phase,
+        iteration,
+        n_iterations: config.n_iterations,
+        chunk: i + 1,
+        n_chunks,
+        tokens_done,
+        tokens_per_s: tokens_done as f64 / started.elapsed().as_secs_f64().max(1e-9),
+    });
+}
+
+/// File names of the chunks; output files are named after them, so they must be distinct.
+fn chunk_names(chunks: &[PathBuf]) -> Result<Vec<String>> {
+    if chunks.is_empty() {
+        return Err(Error::invalid_input("chunks", "no chunk files were given"));
+    }
+    let mut seen = HashSet::new();
+    chunks
+        .iter()
+        .map(|p| {
+            let name = p.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+            if !seen.insert(name.clone()) {
+                return Err(Error::invalid_input(
+                    &p.display().to_string(),
+                    format!("another chunk is also named {name:?}; output files are named after chunks, so names must differ"),
+                ));
+            }
+            Ok(name)
+        })
+        .collect()
+}
+
+/// Visits every chunk in order while the next one is read and decoded on another thread. At most
+/// two chunks are alive: the one being visited and the one waiting to be handed over.
+pub fn stream_chunks(paths: &[PathBuf], d_model: usize, mut visit: impl FnMut(usize, Chunk) -> Result<()>) -> Result<()> {
+    std::thread::scope(|scope| {
+        let (tx, rx) = std::sync::mpsc::sync_channel::<Result<Chunk>>(0);
+        scope.spawn(move || {
+            for path in paths {
+                let chunk = read_chunk(path).and_then(|c| c.check_d_model(d_model).map(|()| c));
+                let failed = chunk.is_err();
+                if tx.send(chunk).is_err() || failed {
+                    break; // the visitor stopped, or this chunk was bad
+                }
+            }
+        });
+        for (i, chunk) in rx.iter().enumerate() {
+            visit(i, chunk?)?;
+        }
+        Ok(())
+    })
+}
+
+/// `C_k = S_k / |S_k|`; a cluster left empty moves to the next token of the pass with the lowest
+/// best-cosine (SPEC 3.3). Returns the new centers and the number of reseeds.
+fn updated_centers(old: &Centers, stats: &PassStats) -> (Centers, usize) {
+    let (k, d) = (old.k, old.d);
+    let mut data = Vec::with_capacity(k * d);
+    let mut candidates = stats.farthest.iter();
+    let mut reseeds = 0;
+    for c in 0..k {
+        let s = &stats.s[c * d..(c + 1) * d];
+        let norm = s.iter().map(|v| v * v).sum::<f64>().sqrt();
+        if stats.mass[c] > EMPTY_MASS && norm > EMPTY_MASS {
+            data.extend(s.iter().map(|v| (v / norm) as f32));
+        } else if let Some(token) = candidates.next() {
+            data.extend_from_slice(&token.vector);
+            reseeds += 1;
+        } else {
+            data.extend_from_slice(old.row(c));
+        }
+    }
+    (Centers { k, d, data }, reseeds)
+}
+
+/// Offers every nonzero membership of a chunk to the heaps, with its context when it is kept.
+fn collect_exemplars(heaps: &mut ExemplarHeaps, chunk: &Chunk, chunk_index: usize, out: &PassOutput, w: usize) {
+    let Some(sparse) = &out.sparse else { return };
+    let seq = chunk.seq_len;
+    let mut row_of = vec![u32::MAX; chunk.n_tokens()];
+    for (r, &t) in out.rows.token.iter().enumerate() {
+        row_of[t as usize] = r as u32;
+    }
+    let membership = |t: usize, cluster: u32| -> f32 {
+        let r = row_of[t];
+        if r == u32::MAX {
+            return 0.0;
+        }
+        let (clusters, values) = sparse.row(r as usize);
+        clusters.binary_search(&cluster).map_or(0.0, |i| values[i])
+    };
+    let is_real = |t: usize| chunk.attention_mask.as_ref().is_none_or(|m| m[t] != 0);
+    for (r, &t) in out.rows.token.iter().enumerate() {
+        let t = t as usize;
+        let (batch, position) = (t / seq, t % seq);
+        let (clusters, values) = sparse.row(r);
+        for (&cluster, &value) in clusters.iter().zip(values) {
+            if !heaps.would_accept(cluster as usize, value, (chunk_index, batch, position)) {
+                continue;
+            }
+            let window = (position as isize - w as isize..=position as isize + w as isize).map(|p| {
+                (p >= 0 && (p as usize) < seq).then(|| batch * seq + p as usize).filter(|&u| is_real(u))
+            });
+            let (tokens, context_memberships) = window
+                .map(|u| match u {
+                    Some(u) => (chunk.token_ids.as_ref().map_or(-1, |ids| ids[u]), membership(u, cluster)),
+                    None => (-1, 0.0),
+                })
+                .unzip();
+            heaps.offer(cluster as usize, Exemplar { value, chunk: chunk_index, batch, position, tokens, context_memberships });
+        }
+    }
+}
+
+/// Spherical k-means++ (distance `1 - cos`) over a seeded uniform sample of real tokens.
+fn kmeans_plus_plus(config: &ClusteringConfig, chunks: &[PathBuf], progress: &mut dyn FnMut(&Progress)) -> Result<Centers> {
+    let (k, d) = (config.n_clusters, config.d_model);
+    let capacity = sample_size(k);
+    let mut rng = ChaCha8Rng::seed_from_u64(config.seed);
+    let mut sample: Vec<f32> = Vec::with_capacity(capacity * d);
+    let mut seen: u64 = 0;
+    let started = Instant::now();
+    // Reservoir sampling (algorithm R) over every real, non-zero token of every chunk.
+    stream_chunks(chunks, d, |i, chunk| {
+        let tokens = Tokens::from_chunk(&chunk, i);
+        let rows = prepare_rows(&tokens)?;
+        for (&t, &inv) in rows.token.iter().zip(&rows.inv_norm) {
+            let slot = if (seen as usize) < capacity {
+                sample.resize(sample.len() + d, 0.0);
+                Some(seen as usize)
+            } else {
+                let j = rng.random_range(0..=seen);
+                (j < capacity as u64).then_some(j as usize)
+            };
+            if let Some(slot) = slot {
+                unit_row(&tokens, t as usize, inv, &mut sample[slot * d..(slot + 1) * d]);
+            }
+            seen += 1;
+        }
+        report(progress, Phase::Init, 0, config, i, chunks.len(), seen, started);
+        Ok(())
+    })?;
+    let n = sample.len() / d;
+    if n < k {
+        return Err(Error::invalid_input(
+            "chunks",
+            format!("hold {n} real, non-zero tokens, fewer than nClusters = {k}"),
+        ));
+    }
+    let dot = |a: &[f32], b: &[f32]| a.iter().zip(b).map(|(&x, &y)| x * y).sum::<f32>();
+    let row = |i: usize| &sample[i * d..(i + 1) * d];
+    let mut chosen = Vec::with_capacity(k);
+    chosen.push(rng.random_range(0..n));
+    // `gap[i]` = 1 - max cos(x_i, chosen): the squared chord distance / 2, what k-means++ samples by.
+    let mut gap: Vec<f32> = sample.par_chunks_exact(d).map(|x| (1.0 - dot(x, row(chosen[0]))).max(0.0)).collect();
+    // Greedy k-means++ (as scikit-learn does): draw a few candidates, keep the one that lowers the
+    // total gap most. Plain k-means++ too often puts two centers in one planted cluster.
+    let trials = 2 + (k as f64).ln().floor() as usize;
+    while chosen.len() < k {
+        let total: f64 = gap.iter().map(|&g| f64::from(g)).sum();
+        let candidates: Vec<usize> = (0..trials)
+            .map(|_| {
+                if total <= 0.0 {
+                    return rng.random_range(0..n); // every token sits on a chosen center
+                }
+                let target = rng.random::<f64>() * total;
+                let mut acc = 0.0;
+                gap.iter().position(|&g| {
+                    acc += f64::from(g);
+                    acc > target
+                }).unwrap_or(n - 1)
+            })
+            .collect();
+        let (best, best_gap) = candidates
+            .iter()
+            .map(|&c| {
+                let next: Vec<f32> = gap.par_iter().zip(sample.par_chunks_exact(d)).map(|(&g, x)| g.min((1.0 - dot(x, row(c))).max(0.0))).collect();
+                let sum: f64 = next.iter().map(|&g| f64::from(g)).sum();
+                (c, next, sum)
+            })
+            .fold(None, |best: Option<(usize, Vec<f32>, f64)>, cand| match best {
+                Some(b) if b.2 <= cand.2 => Some(b),
+                _ => Some(cand),
+            })
+            .map(|(c, g, _)| (c, g))
+            .expect("at least two trials");
+        chosen.push(best);
+        gap = best_gap;
+    }
+    let data = chosen.iter().flat_map(|&i| sample[i * d..(i + 1) * d].iter().copied()).collect();
+    Centers::from_rows(k, d, data)
+}

@@ -1,0 +1,257 @@
+//! The model file (SPEC 6): one safetensors file with the centers, per-cluster statistics and
+//! exemplars as tensors, and config / history / chunk list as string metadata.
+
+use crate::config::ClusteringConfig;
+use crate::error::{Error, Result};
+use crate::exemplars::Exemplar;
+use crate::kernels::Centers;
+use safetensors::tensor::TensorView;
+use safetensors::{Dtype, SafeTensors};
+use serde::{Deserialize, Serialize};
+use std::collections::HashMap;
+use std::path::Path;
+
+pub const FORMAT: &str = "soft-cluster-model";
+pub const FORMAT_VERSION: u32 = 1;
+
+/// One iteration of a fit (SPEC 3.5).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct HistoryEntry {
+    /// 1-based.
+    pub iteration: usize,
+    /// `mean_x sum_k p_k cos(x, C_k)` under the centers the pass started with.
+    pub objective: f64,
+    /// `max_k (1 - C_old_k . C_new_k)`.
+    pub max_shift: f64,
+    /// `m_k` of the pass.
+    pub mass: Vec<f64>,
+    pub reseeds: usize,
+    /// Real tokens skipped in the pass because their vector is all zeros.
+    pub skipped: u64,
+    pub seconds: f64,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct Model {
+    pub config: ClusteringConfig,
+    pub centers: Centers,
+    /// `m_k` of the output pass.
+    pub cluster_mass: Vec<f64>,
+    /// Tokens whose largest membership is k, in the output pass.
+    pub cluster_count: Vec<u64>,
+    /// Per cluster, best first, at most `nExemplars`.
+    pub exemplars: Vec<Vec<Exemplar>>,
+    pub history: Vec<HistoryEntry>,
+    /// Chunk file names, in run order (exemplar locations index into this).
+    pub chunks: Vec<String>,
+}
+
+fn le_bytes<T: Copy, const N: usize>(values: &[T], to: fn(T) -> [u8; N]) -> Vec<u8> {
+    values.iter().flat_map(|&v| to(v)).collect()
+}
+
+impl Model {
+    /// A model with centers only (no statistics, exemplars or history yet).
+    pub fn new(config: ClusteringConfig, centers: Centers) -> Self {
+        let k = centers.k;
+        Model {
+            config,
+            centers,
+            cluster_mass: vec![0.0; k],
+            cluster_count: vec![0; k],
+            exemplars: vec![Vec::new(); k],
+            history: Vec::new(),
+            chunks: Vec::new(),
+        }
+    }
+
+    /// The file's bytes. Deterministic: the same model gives the same bytes.
+    pub fn to_bytes(&self) -> Result<Vec<u8>> {
+        let (k, d) = (self.centers.k, self.centers.d);
+        let e = self.config.n_exemplars;
+        let w = 2 * self.config.context_window + 1;
+        let mut count = vec![0i64; k];
+        let mut values = vec![0f32; k * e];
+        let mut locations = vec![-1i64; k * e * 3];
+        let mut tokens = vec![-1i64; k * e * w];
+        let mut context = vec![0f32; k * e * w];
+        for (c, list) in self.exemplars.iter().enumerate() {
+            count[c] = list.len().min(e) as i64;
+            for (i, ex) in list.iter().take(e).enumerate() {
+                let slot = c * e + i;
+                values[slot] = ex.value;
+                locations[slot * 3..slot * 3 + 3].copy_from_slice(&[ex.chunk as i64, ex.batch as i64, ex.position as i64]);
+                tokens[slot * w..(slot + 1) * w].copy_from_slice(&ex.tokens[..w]);
+                context[slot * w..(slot + 1) * w].copy_from_slice(&ex.context_memberships[..w]);
+            }
+        }
+        let counts: Vec<i64> = self.cluster_count.iter().map(|&c| c as i64).collect();
+        let tensors: Vec<(&str, Dtype, Vec<usize>, Vec<u8>)> = vec![
+            ("centers", Dtype::F32, vec![k, d], le_bytes(&self.centers.data, f32::to_le_bytes)),
+            ("cluster_mass", Dtype::F64, vec![k], le_bytes(&self.cluster_mass, f64::to_le_bytes)),
+            ("cluster_count", Dtype::I64, vec![k], le_bytes(&counts, i64::to_le_bytes)),
+            ("exemplar_count", Dtype::I64, vec![k], le_bytes(&count, i64::to_le_bytes)),
+            ("exemplar_values", Dtype::F32, vec![k, e], le_bytes(&values, f32::to_le_bytes)),
+            ("exemplar_locations", Dtype::I64, vec![k, e, 3], le_bytes(&locations, i64::to_le_bytes)),
+            ("exemplar_tokens", Dtype::I64, vec![k, e, w], le_bytes(&tokens, i64::to_le_bytes)),
+            ("exemplar_context_memberships", Dtype::F32, vec![k, e, w], le_bytes(&context, f32::to_le_bytes)),
+        ];
+        let views: Vec<(&str, TensorView)> = tensors
+            .iter()
+            .map(|(name, dtype, shape, bytes)| (*name, TensorView::new(*dtype, shape.clone(), bytes).expect("sizes match shapes")))
+            .collect();
+        let metadata: HashMap<String, String> = [
+            ("format", FORMAT.to_string()),
+            ("format_version", FORMAT_VERSION.to_string()),
+            ("config", self.config.to_json().to_string()),
+            ("history", serde_json::to_string(&self.history).expect("history serializes")),
+            ("chunks", serde_json::to_string(&self.chunks).expect("names serialize")),
+        ]
+        .into_iter()
+        .map(|(k, v)| (k.to_string(), v))
+        .collect();
+        let bytes = safetensors::serialize(views, Some(metadata))
+            .map_err(|e| Error::BadModel { file: "(model)".into(), problem: format!("cannot serialize: {e}") })?;
+        Ok(canonical_header(bytes))
+    }
+
+    /// Writes the file under a temporary name, then renames it into place.
+    pub fn save(&self, path: &Path) -> Result<()> {
+        crate::output::write_atomically(path, &self.to_bytes()?)
+    }
+
+    pub fn load(path: &Path) -> Result<Model> {
+        let bytes = std::fs::read(path).map_err(|e| Error::io(path, e))?;
+        Model::from_bytes(&bytes, &path.display().to_string())
+    }
+
+    /// Parses a model file; `source` names it in errors.
+    pub fn from_bytes(bytes: &[u8], source: &str) -> Result<Model> {
+        let bad = |problem: String| Error::BadModel { file: source.to_string(), problem };
+        let (_, header) = SafeTensors::read_metadata(bytes).map_err(|e| bad(format!("not a safetensors file: {e}")))?;
+        let meta = header.metadata().clone().unwrap_or_default();
+        if meta.get("format").map(String::as_str) != Some(FORMAT) {
+            return Err(bad(format!("not a soft-cluster model (metadata `format` is {:?})", meta.get("format"))));
+        }
+        let version: u32 = meta
+            .get("format_version")
+            .and_then(|v| v.parse().ok())
+            .ok_or_else(|| bad("metadata `format_version` is missing or not a number".into()))?;
+        if version > FORMAT_VERSION {
+            return Err(bad(format!("format_version {version} is newer than this build reads ({FORMAT_VERSION}); upgrade soft-cluster")));
+        }
+        let field = |name: &str| meta.get(name).ok_or_else(|| bad(format!("metadata `{name}` is missing")));
+        let config_json: serde_json::Value =
+            serde_json::from_str(field("config")?).map_err(|e| bad(format!("metadata `config` is not JSON: {e}")))?;
+        let config = ClusteringConfig::from_json(&config_json).map_err(|e| bad(format!("metadata `config`: {e}")))?;
+        let history: Vec<HistoryEntry> =
+            serde_json::from_str(field("history")?).map_err(|e| bad(format!("metadata `history`: {e}")))?;
+        let chunks: Vec<String> = serde_json::from_str(field("chunks")?).map_err(|e| bad(format!("metadata `chunks`: {e}")))?;
+
+        let st = SafeTensors::deserialize(bytes).map_err(|e| bad(format!("not a safetensors file: {e}")))?;
+        let (k, d) = (config.n_clusters, config.d_model);
+        let e = config.n_exemplars;
+        let w = 2 * config.context_window + 1;
+        let tensor = |name: &str, dtype: Dtype, shape: &[usize]| -> Result<Vec<u8>> {
+            let t = st.tensor(name).map_err(|_| bad(format!("tensor `{name}` is missing")))?;
+            if t.dtype() != dtype || t.shape() != shape {
+                return Err(bad(format!("tensor `{name}` is {:?} {:?}; expected {dtype:?} {shape:?}", t.dtype(), t.shape())));
+            }
+            Ok(t.data().to_vec())
+        };
+        let f32s = |b: Vec<u8>| b.chunks_exact(4).map(|c| f32::from_le_bytes(c.try_into().unwrap())).collect::<Vec<_>>();
+        let f64s = |b: Vec<u8>| b.chunks_exact(8).map(|c| f64::from_le_bytes(c.try_into().unwrap())).collect::<Vec<_>>();
+        let i64s = |b: Vec<u8>| b.chunks_exact(8).map(|c| i64::from_le_bytes(c.try_into().unwrap())).collect::<Vec<_>>();
+
+        let centers = Centers::from_rows(k, d, f32s(tensor("centers", Dtype::F32, &[k, d])?)).map_err(|e| bad(format!("tensor `centers`: {e}")))?;
+        let cluster_mass = f64s(tensor("cluster_mass", Dtype::F64, &[k])?);
+        let cluster_count = i64s(tensor("cluster_count", Dtype::I64, &[k])?).into_iter().map(|c| c.max(0) as u64).collect();
+        let count = i64s(tensor("exemplar_count", Dtype::I64, &[k])?);
+        let values = f32s(tensor("exemplar_values", Dtype::F32, &[k, e])?);
+        let locations = i64s(tensor("exemplar_locations", Dtype::I64, &[k, e, 3])?);
+        let tokens = i64s(tensor("exemplar_tokens", Dtype::I64, &[k, e, w])?);
+        let context = f32s(tensor("exemplar_context_memberships", Dtype::F32, &[k, e, w])?);
+        let mut exemplars = Vec::with_capacity(k);
+        for c in 0..k {
+            let n = usize::try_from(count[c]).ok().filter(|&n| n <= e).ok_or_else(|| bad(format!("exemplar_count[{c}] = {} is out of range", count[c])))?;
+            exemplars.push(
+                (0..n)
+                    .map(|i| {
+                        let slot = c * e + i;
+                        let loc = &locations[slot * 3..slot * 3 + 3];
+                        Exemplar {
+                            value: values[slot],
+                            chunk: loc[0].max(0) as usize,
+                            batch: loc[1].max(0) as usize,
+                            position: loc[2].max(0) as usize,
+                            tokens: tokens[slot * w..(slot + 1) * w].to_vec(),
+                            context_memberships: context[slot * w..(slot + 1) * w].to_vec(),
+                        }
+                    })
+                    .collect(),
+            );
+        }
+        Ok(Model { config, centers, cluster_mass, cluster_count, exemplars, history, chunks })
+    }
+}
+
+/// Rewrites the JSON header of a safetensors buffer with its keys sorted (safetensors writes the
+/// metadata map in hash order, which changes from run to run), padded to 8 bytes as the format
+/// requires. Tensor offsets are relative to the data section, so they stay valid.
+fn canonical_header(bytes: Vec<u8>) -> Vec<u8> {
+    let n = u64::from_le_bytes(bytes[..8].try_into().unwrap()) as usize;
+    let header: serde_json::Value = serde_json::from_slice(&bytes[8..8 + n]).expect("safetensors wrote JSON");
+    let mut text = serde_json::to_string(&header).expect("JSON serializes"); // serde_json maps are sorted
+    while text.len() % 8 != 0 {
+        text.push(' ');
+    }
+    let mut out = Vec::with_capacity(8 + text.len() + bytes.len() - 8 - n);
+    out.extend((text.len() as u64).to_le_bytes());
+    out.extend(text.as_bytes());
+    out.extend(&bytes[8 + n..]);
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sample() -> Model {
+        let mut config = ClusteringConfig::new(2, 3);
+        config.n_exemplars = 2;
+        config.context_window = 1;
+        let mut m = Model::new(config, Centers::from_rows(2, 3, vec![1.0, 0.0, 0.0, 0.0, 3.0, 4.0]).unwrap());
+        m.cluster_mass = vec![1.5, 2.5];
+        m.cluster_count = vec![1, 3];
+        m.exemplars[1] = vec![Exemplar { value: 0.9, chunk: 1, batch: 2, position: 3, tokens: vec![-1, 7, 8], context_memberships: vec![0.0, 0.9, 0.5] }];
+        m.history = vec![HistoryEntry { iteration: 1, objective: 0.5, max_shift: 0.1, mass: vec![1.0, 3.0], reseeds: 0, skipped: 2, seconds: 0.25 }];
+        m.chunks = vec!["a.npz".into(), "b.npz".into()];
+        m
+    }
+
+    #[test]
+    fn round_trips_and_is_deterministic() {
+        let m = sample();
+        let bytes = m.to_bytes().unwrap();
+        assert_eq!(bytes, m.to_bytes().unwrap());
+        assert_eq!(Model::from_bytes(&bytes, "m").unwrap(), m);
+    }
+
+    #[test]
+    fn refuses_other_files_and_newer_versions() {
+        let err = Model::from_bytes(b"not a model", "x.safetensors").unwrap_err();
+        assert!(err.to_string().starts_with("x.safetensors: not a safetensors file"), "{err}");
+        let view = TensorView::new(Dtype::F32, vec![1], &[0, 0, 0, 0]).unwrap();
+        let other = safetensors::serialize(vec![("w", view)], None).unwrap();
+        assert!(Model::from_bytes(&other, "w").unwrap_err().to_string().contains("not a soft-cluster model"));
+        let bytes = sample().to_bytes().unwrap();
+        let n = u64::from_le_bytes(bytes[..8].try_into().unwrap()) as usize;
+        let mut header: serde_json::Value = serde_json::from_slice(&bytes[8..8 + n]).unwrap();
+        header["__metadata__"]["format_version"] = "9".into();
+        let newer = canonical_header([&((serde_json::to_string(&header).unwrap().len()) as u64).to_le_bytes()[..], serde_json::to_string(&header).unwrap().as_bytes(), &bytes[8 + n..]].concat());
+        let err = Model::from_bytes(&newer, "n").unwrap_err();
+        assert!(err.to_string().contains("format_version 9 is newer"), "{err}");
+        assert_eq!(err.code(), "ERR_BAD_MODEL");
+    }
+}

@@ -1,0 +1,258 @@
+//! `fit_chunks` end to end: the planted fixtures against the independent float64 fit, chunking
+//! invariance, determinism, k-means++ recovery, reseeding, and failures that leave no outputs.
+
+mod common;
+use common::*;
+use soft_cluster_core::fit::{fit_chunks, FitRequest, Progress};
+use soft_cluster_core::kernels::cpu::CpuBackend;
+use soft_cluster_core::npz::read_npy_f32;
+use soft_cluster_core::{read_chunk, Centers, ClusteringConfig, Model};
+use std::path::{Path, PathBuf};
+
+fn planted_config() -> ClusteringConfig {
+    let mut c = ClusteringConfig::new(6, 64);
+    c.temperature = 0.25;
+    c.min_membership = 0.01;
+    c.n_iterations = 5;
+    c.n_exemplars = 3;
+    c.context_window = 2;
+    c.tol = 0.0;
+    c
+}
+
+fn centers_file(name: &str) -> Centers {
+    let (shape, data) = read_npy_f32(&fixture(name)).unwrap();
+    Centers::from_rows(shape[0], shape[1], data).unwrap()
+}
+
+fn fit(config: &ClusteringConfig, init: Option<Centers>, chunks: &[PathBuf], out: &Path) -> Model {
+    let mut reports: Vec<Progress> = Vec::new();
+    let model = fit_chunks(FitRequest { config, initial_centers: init, chunks, output_dir: out }, &CpuBackend::default(), &mut |p| reports.push(p.clone())).unwrap();
+    assert!(!reports.is_empty(), "progress was reported");
+    model
+}
+
+fn cosine(a: &[f32], b: &[f32]) -> f64 {
+    a.iter().zip(b).map(|(&x, &y)| f64::from(x) * f64::from(y)).sum()
+}
+
+#[test]
+fn planted_fixtures_reproduce_the_independent_fit() {
+    let dir = tempfile::tempdir().unwrap();
+    let chunks = vec![fixture("planted_a_f32.npz"), fixture("planted_b_f16_compressed.npz")];
+    let model = fit(&planted_config(), Some(centers_file("planted_init_centers.npy")), &chunks, dir.path());
+
+    let expected = centers_file("planted_expected_centers.npy");
+    for c in 0..6 {
+        let cos = cosine(model.centers.row(c), expected.row(c));
+        assert!(1.0 - cos < 1e-5, "center {c}: cosine {cos}");
+    }
+    assert_eq!(model.history.len(), 5);
+    assert_eq!(model.chunks, vec!["planted_a_f32.npz", "planted_b_f16_compressed.npz"]);
+
+    // Memberships of planted_a as written, against the expected file.
+    let ours = dir.path().join("planted_a_f32.memberships.npz");
+    let want = fixture("planted_a_f32.expected.memberships.npz");
+    let (shape, got_idx) = read_npz_i64(&ours, "indices");
+    let (_, want_idx) = read_npz_i64(&want, "indices");
+    assert_eq!(shape[1], 3);
+    assert_eq!(got_idx, want_idx, "same nonzero (batch, position, cluster), in the same order");
+    let (_, got_val) = read_npz_f32(&ours, "values");
+    let (_, want_val) = read_npz_f32(&want, "values");
+    for (i, (g, w)) in got_val.iter().zip(&want_val).enumerate() {
+        assert!((g - w).abs() <= 1e-4, "membership {i}: {g} vs {w}");
+    }
+
+    // Exemplars against planted_expected.json.
+    let spec: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(fixture("planted_expected.json")).unwrap()).unwrap();
+    let want = spec["expected_exemplars"].as_array().unwrap();
+    for (c, list) in want.iter().enumerate() {
+        let list = list.as_array().unwrap();
+        assert_eq!(model.exemplars[c].len(), list.len(), "cluster {c}");
+        for (got, w) in model.exemplars[c].iter().zip(list) {
+            let loc = (w["chunk"].as_u64().unwrap() as usize, w["batch"].as_u64().unwrap() as usize, w["position"].as_u64().unwrap() as usize);
+            assert_eq!((got.chunk, got.batch, got.position), loc, "cluster {c}");
+            assert!((f64::from(got.value) - w["value"].as_f64().unwrap()).abs() <= 1e-4);
+            let tokens: Vec<i64> = w["tokens"].as_array().unwrap().iter().map(|t| t.as_i64().unwrap()).collect();
+            assert_eq!(got.tokens, tokens, "cluster {c} tokens");
+            for (g, e) in got.context_memberships.iter().zip(w["context_memberships"].as_array().unwrap()) {
+                assert!((f64::from(*g) - e.as_f64().unwrap()).abs() <= 1e-4, "cluster {c} context {g} vs {e}");
+            }
+        }
+    }
+
+    // The saved model is the returned one.
+    assert_eq!(Model::load(&dir.path().join("model.safetensors")).unwrap(), model);
+}
+
+/// Splits the real chunk `planted_a_f32.npz` into two files at sequence `at`.
+fn split_planted_a(dir: &Path, at: usize) -> Vec<PathBuf> {
+    let chunk = read_chunk(&fixture("planted_a_f32.npz")).unwrap();
+    let (s, d) = (chunk.seq_len, chunk.d_model);
+    let acts = chunk.activations.to_f32();
+    let mask = chunk.attention_mask.unwrap();
+    let ids = chunk.token_ids.unwrap();
+    let mut out = Vec::new();
+    for (name, range) in [("first.npz", 0..at), ("second.npz", at..chunk.batch)] {
+        let p = dir.join(name);
+        write_chunk(&p, range.len(), s, d, &acts[range.start * s * d..range.end * s * d], Some(&mask[range.start * s..range.end * s]), Some(&ids[range.start * s..range.end * s]));
+        out.push(p);
+    }
+    out
+}
+
+#[test]
+fn the_same_tokens_in_other_chunk_files_give_the_same_centers() {
+    let dir = tempfile::tempdir().unwrap();
+    let b = fixture("planted_b_f16_compressed.npz");
+    let whole = fit(&planted_config(), Some(centers_file("planted_init_centers.npy")), &[fixture("planted_a_f32.npz"), b.clone()], &dir.path().join("whole"));
+    let mut parts = split_planted_a(dir.path(), 2);
+    parts.push(b);
+    let split = fit(&planted_config(), Some(centers_file("planted_init_centers.npy")), &parts, &dir.path().join("split"));
+    for c in 0..6 {
+        assert!(1.0 - cosine(whole.centers.row(c), split.centers.row(c)) < 1e-5, "center {c}");
+    }
+    assert_eq!(whole.cluster_count, split.cluster_count);
+}
+
+/// Planted directions of uneven sizes in `n_chunks` files; returns the chunk paths and directions.
+fn planted_chunks(dir: &Path, n_chunks: usize, k: usize, d: usize, seed: u64) -> (Vec<PathBuf>, Vec<f32>) {
+    let truth = unit_rows(k, d, seed);
+    let noise = unit_rows(n_chunks * 4 * 64, d, seed + 1);
+    let mut paths = Vec::new();
+    for c in 0..n_chunks {
+        let (b, s) = (4, 64);
+        let mut acts = Vec::with_capacity(b * s * d);
+        let mut mask = Vec::with_capacity(b * s);
+        for t in 0..b * s {
+            let g = c * b * s + t;
+            let cluster = [0, 0, 0, 1, 1, 2, 3, 4, 5, 0, 1, 2][g % 12] % k; // uneven sizes
+            let norm = 0.1 + (g % 17) as f32; // norms over two orders of magnitude
+            acts.extend((0..d).map(|j| norm * (truth[cluster * d + j] + 0.35 * noise[g * d + j])));
+            mask.push(u8::from(t % 64 < 56)); // padding at the end of each sequence
+        }
+        let ids: Vec<i64> = (0..b * s).map(|t| (t * 31 % 1000) as i64).collect();
+        let p = dir.join(format!("chunk_{c:03}.npz"));
+        write_chunk(&p, b, s, d, &acts, Some(&mask), Some(&ids));
+        paths.push(p);
+    }
+    (paths, truth)
+}
+
+#[test]
+fn kmeans_plus_plus_recovers_planted_directions_and_is_deterministic() {
+    let dir = tempfile::tempdir().unwrap();
+    let (k, d) = (6, 32);
+    let (paths, truth) = planted_chunks(dir.path(), 4, k, d, 7);
+    let mut config = ClusteringConfig::new(k, d);
+    config.temperature = 0.1;
+    config.n_iterations = 15;
+    for seed in 0..4 {
+        config.seed = seed;
+        let m = fit(&config, None, &paths, &dir.path().join(format!("seed{seed}")));
+        for t in 0..k {
+            let best = (0..k).map(|c| cosine(&truth[t * d..(t + 1) * d], m.centers.row(c))).fold(f64::MIN, f64::max);
+            assert!(best > 0.98, "seed {seed}, true direction {t}: best cosine {best}");
+        }
+    }
+    config.seed = 3;
+    let a = fit(&config, None, &paths, &dir.path().join("a"));
+    for t in 0..k {
+        let best = (0..k).map(|c| cosine(&truth[t * d..(t + 1) * d], a.centers.row(c))).fold(f64::MIN, f64::max);
+        let all: Vec<String> = (0..k).map(|c| format!("{:.3}", cosine(&truth[t * d..(t + 1) * d], a.centers.row(c)))).collect();
+        assert!(best > 0.98, "true direction {t}: best cosine {best}: {all:?} {:?}", a.history.iter().map(|h| (h.objective, h.max_shift)).collect::<Vec<_>>());
+    }
+    // Same files, same seed: the same model file, apart from the timings in the history.
+    let b = fit(&config, None, &paths, &dir.path().join("b"));
+    let strip = |path: PathBuf| {
+        let mut m = Model::load(&path).unwrap();
+        m.history.iter_mut().for_each(|h| h.seconds = 0.0);
+        m.to_bytes().unwrap()
+    };
+    assert_eq!(strip(dir.path().join("a/model.safetensors")), strip(dir.path().join("b/model.safetensors")));
+    assert_eq!(a.centers.data, b.centers.data, "bit for bit");
+    // And the files themselves differ only in the history's timings.
+    let raw = |p: &str| std::fs::read(dir.path().join(p)).unwrap();
+    let (ra, rb) = (raw("a/model.safetensors"), raw("b/model.safetensors"));
+    assert_eq!(ra[ra.len() - 4096..], rb[rb.len() - 4096..], "tensor data is byte-identical");
+    // Another seed starts elsewhere.
+    config.seed = 4;
+    config.n_iterations = 1;
+    let c = fit(&config, None, &paths, &dir.path().join("c"));
+    assert_ne!(c.centers.data, a.centers.data);
+}
+
+#[test]
+fn an_empty_cluster_is_reseeded_to_the_farthest_token() {
+    let dir = tempfile::tempdir().unwrap();
+    let (k, d) = (3, 8);
+    let (paths, _) = planted_chunks(dir.path(), 1, 2, d, 11);
+    // Center 2 points away from every token; with a high threshold it gets no mass at all.
+    let mut init = unit_rows(2, d, 11);
+    let opposite: Vec<f32> = init[..d].iter().map(|v| -v).collect();
+    init.extend(opposite);
+    let mut config = ClusteringConfig::new(k, d);
+    config.temperature = 0.05;
+    config.min_membership = 0.2;
+    config.n_iterations = 2;
+    config.tol = 0.0;
+    let model = fit(&config, Some(Centers::from_rows(k, d, init).unwrap()), &paths, dir.path());
+    assert_eq!(model.history[0].reseeds, 1);
+    assert_eq!(model.history[0].mass[2], 0.0);
+    assert!(model.history[1].mass[2] > 0.0, "the reseeded center gathers mass: {:?}", model.history[1].mass);
+}
+
+#[test]
+fn failures_name_the_chunk_and_leave_no_model() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = planted_config();
+    for bad in ["bad/wrong_d_model.npz", "bad/truncated.npz", "bad/nan_in_valid_token.npz"] {
+        let out = dir.path().join(bad.replace('/', "_"));
+        let chunks = vec![fixture("planted_a_f32.npz"), fixture(bad)];
+        let err = fit_chunks(FitRequest { config: &config, initial_centers: Some(centers_file("planted_init_centers.npy")), chunks: &chunks, output_dir: &out }, &CpuBackend::default(), &mut |_| {}).unwrap_err();
+        assert!(err.to_string().contains(fixture(bad).to_str().unwrap()), "{bad}: {err}");
+        assert!(!out.join("model.safetensors").exists());
+        assert!(!out.join("planted_a_f32.memberships.npz").exists(), "no outputs before the iterations succeed");
+    }
+    let chunks = vec![fixture("planted_a_f32.npz"), fixture("planted_a_f32.npz")];
+    let err = fit_chunks(FitRequest { config: &config, initial_centers: None, chunks: &chunks, output_dir: dir.path() }, &CpuBackend::default(), &mut |_| {}).unwrap_err();
+    assert!(err.to_string().contains("names must differ"), "{err}");
+    let err = fit_chunks(FitRequest { config: &config, initial_centers: None, chunks: &[fixture("bad/all_masked.npz")], output_dir: dir.path() }, &CpuBackend::default(), &mut |_| {}).unwrap_err();
+    assert!(err.to_string().contains("fewer than nClusters"), "{err}");
+}
+
+#[test]
+fn membership_files_hold_the_spec_arrays_and_metadata() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = planted_config();
+    config.n_iterations = 1;
+    fit(&config, Some(centers_file("planted_init_centers.npy")), &[fixture("planted_a_f32.npz")], dir.path());
+    let path = dir.path().join("planted_a_f32.memberships.npz");
+    let mut npz = ndarray_npy::NpzReader::new(std::fs::File::open(&path).unwrap()).unwrap();
+    let mut names = npz.names().unwrap();
+    names.sort();
+    assert_eq!(names, vec!["indices", "metadata", "sequence_length", "total_sequences", "values"]);
+    let b: ndarray::Array0<i64> = npz.by_name("total_sequences").unwrap();
+    let s: ndarray::Array0<i64> = npz.by_name("sequence_length").unwrap();
+    assert_eq!((b.into_scalar(), s.into_scalar()), (5, 32));
+    let (_, idx) = read_npz_i64(&path, "indices");
+    let triples: Vec<&[i64]> = idx.chunks(3).collect();
+    assert!(triples.windows(2).all(|w| w[0] < w[1]), "sorted by (batch, position, cluster)");
+    // The metadata member: a 0-d '<U' string of JSON.
+    let mut zip = zip::ZipArchive::new(std::fs::File::open(&path).unwrap()).unwrap();
+    let mut raw = Vec::new();
+    std::io::Read::read_to_end(&mut zip.by_name("metadata.npy").unwrap(), &mut raw).unwrap();
+    let header_len = u16::from_le_bytes([raw[8], raw[9]]) as usize;
+    let header = String::from_utf8_lossy(&raw[10..10 + header_len]).to_string();
+    assert!(header.contains("'descr': '<U") && header.contains("'shape': ()"), "{header}");
+    let text: String = raw[10 + header_len..].chunks(4).map(|c| char::from_u32(u32::from_le_bytes(c.try_into().unwrap())).unwrap()).collect();
+    let meta: serde_json::Value = serde_json::from_str(text.trim_end_matches('\0')).unwrap();
+    assert_eq!(meta["total_sequences"], 5);
+    assert_eq!(meta["sequence_length"], 32);
+    assert_eq!(meta["n_clusters"], 6);
+    assert_eq!(meta["source"], "planted_a_f32.npz");
+    assert_eq!(meta["format_version"], 1);
+    // No temporary files are left behind.
+    let leftovers: Vec<_> = std::fs::read_dir(dir.path()).unwrap().map(|e| e.unwrap().file_name()).filter(|n| n.to_string_lossy().contains(".tmp")).collect();
+    assert!(leftovers.is_empty(), "{leftovers:?}");
+}
