@@ -9,7 +9,7 @@
  */
 export declare const __napiBindingTarget: 'native' | 'wasm32-wasi' | 'wasm32-wasip1'
 
-/** Centers plus config: what `transform` needs. Fitting is added on top of this. */
+/** A clustering model: config, centers and, once fitted, statistics, exemplars and history. */
 export declare class NativeModel {
   /**
    * `configJson` is validated (defaults filled in); `initialCenters`, if given, must hold
@@ -20,6 +20,8 @@ export declare class NativeModel {
   get configJson(): string
   /** A copy of the centers `[K * D]`, or null before the model has any. */
   get centers(): Float32Array | null
+  /** Cluster mass, counts, exemplars, history and chunk names as JSON (null before any centers). */
+  summaryJson(): string | null
   /**
    * Memberships of `activations` (`shape` `[B, S, D]` or `[T, D]`) on the calling thread.
    * The typed arrays are read in place, without a copy.
@@ -27,6 +29,17 @@ export declare class NativeModel {
   transform(activations: Float32Array, shape: Array<number>, attentionMask: Uint8Array | undefined | null, dense: boolean): TransformOutput
   /** The same as `transform`, on the libuv thread pool (the arrays are kept alive, not copied). */
   transformAsync(activations: Float32Array, shape: Array<number>, attentionMask: Uint8Array | undefined | null, dense: boolean): Promise<TransformOutput>
+  /** Per-cluster statistics of a batch of tokens (JSON list, one entry per cluster). */
+  analyzeJson(activations: Float32Array, shape: Array<number>, attentionMask: Uint8Array | undefined | null, tokenIds: BigInt64Array | undefined | null, topTokens: number): string
+  /**
+   * Streams over the chunk files, fits, writes the outputs into `outputDir` (SPEC 3 and 4) and
+   * keeps the fitted model. Runs on the libuv pool; `onProgress` is called after every chunk.
+   */
+  fitChunks(chunkPaths: Array<string>, outputDir: string, onProgress?: ((progress: FitProgress) => void) | undefined | null): Promise<string>
+  /** Writes the model file (SPEC 6) atomically, off the JS thread. */
+  save(path: string): Promise<void>
+  /** Reads a model file, off the JS thread. */
+  static load(path: string): Promise<NativeModel>
 }
 
 /** A chunk as JS sees it: activations widened to float32, shape `[B, S, D]`. */
@@ -41,6 +54,30 @@ export interface ChunkData {
   tokenIds?: BigInt64Array
 }
 
+/** Reported after every chunk of a fit. */
+export interface FitProgress {
+  /** `init` (sampling for k-means++), `iterate` or `output`. */
+  phase: string
+  iteration: number
+  nIterations: number
+  /** 1-based chunk just finished. */
+  chunk: number
+  nChunks: number
+  tokensDone: number
+  tokensPerS: number
+}
+
+/** A per-chunk memberships file (SPEC 4) read back. */
+export interface MembershipsFile {
+  /** `[nnz, 3]`: (batch, position, cluster). */
+  indices: BigInt64Array
+  values: Float32Array
+  totalSequences?: number
+  sequenceLength?: number
+  /** The metadata JSON string, if present. */
+  metadata?: string
+}
+
 /** A float `.npy` array (e.g. initial centers), as float32. */
 export interface NpyArray {
   shape: Array<number>
@@ -52,6 +89,9 @@ export declare function readChunk(path: string): ChunkData
 
 /** Reads one chunk file on the libuv thread pool. */
 export declare function readChunkAsync(path: string): Promise<ChunkData>
+
+/** Reads a `.memberships.npz` written by `fitChunks`. */
+export declare function readMemberships(path: string): MembershipsFile
 
 /** Reads a float16/32/64 `.npy` file as float32. */
 export declare function readNpy(path: string): NpyArray

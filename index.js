@@ -838,5 +838,6 @@ module.exports = nativeBinding
 module.exports.NativeModel = nativeBinding.NativeModel
 module.exports.readChunk = nativeBinding.readChunk
 module.exports.readChunkAsync = nativeBinding.readChunkAsync
+module.exports.readMemberships = nativeBinding.readMemberships
 module.exports.readNpy = nativeBinding.readNpy
 module.exports.resolveConfig = nativeBinding.resolveConfig

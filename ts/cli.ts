@@ -1,29 +1,33 @@
 // The `soft-cluster` command line. Parsing turns argv into typed options, each command is a
 // function, and one boundary prints a one-line error and sets the exit code.
 import { Command, CommanderError } from 'commander'
-import { join } from 'node:path'
-import { readChunk, readNpy, SequentialSoftClustering } from './index'
+import { join, resolve } from 'node:path'
+import { SequentialSoftClustering } from './index'
 
 const FIXTURES = join(__dirname, '..', 'fixtures')
 
-/** Memberships of the bundled fixtures under the bundled starting centers, summarized. */
-function demo(): void {
-  const centers = readNpy(join(FIXTURES, 'planted_init_centers.npy'))
-  const [k, d] = centers.shape as [number, number]
-  const model = new SequentialSoftClustering({ nClusters: k, dModel: d, temperature: 0.25, initialCenters: centers.data })
-  const mass = new Float64Array(k)
-  let tokens = 0
-  for (const name of ['planted_a_f32.npz', 'planted_b_f16_compressed.npz']) {
-    const chunk = readChunk(join(FIXTURES, name))
-    const out = model.transform(chunk.activations, { shape: chunk.shape, attentionMask: chunk.attentionMask, dense: false })
-    out.indices.forEach((v, i) => {
-      if (i % 3 === 2) mass[v]! += out.values[(i - 2) / 3]!
-    })
-    tokens += out.nRows
-    console.log(`${name}: ${chunk.shape.join(' x ')} ${chunk.dtype}, ${out.nRows} real tokens, ${out.values.length} nonzero memberships`)
+interface DemoOptions {
+  out: string
+}
+
+/** Fits the bundled example chunks from scratch (k-means++) and prints what it found. */
+async function demo(options: DemoOptions): Promise<void> {
+  const chunks = ['planted_a_f32.npz', 'planted_b_f16_compressed.npz'].map((n) => join(FIXTURES, n))
+  const out = resolve(options.out)
+  const model = new SequentialSoftClustering({ nClusters: 6, dModel: 64, temperature: 0.25, nIterations: 20, nExemplars: 3, contextWindow: 2 })
+  console.log(`Fitting 6 clusters over ${chunks.length} example chunks (k-means++ init)...`)
+  const history = await model.fitChunks(chunks, out)
+  const last = history[history.length - 1]!
+  console.log(`${history.length} iterations, objective ${history[0]!.objective.toFixed(4)} -> ${last.objective.toFixed(4)}, last shift ${last.maxShift.toExponential(1)}`)
+  const summary = model.summary!
+  const order = summary.clusterMass.map((m, c) => [m, c] as const).sort((a, b) => b[0] - a[0])
+  const total = summary.clusterMass.reduce((a, b) => a + b, 0)
+  for (const [mass, c] of order) {
+    const best = summary.exemplars[c]![0]
+    const where = best ? `best token: chunk ${summary.chunks[best.chunk]} seq ${best.batch} pos ${best.position} (p=${best.value.toFixed(3)}, context ids ${best.tokens.join(' ')})` : 'no exemplars'
+    console.log(`  cluster ${c}: mass ${mass.toFixed(1)} (${((100 * mass) / total).toFixed(1)}%), ${summary.clusterCount[c]} tokens; ${where}`)
   }
-  console.log(`\n${tokens} tokens over ${k} clusters (temperature 0.25):`)
-  mass.forEach((m, c) => console.log(`  cluster ${c}: mass ${m.toFixed(2)} (${((100 * m) / tokens).toFixed(1)}%)`))
+  console.log(`\nWrote ${join(out, 'model.safetensors')} and one .memberships.npz per chunk into ${out}`)
 }
 
 export function main(argv: string[]): void {
@@ -32,10 +36,12 @@ export function main(argv: string[]): void {
     .description('Soft spherical k-means over neural-network activation chunks')
     .version(require('../package.json').version)
     .exitOverride()
-  program.command('demo').description('cluster the bundled example chunks and print what was found').action(demo)
-  try {
-    program.parse(argv)
-  } catch (e) {
+  program
+    .command('demo')
+    .description('fit the bundled example chunks and print what was found')
+    .option('--out <dir>', 'where to write the outputs', 'soft-cluster-demo')
+    .action(demo)
+  program.parseAsync(argv).catch((e: unknown) => {
     if (e instanceof CommanderError) {
       process.exitCode = e.exitCode
       return
@@ -43,5 +49,5 @@ export function main(argv: string[]): void {
     const err = e as Error & { code?: string }
     process.stderr.write(`soft-cluster: ${err.message}${err.code ? ` [${err.code}]` : ''}\n`)
     process.exitCode = 1
-  }
+  })
 }

@@ -34,15 +34,90 @@ function activationsArray(activations: Float32Array | ArrayLike<number>): Float3
   return activations instanceof Float32Array ? activations : Float32Array.from(activations as ArrayLike<number>)
 }
 
+export type FitProgress = native.FitProgress
+
+export interface FitOptions {
+  /** Called after every chunk: phase, iteration, chunk i of n, tokens done and tokens/s. */
+  onProgress?: (progress: FitProgress) => void
+}
+
+/** One iteration of a fit (SPEC 3.5). */
+export interface HistoryEntry {
+  iteration: number
+  /** `mean_x sum_k p_k cos(x, C_k)` under the centers the pass started with. */
+  objective: number
+  /** `max_k (1 - C_old_k . C_new_k)`. */
+  maxShift: number
+  mass: number[]
+  reseeds: number
+  skipped: number
+  seconds: number
+}
+
+/** A token that belongs to a cluster most, with its context (SPEC 5). */
+export interface Exemplar {
+  value: number
+  /** Index into `chunks`. */
+  chunk: number
+  batch: number
+  position: number
+  /** Token ids of positions `position - w ... position + w` (-1 outside the sequence or at padding). */
+  tokens: number[]
+  /** This cluster's membership at those positions. */
+  contextMemberships: number[]
+}
+
+/** What a fitted (or loaded) model knows besides its centers. */
+export interface ModelSummary {
+  clusterMass: number[]
+  clusterCount: number[]
+  /** Per cluster, best first. */
+  exemplars: Exemplar[][]
+  history: HistoryEntry[]
+  /** Chunk file names, in run order. */
+  chunks: string[]
+}
+
 /** Soft spherical k-means over token activations (SPEC 7). */
 export class SequentialSoftClustering {
   /** @internal */
-  protected readonly model: native.NativeModel
+  readonly model: native.NativeModel
   readonly config: ResolvedConfig
 
-  constructor(config: ClusteringConfig) {
+  constructor(config: ClusteringConfig)
+  /** @internal */
+  constructor(config: ClusteringConfig, model: native.NativeModel)
+  constructor(config: ClusteringConfig, model?: native.NativeModel) {
     this.config = resolveConfig(config)
-    this.model = new native.NativeModel(JSON.stringify(this.config), centersArray(config.initialCenters))
+    this.model = model ?? new native.NativeModel(JSON.stringify(this.config), centersArray(config.initialCenters))
+  }
+
+  /** Reads a model file written by `save` or `fitChunks`. */
+  static async load(path: string): Promise<SequentialSoftClustering> {
+    const model = await native.NativeModel.load(path)
+    return new SequentialSoftClustering(JSON.parse(model.configJson) as ResolvedConfig, model)
+  }
+
+  /**
+   * Learns the clusters by streaming over the chunk files, then writes one
+   * `<name>.memberships.npz` per chunk and `model.safetensors` into `outputDir`.
+   * Runs off the JS thread; resolves with the fit's history.
+   */
+  async fitChunks(chunkPaths: readonly string[], outputDir: string, options: FitOptions = {}): Promise<HistoryEntry[]> {
+    const history = await this.model.fitChunks([...chunkPaths], outputDir, options.onProgress)
+    return JSON.parse(history) as HistoryEntry[]
+  }
+
+  /** Writes the model file (safetensors, SPEC 6). */
+  async save(path: string): Promise<void> {
+    await this.model.save(path)
+  }
+
+  /** Cluster statistics, exemplars, history and chunk names; null before there are centers. */
+  get summary(): ModelSummary | null {
+    const json = this.model.summaryJson()
+    if (json === null || json === undefined) return null
+    return JSON.parse(json) as ModelSummary
   }
 
   /** The centers, `[K * D]` row-major unit vectors, or null before there are any. */

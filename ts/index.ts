@@ -1,4 +1,14 @@
-export { SequentialSoftClustering, type TransformOptions, type TransformResult } from './clustering'
+export { analyzeSequentialClusters, type AnalyzeOptions, type ClusterStats } from './analysis'
+export {
+  SequentialSoftClustering,
+  type Exemplar,
+  type FitOptions,
+  type FitProgress,
+  type HistoryEntry,
+  type ModelSummary,
+  type TransformOptions,
+  type TransformResult,
+} from './clustering'
 export { resolveConfig, type ClusteringConfig, type Device, type ResolvedConfig } from './config'
 import * as native from './native'
 
@@ -19,4 +29,11 @@ export type NpyArray = native.NpyArray
 /** Reads a float `.npy` file (float16, float32 or float64) as float32, e.g. initial centers. */
 export function readNpy(path: string): NpyArray {
   return native.readNpy(path)
+}
+
+export type MembershipsFile = native.MembershipsFile
+
+/** Reads a `<chunk>.memberships.npz` written by `fitChunks` (SPEC 4). */
+export function readMemberships(path: string): MembershipsFile {
+  return native.readMemberships(path)
 }

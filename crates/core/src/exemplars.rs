@@ -10,6 +10,7 @@ use std::collections::BinaryHeap;
 pub type Location = (usize, usize, usize);
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
 pub struct Exemplar {
     pub value: f32,
     pub chunk: usize,

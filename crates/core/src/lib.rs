@@ -4,6 +4,7 @@
 //! `kernels` computes memberships on a `Backend`, `pass` is what a pass accumulates,
 //! `config` holds the defaults and their validation, `transform` is the user-facing step.
 
+pub mod analysis;
 pub mod config;
 pub mod error;
 pub mod exemplars;

@@ -266,3 +266,17 @@ fn tiny_temperatures_stay_within_tolerance_where_float32_cosines_would_not() {
     }
     check_against_reference(&CpuBackend::default(), &tokens, &acts64, &centers, MembershipParams { temperature: 1e-4, min_membership: 0.3 });
 }
+
+#[test]
+fn float64_rows_beyond_float32_range_keep_their_direction() {
+    // Rows of 1e-50 and 1e200 (squares under- and overflow even in float64 for the latter).
+    let acts = vec![1e-50f64, 0.0, 0.0, 1e200, -1e200, 0.0, 0.0, 0.0];
+    let centers = Centers::from_rows(2, 2, vec![1.0, 0.0, 0.0, 1.0]).unwrap();
+    let tokens = Tokens { source: "activations", chunk_index: 0, activations: ActivationsRef::F64(&acts), seq_len: 4, d: 2, mask: None };
+    let out = CpuBackend::default().run(&centers, &tokens, MembershipParams { temperature: 0.01, min_membership: 0.0 }, ALL).unwrap();
+    assert_eq!(out.rows.token, vec![0, 1, 2], "the all-zero row is skipped, the others are not");
+    assert_eq!(out.stats.unwrap().skipped, 1);
+    let dense = out.dense.unwrap();
+    assert!((dense[0] - 1.0).abs() < 1e-6, "1e-50 points along the first axis: {:?}", &dense[..2]);
+    assert!((dense[3] - 1.0).abs() < 1e-6, "(0, 1e200) along the second: {:?}", &dense[2..4]);
+}

@@ -2,12 +2,16 @@
 //! core errors turned into JS errors with a `code`. No logic of its own: it calls the core.
 
 use napi::bindgen_prelude::*;
+use napi::threadsafe_function::{ThreadsafeFunction, ThreadsafeFunctionCallMode};
 use napi::{Env, Task};
 use napi_derive::napi;
-use soft_cluster_core::kernels::cpu::CpuBackend;
+use soft_cluster_core::analysis::analyze;
+use soft_cluster_core::fit::{fit_chunks, FitRequest};
+use soft_cluster_core::kernels::backend_for;
 use soft_cluster_core::transform::{layout_of, transform};
-use soft_cluster_core::{ActivationsRef, Centers, Chunk, ClusteringConfig, PassOutput, Tokens};
+use soft_cluster_core::{ActivationsRef, Centers, Chunk, ClusteringConfig, Model, PassOutput, Tokens};
 use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
 
 /// The one conversion of core errors: a JS `Error` whose `code` is the core's stable code.
 fn js_error(env: &Env, err: soft_cluster_core::Error) -> Error {
@@ -87,6 +91,31 @@ pub fn read_npy(env: Env, path: String) -> Result<NpyArray> {
     Ok(NpyArray { shape: shape.into_iter().map(|s| s as u32).collect(), data: Float32Array::new(data) })
 }
 
+/// A per-chunk memberships file (SPEC 4) read back.
+#[napi(object)]
+pub struct MembershipsFile {
+    /// `[nnz, 3]`: (batch, position, cluster).
+    pub indices: BigInt64Array,
+    pub values: Float32Array,
+    pub total_sequences: Option<f64>,
+    pub sequence_length: Option<f64>,
+    /// The metadata JSON string, if present.
+    pub metadata: Option<String>,
+}
+
+/// Reads a `.memberships.npz` written by `fitChunks`.
+#[napi]
+pub fn read_memberships(env: Env, path: String) -> Result<MembershipsFile> {
+    let m = soft_cluster_core::npz::read_memberships(&PathBuf::from(path)).map_err(|e| js_error(&env, e))?;
+    Ok(MembershipsFile {
+        indices: BigInt64Array::new(m.indices),
+        values: Float32Array::new(m.values),
+        total_sequences: m.total_sequences.map(|v| v as f64),
+        sequence_length: m.sequence_length.map(|v| v as f64),
+        metadata: m.metadata,
+    })
+}
+
 /// Validates a config (JSON of `ClusteringConfig`) and returns it with the defaults filled in.
 #[napi]
 pub fn resolve_config(env: Env, config_json: String) -> Result<String> {
@@ -126,11 +155,29 @@ fn transform_output(out: PassOutput, seq_len: usize, k: usize) -> TransformOutpu
     }
 }
 
-/// Centers plus config: what `transform` needs. Fitting is added on top of this.
+/// What a `NativeModel` holds between calls. Shared with its running tasks.
+struct State {
+    /// The fitted or loaded model; `None` until there are centers.
+    model: Option<Arc<Model>>,
+    /// Centers from `initialCenters`, the start of the next fit.
+    initial: Option<Centers>,
+    fitting: bool,
+}
+
+/// A clustering model: config, centers and, once fitted, statistics, exemplars and history.
 #[napi]
 pub struct NativeModel {
     config: ClusteringConfig,
-    centers: Option<Centers>,
+    state: Arc<Mutex<State>>,
+}
+
+fn lock(state: &Mutex<State>) -> std::sync::MutexGuard<'_, State> {
+    // A panic while locked can only come from a bug; the state itself stays consistent.
+    state.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+fn core_error(what: &str, problem: &str) -> soft_cluster_core::Error {
+    soft_cluster_core::Error::InvalidInput { what: what.into(), problem: problem.into() }
 }
 
 #[napi]
@@ -141,11 +188,16 @@ impl NativeModel {
     pub fn new(env: Env, config_json: String, initial_centers: Option<Float32Array>) -> Result<Self> {
         let config: ClusteringConfig = serde_json::from_str(&resolve_config(env, config_json)?)
             .map_err(|e| Error::new(Status::InvalidArg, e.to_string()))?;
-        let centers = initial_centers
+        let initial = initial_centers
             .map(|c| Centers::from_rows(config.n_clusters, config.d_model, c.to_vec()))
             .transpose()
             .map_err(|e| js_error(&env, e))?;
-        Ok(NativeModel { config, centers })
+        let model = initial.clone().map(|c| Arc::new(Model::new(config.clone(), c)));
+        Ok(NativeModel { config, state: Arc::new(Mutex::new(State { model, initial, fitting: false })) })
+    }
+
+    fn from_model(model: Model) -> Self {
+        NativeModel { config: model.config.clone(), state: Arc::new(Mutex::new(State { model: Some(Arc::new(model)), initial: None, fitting: false })) }
     }
 
     /// The full config as JSON.
@@ -157,16 +209,30 @@ impl NativeModel {
     /// A copy of the centers `[K * D]`, or null before the model has any.
     #[napi(getter)]
     pub fn centers(&self) -> Option<Float32Array> {
-        self.centers.as_ref().map(|c| Float32Array::new(c.data.clone()))
+        lock(&self.state).model.as_ref().map(|m| Float32Array::new(m.centers.data.clone()))
     }
 
-    fn centers_or_error(&self, env: &Env) -> Result<&Centers> {
-        self.centers.as_ref().ok_or_else(|| {
-            js_error(env, soft_cluster_core::Error::InvalidInput {
-                what: "model".into(),
-                problem: "has no centers yet: fit it, load one, or pass initialCenters".into(),
+    /// Cluster mass, counts, exemplars, history and chunk names as JSON (null before any centers).
+    #[napi]
+    pub fn summary_json(&self) -> Option<String> {
+        lock(&self.state).model.as_ref().map(|m| {
+            serde_json::json!({
+                "clusterMass": m.cluster_mass,
+                "clusterCount": m.cluster_count,
+                "exemplars": m.exemplars,
+                "history": m.history,
+                "chunks": m.chunks,
             })
+            .to_string()
         })
+    }
+
+    fn model_or_error(&self, env: &Env) -> Result<Arc<Model>> {
+        let state = lock(&self.state);
+        if state.fitting {
+            return Err(js_error(env, core_error("model", "is being fitted; wait for fitChunks to finish")));
+        }
+        state.model.clone().ok_or_else(|| js_error(env, core_error("model", "has no centers yet: fit it, load one, or pass initialCenters")))
     }
 
     /// Memberships of `activations` (`shape` `[B, S, D]` or `[T, D]`) on the calling thread.
@@ -180,8 +246,8 @@ impl NativeModel {
         attention_mask: Option<Uint8ArraySlice>,
         dense: bool,
     ) -> Result<TransformOutput> {
-        let centers = self.centers_or_error(&env)?;
-        run_transform(&self.config, centers, &activations, &shape, attention_mask.as_deref(), dense).map_err(|e| js_error(&env, e))
+        let model = self.model_or_error(&env)?;
+        run_transform(&model, &activations, &shape, attention_mask.as_deref(), dense).map_err(|e| js_error(&env, e))
     }
 
     /// The same as `transform`, on the libuv thread pool (the arrays are kept alive, not copied).
@@ -194,28 +260,84 @@ impl NativeModel {
         attention_mask: Option<Uint8Array>,
         dense: bool,
     ) -> Result<AsyncTask<TransformTask>> {
-        let centers = self.centers_or_error(&env)?.clone();
-        Ok(AsyncTask::new(TransformTask { config: self.config.clone(), centers, activations, shape, attention_mask, dense }))
+        let model = self.model_or_error(&env)?;
+        Ok(AsyncTask::new(TransformTask { model, activations, shape, attention_mask, dense }))
+    }
+
+    /// Per-cluster statistics of a batch of tokens (JSON list, one entry per cluster).
+    #[napi]
+    pub fn analyze_json(
+        &self,
+        env: Env,
+        activations: Float32ArraySlice,
+        shape: Vec<f64>,
+        attention_mask: Option<Uint8ArraySlice>,
+        token_ids: Option<BigInt64ArraySlice>,
+        top_tokens: u32,
+    ) -> Result<String> {
+        let model = self.model_or_error(&env)?;
+        let run = || -> soft_cluster_core::Result<String> {
+            let (_, seq_len, d) = layout_of(&shape, activations.len(), model.config.d_model)?;
+            let tokens = Tokens { source: "activations", chunk_index: 0, activations: ActivationsRef::F32(&activations), seq_len, d, mask: attention_mask.as_deref() };
+            let backend = backend_for(&model.config.device)?;
+            let stats = analyze(backend.as_ref(), &model.config, &model.centers, &tokens, token_ids.as_deref(), top_tokens as usize)?;
+            Ok(serde_json::to_string(&stats).expect("stats serialize"))
+        };
+        run().map_err(|e| js_error(&env, e))
+    }
+
+    /// Streams over the chunk files, fits, writes the outputs into `outputDir` (SPEC 3 and 4) and
+    /// keeps the fitted model. Runs on the libuv pool; `onProgress` is called after every chunk.
+    #[napi(ts_return_type = "Promise<string>")]
+    pub fn fit_chunks(
+        &self,
+        env: Env,
+        chunk_paths: Vec<String>,
+        output_dir: String,
+        #[napi(ts_arg_type = "((progress: FitProgress) => void) | undefined | null")] on_progress: Option<ProgressCallback>,
+    ) -> Result<AsyncTask<FitTask>> {
+        let initial = {
+            let mut state = lock(&self.state);
+            if state.fitting {
+                return Err(js_error(&env, core_error("fitChunks", "a fit is already running on this model; wait for it or use another instance")));
+            }
+            state.fitting = true;
+            state.initial.clone()
+        };
+        Ok(AsyncTask::new(FitTask {
+            config: self.config.clone(),
+            initial,
+            chunks: chunk_paths.into_iter().map(PathBuf::from).collect(),
+            output_dir: PathBuf::from(output_dir),
+            on_progress,
+            state: self.state.clone(),
+        }))
+    }
+
+    /// Writes the model file (SPEC 6) atomically, off the JS thread.
+    #[napi(ts_return_type = "Promise<void>")]
+    pub fn save(&self, env: Env, path: String) -> Result<AsyncTask<SaveTask>> {
+        let model = self.model_or_error(&env)?;
+        Ok(AsyncTask::new(SaveTask { model, path: PathBuf::from(path) }))
+    }
+
+    /// Reads a model file, off the JS thread.
+    #[napi(ts_return_type = "Promise<NativeModel>")]
+    pub fn load(path: String) -> AsyncTask<LoadTask> {
+        AsyncTask::new(LoadTask { path: PathBuf::from(path) })
     }
 }
 
-fn run_transform(
-    config: &ClusteringConfig,
-    centers: &Centers,
-    activations: &[f32],
-    shape: &[f64],
-    mask: Option<&[u8]>,
-    dense: bool,
-) -> soft_cluster_core::Result<TransformOutput> {
-    let (_, seq_len, d) = layout_of(shape, activations.len(), config.d_model)?;
+fn run_transform(model: &Model, activations: &[f32], shape: &[f64], mask: Option<&[u8]>, dense: bool) -> soft_cluster_core::Result<TransformOutput> {
+    let (_, seq_len, d) = layout_of(shape, activations.len(), model.config.d_model)?;
     let tokens = Tokens { source: "activations", chunk_index: 0, activations: ActivationsRef::F32(activations), seq_len, d, mask };
-    let out = transform(&CpuBackend::default(), config, centers, &tokens, dense)?;
-    Ok(transform_output(out, seq_len, centers.k))
+    let backend = backend_for(&model.config.device)?;
+    let out = transform(backend.as_ref(), &model.config, &model.centers, &tokens, dense)?;
+    Ok(transform_output(out, seq_len, model.centers.k))
 }
 
 pub struct TransformTask {
-    config: ClusteringConfig,
-    centers: Centers,
+    model: Arc<Model>,
     activations: Float32Array,
     shape: Vec<f64>,
     attention_mask: Option<Uint8Array>,
@@ -227,10 +349,113 @@ impl Task for TransformTask {
     type JsValue = TransformOutput;
 
     fn compute(&mut self) -> Result<Self::Output> {
-        Ok(run_transform(&self.config, &self.centers, &self.activations, &self.shape, self.attention_mask.as_deref(), self.dense))
+        Ok(run_transform(&self.model, &self.activations, &self.shape, self.attention_mask.as_deref(), self.dense))
     }
 
     fn resolve(&mut self, env: Env, output: Self::Output) -> Result<TransformOutput> {
         output.map_err(|e| js_error(&env, e))
+    }
+}
+
+/// Reported after every chunk of a fit.
+#[napi(object)]
+pub struct FitProgress {
+    /// `init` (sampling for k-means++), `iterate` or `output`.
+    pub phase: String,
+    pub iteration: u32,
+    pub n_iterations: u32,
+    /// 1-based chunk just finished.
+    pub chunk: u32,
+    pub n_chunks: u32,
+    pub tokens_done: f64,
+    pub tokens_per_s: f64,
+}
+
+type ProgressCallback = ThreadsafeFunction<FitProgress, (), FitProgress, Status, false, true>;
+
+pub struct FitTask {
+    config: ClusteringConfig,
+    initial: Option<Centers>,
+    chunks: Vec<PathBuf>,
+    output_dir: PathBuf,
+    on_progress: Option<ProgressCallback>,
+    state: Arc<Mutex<State>>,
+}
+
+impl Task for FitTask {
+    type Output = soft_cluster_core::Result<Model>;
+    type JsValue = String;
+
+    fn compute(&mut self) -> Result<Self::Output> {
+        let request = FitRequest { config: &self.config, initial_centers: self.initial.clone(), chunks: &self.chunks, output_dir: &self.output_dir };
+        let on_progress = self.on_progress.as_ref();
+        let mut report = |p: &soft_cluster_core::fit::Progress| {
+            if let Some(f) = on_progress {
+                let phase = serde_json::to_value(p.phase).ok().and_then(|v| v.as_str().map(String::from)).unwrap_or_default();
+                f.call(
+                    FitProgress {
+                        phase,
+                        iteration: p.iteration as u32,
+                        n_iterations: p.n_iterations as u32,
+                        chunk: p.chunk as u32,
+                        n_chunks: p.n_chunks as u32,
+                        tokens_done: p.tokens_done as f64,
+                        tokens_per_s: p.tokens_per_s,
+                    },
+                    ThreadsafeFunctionCallMode::NonBlocking,
+                );
+            }
+        };
+        Ok(backend_for(&self.config.device).and_then(|backend| fit_chunks(request, backend.as_ref(), &mut report)))
+    }
+
+    /// Resolves with the history as JSON; the fitted model replaces the instance's.
+    fn resolve(&mut self, env: Env, output: Self::Output) -> Result<String> {
+        let mut state = lock(&self.state);
+        state.fitting = false;
+        let model = output.map_err(|e| js_error(&env, e))?;
+        let history = serde_json::to_string(&model.history).expect("history serializes");
+        state.model = Some(Arc::new(model));
+        Ok(history)
+    }
+
+    fn reject(&mut self, _env: Env, err: Error) -> Result<Self::JsValue> {
+        lock(&self.state).fitting = false;
+        Err(err)
+    }
+}
+
+pub struct SaveTask {
+    model: Arc<Model>,
+    path: PathBuf,
+}
+
+impl Task for SaveTask {
+    type Output = soft_cluster_core::Result<()>;
+    type JsValue = ();
+
+    fn compute(&mut self) -> Result<Self::Output> {
+        Ok(self.model.save(&self.path))
+    }
+
+    fn resolve(&mut self, env: Env, output: Self::Output) -> Result<()> {
+        output.map_err(|e| js_error(&env, e))
+    }
+}
+
+pub struct LoadTask {
+    path: PathBuf,
+}
+
+impl Task for LoadTask {
+    type Output = soft_cluster_core::Result<Model>;
+    type JsValue = NativeModel;
+
+    fn compute(&mut self) -> Result<Self::Output> {
+        Ok(Model::load(&self.path))
+    }
+
+    fn resolve(&mut self, env: Env, output: Self::Output) -> Result<NativeModel> {
+        output.map(NativeModel::from_model).map_err(|e| js_error(&env, e))
     }
 }

@@ -14,6 +14,10 @@ use rayon::prelude::*;
 /// too often and give the `P^T X` GEMM too short an inner dimension.
 pub const BLOCK_ROWS: usize = 512;
 
+/// `S += P^T X` is summed over the nonzero memberships only when fewer than one in this many
+/// are nonzero (the usual case with `minMembership > 0`); denser blocks go through the GEMM.
+const SPARSE_FRACTION: usize = 8;
+
 /// Which GEMM crate multiplies the matrices. Both are kept so the benchmark can compare them;
 /// `Default` is the one that measured faster here (benches/RESULTS.md).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -138,6 +142,10 @@ impl Job<'_> {
         // (best cosine, row) of the rows with the lowest best cosine, lowest first.
         let mut farthest: Vec<(f32, usize)> = Vec::new();
         let keep_farthest = RESEED_CANDIDATES.min(k);
+        // The block's nonzero memberships (cluster, value), row j at nz[nz_offset[j]..nz_offset[j + 1]].
+        let mut nz: Vec<(u32, f32)> = Vec::new();
+        let mut nz_offset: Vec<usize> = Vec::with_capacity(block_rows + 1);
+        let mut by_cluster: Vec<(u32, u32, f32)> = Vec::new();
 
         for start in (0..n).step_by(block_rows) {
             let b = block_rows.min(n - start);
@@ -147,28 +155,24 @@ impl Job<'_> {
             }
             // p[b x K] = x[b x D] . C^T
             self.gemm.multiply(b, d, k, &x, (d, 1), &self.centers.data, (1, d), &mut p, k, false);
+            nz.clear();
+            nz_offset.clear();
+            nz_offset.push(0);
             for j in 0..b {
+                let row_p = &mut p[j * k..(j + 1) * k];
                 let row = if exact {
                     let t = tokens[start + j] as usize;
                     let a = &src[t * d..(t + 1) * d];
                     let cosine = |c: usize| dot_f64(a, self.centers.row(c)) * inv_norm[start + j];
-                    softmax_exact(&mut p[j * k..(j + 1) * k], cosine, self.params)
+                    softmax_exact(row_p, cosine, self.params)
                 } else {
-                    fused_softmax(&mut p[j * k..(j + 1) * k], &mut e, inv_t, min_m)
+                    fused_softmax(row_p, &mut e, inv_t, min_m)
                 };
-                if let Some(sp) = sparse.as_mut() {
-                    for (c, &v) in p[j * k..(j + 1) * k].iter().enumerate() {
-                        if v > 0.0 {
-                            sp.cluster.push(c as u32);
-                            sp.value.push(v);
-                        }
-                    }
-                    sp.offset.push(sp.value.len());
-                }
+                push_nonzeros(row_p, &mut nz);
+                nz_offset.push(nz.len());
                 if let Some(st) = stats.as_mut() {
                     st.objective_sum += f64::from(row.objective);
                     st.hard_count[row.argmax] += 1;
-                    st.mass.iter_mut().zip(&p[j * k..(j + 1) * k]).for_each(|(m, &v)| *m += f64::from(v));
                     if farthest.len() < keep_farthest || farthest.last().is_some_and(|&(worst, _)| row.best_cos < worst) {
                         let at = farthest.partition_point(|&(c, _)| c <= row.best_cos);
                         farthest.insert(at, (row.best_cos, start + j));
@@ -176,12 +180,36 @@ impl Job<'_> {
                     }
                 }
             }
+            if let Some(sp) = sparse.as_mut() {
+                sp.cluster.extend(nz.iter().map(|&(c, _)| c));
+                sp.value.extend(nz.iter().map(|&(_, v)| v));
+                let base = sp.offset.last().copied().unwrap_or(0);
+                sp.offset.extend(nz_offset[1..].iter().map(|o| base + o));
+            }
             if let Some(out) = dense_out.as_deref_mut() {
                 out[start * k..(start + b) * k].copy_from_slice(&p[..b * k]);
             }
-            if self.want.stats {
-                // S[K x D] += p^T[K x b] . x[b x D]
-                self.gemm.multiply(k, b, d, &p, (1, k), &x, (d, 1), &mut s_block, d, true);
+            if let Some(st) = stats.as_mut() {
+                for &(c, v) in &nz {
+                    st.mass[c as usize] += f64::from(v);
+                }
+                if nz.len() * SPARSE_FRACTION < b * k {
+                    // Thresholding left few memberships: S_k += p_k x over the nonzeros only,
+                    // nnz * D work instead of the GEMM's K * D per row.
+                    // Cluster-major order keeps each row of S in L1 while the block's rows stream by.
+                    by_cluster.clear();
+                    for j in 0..b {
+                        by_cluster.extend(nz[nz_offset[j]..nz_offset[j + 1]].iter().map(|&(c, v)| (c, j as u32, v)));
+                    }
+                    by_cluster.sort_unstable_by_key(|&(c, j, _)| (c, j));
+                    for &(c, j, v) in &by_cluster {
+                        let (c, j) = (c as usize, j as usize);
+                        axpy(v, &x[j * d..(j + 1) * d], &mut s_block[c * d..(c + 1) * d]);
+                    }
+                } else {
+                    // S[K x D] += p^T[K x b] . x[b x D]
+                    self.gemm.multiply(k, b, d, &p, (1, k), &x, (d, 1), &mut s_block, d, true);
+                }
             }
         }
 
@@ -262,6 +290,30 @@ pub(crate) fn fused_softmax(row: &mut [f32], scratch: &mut [f32], inv_t: f32, mi
     fused_softmax_scalar(row, scratch, inv_t, min_m)
 }
 
+/// Appends the nonzero entries of `row` as (index, value).
+fn push_nonzeros(row: &[f32], out: &mut Vec<(u32, f32)>) {
+    #[cfg(target_arch = "x86_64")]
+    {
+        if std::arch::is_x86_feature_detected!("avx2") {
+            // SAFETY: the CPU supports AVX2.
+            return unsafe { avx2::push_nonzeros(row, out) };
+        }
+    }
+    out.extend(row.iter().enumerate().filter(|(_, &v)| v > 0.0).map(|(c, &v)| (c as u32, v)));
+}
+
+/// `y += a * x`.
+fn axpy(a: f32, x: &[f32], y: &mut [f32]) {
+    #[cfg(target_arch = "x86_64")]
+    {
+        if std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma") {
+            // SAFETY: the CPU supports the features.
+            return unsafe { avx2::axpy(a, x, y) };
+        }
+    }
+    y.iter_mut().zip(x).for_each(|(y, &x)| *y += a * x);
+}
+
 /// The portable version of `fused_softmax`, and the reference for the SIMD one.
 pub(crate) fn fused_softmax_scalar(row: &mut [f32], e: &mut [f32], inv_t: f32, min_m: f32) -> RowSummary {
     let k = row.len();
@@ -330,6 +382,40 @@ mod avx2 {
         let bits = _mm256_slli_epi32::<23>(_mm256_add_epi32(_mm256_cvtps_epi32(n), _mm256_set1_epi32(127)));
         let in_range = _mm256_cmp_ps::<_CMP_GE_OQ>(x, _mm256_set1_ps(-87.0));
         _mm256_and_ps(_mm256_mul_ps(y, _mm256_castsi256_ps(bits)), in_range)
+    }
+
+    #[target_feature(enable = "avx2")]
+    pub(super) unsafe fn push_nonzeros(row: &[f32], out: &mut Vec<(u32, f32)>) {
+        let full = row.len() - row.len() % 8;
+        let zero = _mm256_setzero_ps();
+        for i in (0..full).step_by(8) {
+            // SAFETY: i + 8 <= full <= row.len().
+            let v = unsafe { _mm256_loadu_ps(row.as_ptr().add(i)) };
+            let mut bits = _mm256_movemask_ps(_mm256_cmp_ps::<_CMP_GT_OQ>(v, zero)) as u32;
+            while bits != 0 {
+                let at = i + bits.trailing_zeros() as usize;
+                out.push((at as u32, row[at]));
+                bits &= bits - 1;
+            }
+        }
+        out.extend(row[full..].iter().enumerate().filter(|(_, &v)| v > 0.0).map(|(c, &v)| ((full + c) as u32, v)));
+    }
+
+    #[target_feature(enable = "avx2,fma")]
+    pub(super) unsafe fn axpy(a: f32, x: &[f32], y: &mut [f32]) {
+        let n = x.len().min(y.len());
+        let full = n - n % 8;
+        let va = _mm256_set1_ps(a);
+        for i in (0..full).step_by(8) {
+            // SAFETY: i + 8 <= full <= both lengths.
+            unsafe {
+                let yv = _mm256_fmadd_ps(va, _mm256_loadu_ps(x.as_ptr().add(i)), _mm256_loadu_ps(y.as_ptr().add(i)));
+                _mm256_storeu_ps(y.as_mut_ptr().add(i), yv);
+            }
+        }
+        for i in full..n {
+            y[i] += a * x[i];
+        }
     }
 
     #[target_feature(enable = "avx2,fma")]

@@ -163,12 +163,13 @@ fn prepare_typed<T: Element>(tokens: &Tokens, data: &[T]) -> Result<PreparedRows
         .into_par_iter()
         .map(|g| {
             let mut part = PreparedRows::default();
+            let mut scratch = Vec::with_capacity(d);
             for t in g * PREPARE_GROUP..((g + 1) * PREPARE_GROUP).min(n) {
                 if tokens.mask.is_some_and(|m| m[t] == 0) {
                     continue;
                 }
                 let row = &data[t * d..(t + 1) * d];
-                let norm = row_norm(row).ok_or(t)?;
+                let norm = row_norm(row, &mut scratch).ok_or(t)?;
                 if norm == 0.0 {
                     part.skipped += 1;
                 } else {
@@ -193,17 +194,31 @@ fn prepare_typed<T: Element>(tokens: &Tokens, data: &[T]) -> Result<PreparedRows
     Ok(rows)
 }
 
-/// Euclidean norm in float64, `None` if the row holds NaN or Inf. Rows of huge finite float64
-/// values, whose squares overflow, are rescaled rather than mistaken for infinite ones.
-fn row_norm<T: Element>(row: &[T]) -> Option<f64> {
-    let sum: f64 = row.iter().map(|&x| x.to_f64() * x.to_f64()).sum();
-    if sum.is_finite() {
-        return Some(sum.sqrt());
+/// Euclidean norm, `None` if the row holds NaN or Inf. Squares are summed in float64 over a
+/// float32 copy (float16 rows are widened with F16C where the CPU has it). float64 rows beyond
+/// float32's range, huge or tiny, are measured in float64 with rescaling instead.
+fn row_norm<T: Element>(row: &[T], scratch: &mut Vec<f32>) -> Option<f64> {
+    scratch.resize(row.len(), 0.0);
+    T::scale_into(row, 1.0, scratch);
+    let mut lanes = [0f64; 4];
+    let mut chunks = scratch.chunks_exact(4);
+    for c in &mut chunks {
+        for l in 0..4 {
+            lanes[l] += f64::from(c[l]) * f64::from(c[l]);
+        }
     }
+    let sum: f64 = lanes.iter().sum::<f64>() + chunks.remainder().iter().map(|&v| f64::from(v) * f64::from(v)).sum::<f64>();
+    if sum.is_finite() && sum > 0.0 {
+        return Some(sum.sqrt()); // a finite sum means every element was finite
+    }
+    // Zero, NaN/Inf, or float64 values beyond float32's range either way: decide in float64.
     if row.iter().any(|&x| !x.to_f64().is_finite()) {
         return None;
     }
     let max = row.iter().fold(0.0f64, |m, &x| m.max(x.to_f64().abs()));
+    if max == 0.0 {
+        return Some(0.0);
+    }
     Some(max * row.iter().map(|&x| (x.to_f64() / max).powi(2)).sum::<f64>().sqrt())
 }
 

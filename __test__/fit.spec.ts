@@ -1,0 +1,208 @@
+import { execFileSync } from 'node:child_process'
+import { copyFileSync, existsSync, mkdtempSync, readFileSync, writeFileSync } from 'node:fs'
+import { tmpdir } from 'node:os'
+import { join } from 'node:path'
+import { describe, expect, it } from 'vitest'
+import { analyzeSequentialClusters, readChunk, readMemberships, readNpy, SequentialSoftClustering, type FitProgress } from '../ts'
+import { expectError, fixture } from './helpers'
+
+const expected = JSON.parse(readFileSync(fixture('planted_expected.json'), 'utf8'))
+const init = readNpy(fixture('planted_init_centers.npy'))
+const planted = [fixture('planted_a_f32.npz'), fixture('planted_b_f16_compressed.npz')]
+const tmp = () => mkdtempSync(join(tmpdir(), 'soft-cluster-'))
+
+function plantedModel(extra: object = {}): SequentialSoftClustering {
+  return new SequentialSoftClustering({
+    nClusters: 6, dModel: 64, temperature: expected.temperature, minMembership: expected.min_membership,
+    nIterations: expected.iterations, nExemplars: expected.n_exemplars, contextWindow: expected.context_window,
+    tol: 0, initialCenters: init.data, ...extra,
+  })
+}
+
+const dot = (a: ArrayLike<number>, b: ArrayLike<number>, ai = 0, bi = 0, d = 64) => {
+  let s = 0
+  for (let j = 0; j < d; j++) s += a[ai + j]! * b[bi + j]!
+  return s
+}
+
+describe('fitChunks', () => {
+  it('reproduces the independent float64 fit of the planted fixtures', async () => {
+    const out = tmp()
+    const model = plantedModel()
+    const progress: FitProgress[] = []
+    const history = await model.fitChunks(planted, out, { onProgress: (p) => progress.push(p) })
+    expect(history).toHaveLength(5)
+    expect(history[0]!.mass).toHaveLength(6)
+
+    const want = readNpy(fixture('planted_expected_centers.npy')).data
+    const got = model.centers!
+    for (let c = 0; c < 6; c++) expect(1 - dot(got, want, c * 64, c * 64)).toBeLessThan(1e-5)
+
+    const mine = readMemberships(join(out, 'planted_a_f32.memberships.npz'))
+    const theirs = readMemberships(fixture('planted_a_f32.expected.memberships.npz'))
+    expect(mine.indices).toEqual(theirs.indices)
+    mine.values.forEach((v, i) => expect(Math.abs(v - theirs.values[i]!)).toBeLessThanOrEqual(1e-4))
+    expect([mine.totalSequences, mine.sequenceLength]).toEqual([5, 32])
+    expect(JSON.parse(mine.metadata!)).toMatchObject({ total_sequences: 5, sequence_length: 32, n_clusters: 6, source: 'planted_a_f32.npz', format_version: 1 })
+
+    const summary = model.summary!
+    expect(summary.chunks).toEqual(['planted_a_f32.npz', 'planted_b_f16_compressed.npz'])
+    expected.expected_exemplars.forEach((list: any[], c: number) => {
+      expect(summary.exemplars[c]).toHaveLength(list.length)
+      list.forEach((e, i) => {
+        const g = summary.exemplars[c]![i]!
+        expect([g.chunk, g.batch, g.position, g.tokens]).toEqual([e.chunk, e.batch, e.position, e.tokens])
+        expect(Math.abs(g.value - e.value)).toBeLessThanOrEqual(1e-4)
+        g.contextMemberships.forEach((v, j) => expect(Math.abs(v - e.context_memberships[j])).toBeLessThanOrEqual(1e-4))
+      })
+    })
+
+    // Progress: every chunk of every pass, in order.
+    expect(progress.filter((p) => p.phase === 'iterate')).toHaveLength(10)
+    expect(progress.filter((p) => p.phase === 'output')).toHaveLength(2)
+    const last = progress[progress.length - 1]!
+    expect([last.chunk, last.nChunks, last.tokensDone]).toEqual([2, 2, 215])
+    expect(last.tokensPerS).toBeGreaterThan(0)
+    expect(existsSync(join(out, 'model.safetensors'))).toBe(true)
+  })
+
+  it('never blocks the event loop', async () => {
+    const model = plantedModel({ nIterations: 400 })
+    let ticks = 0
+    const timer = setInterval(() => ticks++, 1)
+    const started = Date.now()
+    await model.fitChunks(planted, tmp())
+    clearInterval(timer)
+    const elapsed = Date.now() - started
+    expect(elapsed).toBeGreaterThan(20)
+    expect(ticks).toBeGreaterThan(elapsed / 10) // a timer every millisecond kept firing
+  })
+
+  it('refuses a second fit on the same instance while one runs', async () => {
+    const model = plantedModel({ nIterations: 50 })
+    const first = model.fitChunks(planted, tmp())
+    await expect(model.fitChunks(planted, tmp())).rejects.toMatchObject({ code: 'ERR_INVALID_INPUT', message: expect.stringContaining('a fit is already running') })
+    expectError(() => model.transform(new Float32Array(64), { shape: [1, 64] }), 'ERR_INVALID_INPUT', 'is being fitted')
+    await first
+    expect(model.transform(new Float32Array(64).fill(1), { shape: [1, 64] }).nRows).toBe(1)
+  })
+
+  it('rejects a bad chunk with its name and writes no model', async () => {
+    const out = tmp()
+    const bad = fixture('bad/wrong_d_model.npz')
+    await expect(plantedModel().fitChunks([planted[0]!, bad], out)).rejects.toMatchObject({
+      code: 'ERR_BAD_CHUNK', message: expect.stringContaining(bad),
+    })
+    expect(existsSync(join(out, 'model.safetensors'))).toBe(false)
+    await expect(plantedModel().fitChunks([], out)).rejects.toMatchObject({ code: 'ERR_INVALID_INPUT' })
+    await expect(plantedModel({ device: 'cuda' }).fitChunks(planted, out)).rejects.toMatchObject({ code: 'ERR_DEVICE' })
+  })
+
+  it('recovers the planted directions from k-means++ and is deterministic', async () => {
+    const truth = readNpy(fixture('planted_centers.npy')).data
+    const fitOnce = async (seed: number) => {
+      const m = new SequentialSoftClustering({ nClusters: 6, dModel: 64, temperature: 0.1, nIterations: 20, seed })
+      await m.fitChunks(planted, tmp())
+      return m.centers!
+    }
+    const a = await fitOnce(1)
+    for (let t = 0; t < 6; t++) {
+      let best = -1
+      for (let c = 0; c < 6; c++) best = Math.max(best, dot(truth, a, t * 64, c * 64) / Math.sqrt(dot(truth, truth, t * 64, t * 64)))
+      expect(best).toBeGreaterThan(0.98)
+    }
+    expect(await fitOnce(1)).toEqual(a)
+  })
+})
+
+describe('save and load', () => {
+  it('round-trips a fitted model, which then transforms exactly as before', async () => {
+    const out = tmp()
+    const model = plantedModel()
+    await model.fitChunks(planted, out)
+    const path = join(out, 'copy.safetensors')
+    await model.save(path)
+    expect(readFileSync(path)).toEqual(readFileSync(join(out, 'model.safetensors')))
+    const loaded = await SequentialSoftClustering.load(path)
+    expect(loaded.config).toEqual(model.config)
+    expect(loaded.summary).toEqual(model.summary)
+    const chunk = readChunk(planted[0]!)
+    const a = model.transform(chunk.activations, { shape: chunk.shape, attentionMask: chunk.attentionMask })
+    const b = loaded.transform(chunk.activations, { shape: chunk.shape, attentionMask: chunk.attentionMask })
+    expect(b.memberships).toEqual(a.memberships)
+  })
+
+  it('writes files a Python user can read (names, shapes, dtypes and metadata of SPEC 4 and 6)', async () => {
+    const out = tmp()
+    await plantedModel().fitChunks(planted, out)
+    const python = process.env.SOFT_CLUSTER_PYTHON ?? 'python3'
+    const report = JSON.parse(execFileSync(python, [join(__dirname, '..', 'scripts', 'read_outputs.py'), join(out, 'model.safetensors'), join(out, 'planted_a_f32.memberships.npz')], { encoding: 'utf8' }))
+    if (process.env.SOFT_CLUSTER_PYTHON) expect(report.reader).toBe('numpy') // CI installs numpy and safetensors
+    const dtype = (t: string) => ({ F32: 'float32', F64: 'float64', I64: 'int64' })[t] ?? t
+    const tensors = Object.fromEntries(Object.entries(report.tensors as Record<string, { dtype: string; shape: number[] }>).map(([k, v]) => [k, [dtype(v.dtype), v.shape]]))
+    expect(tensors).toEqual({
+      centers: ['float32', [6, 64]], cluster_mass: ['float64', [6]], cluster_count: ['int64', [6]],
+      exemplar_count: ['int64', [6]], exemplar_values: ['float32', [6, 3]], exemplar_locations: ['int64', [6, 3, 3]],
+      exemplar_tokens: ['int64', [6, 3, 5]], exemplar_context_memberships: ['float32', [6, 3, 5]],
+    })
+    expect(report.metadata.format).toBe('soft-cluster-model')
+    expect(report.metadata.format_version).toBe('1')
+    expect(JSON.parse(report.metadata.config)).toMatchObject({ nClusters: 6, dModel: 64, temperature: 0.25 })
+    expect(JSON.parse(report.metadata.history)).toHaveLength(5)
+    expect(JSON.parse(report.metadata.chunks)).toEqual(['planted_a_f32.npz', 'planted_b_f16_compressed.npz'])
+    const arrays = report.arrays
+    expect(arrays.indices.dtype).toBe('<i8')
+    expect(arrays.indices.shape[1]).toBe(3)
+    expect(arrays.values.dtype).toBe('<f4')
+    expect([arrays.total_sequences.shape, arrays.sequence_length.shape, arrays.metadata.shape]).toEqual([[], [], []])
+    expect(JSON.parse(arrays.metadata.value).source).toBe('planted_a_f32.npz')
+    expect(arrays.values.value).toHaveLength(arrays.indices.shape[0])
+  })
+
+  it('refuses files that are not models, and models without centers', async () => {
+    const dir = tmp()
+    const junk = join(dir, 'junk.safetensors')
+    writeFileSync(junk, 'not a model at all')
+    await expect(SequentialSoftClustering.load(junk)).rejects.toMatchObject({ code: 'ERR_BAD_MODEL', message: expect.stringContaining(junk) })
+    await expect(SequentialSoftClustering.load(join(dir, 'missing.safetensors'))).rejects.toMatchObject({ code: 'ERR_IO' })
+    const empty = new SequentialSoftClustering({ nClusters: 2, dModel: 4 })
+    expect(empty.summary).toBeNull()
+    await expect(empty.save(join(dir, 'x.safetensors'))).rejects.toMatchObject({ code: 'ERR_INVALID_INPUT', message: expect.stringContaining('has no centers yet') })
+    copyFileSync(fixture('planted_init_centers.npy'), join(dir, 'centers.npy'))
+    await expect(SequentialSoftClustering.load(join(dir, 'centers.npy'))).rejects.toMatchObject({ code: 'ERR_BAD_MODEL' })
+  })
+})
+
+describe('analyzeSequentialClusters', () => {
+  it('agrees with a direct computation from the memberships', async () => {
+    const model = plantedModel()
+    await model.fitChunks(planted, tmp())
+    const chunk = readChunk(planted[0]!)
+    const stats = analyzeSequentialClusters(model, chunk.activations, chunk.tokenIds, { shape: chunk.shape, attentionMask: chunk.attentionMask, topTokens: 3 })
+    const t = model.transform(chunk.activations, { shape: chunk.shape, attentionMask: chunk.attentionMask })
+    const centers = model.centers!
+    for (let c = 0; c < 6; c++) {
+      let mass = 0, hard = 0, cos = 0
+      const weights = new Map<number, number>()
+      for (let r = 0; r < t.nRows; r++) {
+        const row = t.memberships!.subarray(r * 6, r * 6 + 6)
+        const p = row[c]!
+        mass += p
+        if (row.indexOf(Math.max(...row)) === c) hard++
+        const tok = t.rowTokens[r]!
+        const a = chunk.activations.subarray(tok * 64, tok * 64 + 64)
+        cos += p * dot(a, centers, 0, c * 64) / Math.sqrt(dot(a, a))
+        if (p > 0) weights.set(Number(chunk.tokenIds![tok]), (weights.get(Number(chunk.tokenIds![tok])) ?? 0) + p)
+      }
+      const s = stats[c]!
+      expect(s.cluster).toBe(c)
+      expect(s.mass).toBeCloseTo(mass, 4)
+      expect(s.hardCount).toBe(hard)
+      expect(s.meanCosine).toBeCloseTo(cos / mass, 4)
+      const top = [...weights.entries()].sort((x, y) => y[1] - x[1] || x[0] - y[0]).slice(0, 3)
+      expect(s.topTokens.map((w) => w.tokenId)).toEqual(top.map(([id]) => id))
+      s.topTokens.forEach((w, i) => expect(w.weight).toBeCloseTo(top[i]![1], 4))
+    }
+    expectError(() => analyzeSequentialClusters(model, chunk.activations, [1, 2], { shape: chunk.shape }), 'ERR_INVALID_INPUT', 'tokenIds: has 2 entries')
+  })
+})
