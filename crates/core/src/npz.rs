@@ -404,18 +404,14 @@ fn read_npy<R: Read>(reader: R, total_size: u64, path: &Path, name: &str) -> Res
         "f4" => Elements::F32(f32::read_to_end_exact_vec(&mut reader, &canonical, len).map_err(read_error)?),
         "f8" => Elements::F64(f64::read_to_end_exact_vec(&mut reader, &canonical, len).map_err(read_error)?),
         "f2" => {
-            // ndarray-npy has no float16: read the raw halves in the stored byte order.
-            let mut raw = vec![0u8; len * 2];
-            reader.read_exact(&mut raw).map_err(|e| bad(format!("cannot decode data: {e}")))?;
-            let big_endian = order == ">";
-            Elements::F16(
-                raw.chunks_exact(2)
-                    .map(|b| {
-                        let bits = if big_endian { u16::from_be_bytes([b[0], b[1]]) } else { u16::from_le_bytes([b[0], b[1]]) };
-                        f16::from_bits(bits)
-                    })
-                    .collect(),
-            )
+            // ndarray-npy has no float16: read the halves straight into place, then fix the byte
+            // order if it is not this machine's.
+            let mut halves = vec![f16::ZERO; len];
+            reader.read_exact(bytemuck::cast_slice_mut(&mut halves)).map_err(|e| bad(format!("cannot decode data: {e}")))?;
+            if (order == ">") != cfg!(target_endian = "big") {
+                halves.iter_mut().for_each(|h| *h = f16::from_bits(h.to_bits().swap_bytes()));
+            }
+            Elements::F16(halves)
         }
         _ => unreachable!("kinds were filtered above"),
     };

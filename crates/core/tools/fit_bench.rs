@@ -1,8 +1,11 @@
 //! `fit-bench`: runs `fit_chunks` on the CPU backend over a folder of chunks and prints one JSON
 //! line, for `benches/fit.py` (which measures its wall time and peak memory as a process).
 //!
-//!     fit-bench --chunks DIR --init FILE --clusters K --iterations N --temperature T
-//!               --min-membership M --out OUTDIR
+//!     fit-bench --chunks DIR [--init FILE | --seed S] --clusters K --iterations N
+//!               --temperature T --min-membership M --out OUTDIR
+//!
+//! Without `--init` the fit starts from k-means++ with `--seed` (default 0). The JSON line holds
+//! the whole run's seconds and tokens/s and the seconds of each iteration's pass.
 
 use soft_cluster_core::fit::{fit_chunks, FitRequest};
 use soft_cluster_core::kernels::cpu::CpuBackend;
@@ -22,26 +25,42 @@ fn main() {
         .filter(|p| p.extension().is_some_and(|x| x == "npz"))
         .collect();
     chunks.sort();
-    let (shape, data) = read_npy_f32(get("init").as_ref()).expect("--init FILE");
     let k: usize = get("clusters").parse().unwrap();
-    assert_eq!(shape[0], k, "--init holds {} centers", shape[0]);
-    let mut config = ClusteringConfig::new(k, shape[1]);
+    let init = opts.get("init").map(|path| {
+        let (shape, data) = read_npy_f32(path.as_ref()).expect("--init FILE");
+        assert_eq!(shape[0], k, "--init holds {} centers", shape[0]);
+        Centers::from_rows(k, shape[1], data).unwrap()
+    });
+    let d = match &init {
+        Some(c) => c.d,
+        None => soft_cluster_core::read_chunk(&chunks[0]).expect("first chunk").d_model,
+    };
+    let mut config = ClusteringConfig::new(k, d);
+    config.seed = opts.get("seed").map_or(0, |s| s.parse().unwrap());
     config.n_iterations = get("iterations").parse().unwrap();
     config.temperature = get("temperature").parse().unwrap();
     config.min_membership = get("min-membership").parse().unwrap();
     config.tol = 0.0;
     let out = PathBuf::from(get("out"));
     let started = Instant::now();
-    let request = FitRequest { config: &config, initial_centers: Some(Centers::from_rows(k, shape[1], data).unwrap()), chunks: &chunks, output_dir: &out };
+    let request = FitRequest { config: &config, initial_centers: init, chunks: &chunks, output_dir: &out };
     let model = fit_chunks(request, &CpuBackend::default(), &mut |_| {}).unwrap_or_else(|e| {
         eprintln!("fit-bench: {e}");
         std::process::exit(1)
     });
     let seconds = started.elapsed().as_secs_f64();
     let tokens: u64 = model.cluster_count.iter().sum();
+    let per_iteration: Vec<f64> = model.history.iter().map(|h| h.seconds).collect();
     println!(
-        "{{\"impl\":\"rust-cpu\",\"seconds\":{seconds},\"iterations\":{},\"tokens\":{tokens},\"tokens_per_s\":{}}}",
-        config.n_iterations,
-        tokens as f64 * (config.n_iterations + 1) as f64 / seconds
+        "{}",
+        serde_json::json!({
+            "impl": "rust-cpu",
+            "seconds": seconds,
+            "iterations": model.history.len(),
+            "tokens": tokens,
+            "tokens_per_s": tokens as f64 * (model.history.len() + 1) as f64 / seconds,
+            "iteration_seconds": per_iteration,
+            "objective": model.history.last().map(|h| h.objective),
+        })
     );
 }
