@@ -119,6 +119,12 @@ impl Chunk {
     }
 }
 
+/// numpy itself refuses headers over 10 000 bytes by default; allow some room beyond that.
+const MAX_HEADER_LEN: u64 = 1 << 20;
+
+/// The largest expansion deflate can produce (a little over its 1032:1 limit).
+const MAX_DEFLATE_RATIO: u64 = 1040;
+
 /// An array decoded from one `.npy` member, in C order.
 enum Elements {
     Bool(Vec<bool>),
@@ -340,6 +346,15 @@ fn read_member<R: Read + Seek>(zip: &mut zip::ZipArchive<R>, path: &Path, name: 
         .by_index(index)
         .map_err(|e| Error::bad_chunk(path, name, format!("corrupt archive member: {e}")))?;
     let size = member.size();
+    // The archive's own size field is data too: bound it by what the compressed bytes can
+    // expand to (deflate never exceeds ~1032:1) before trusting it for an allocation.
+    let most = match member.compression() {
+        zip::CompressionMethod::Stored => member.compressed_size(),
+        _ => member.compressed_size().saturating_mul(MAX_DEFLATE_RATIO),
+    };
+    if size > most {
+        return Err(Error::bad_chunk(path, name, format!("archive member claims {size} bytes from {} compressed bytes", member.compressed_size())));
+    }
     read_npy(member, size, path, name).map(Some)
 }
 
@@ -361,7 +376,25 @@ impl<R: Read> Read for Counting<R> {
 fn read_npy<R: Read>(reader: R, total_size: u64, path: &Path, name: &str) -> Result<NpyArray> {
     let bad = |problem: String| Error::bad_chunk(path, name, problem);
     let mut reader = Counting { inner: reader, consumed: 0 };
-    let header = Header::from_reader(&mut reader).map_err(|e| bad(format!("bad .npy header: {e}")))?;
+    // ndarray-npy allocates the header's declared length before reading it (up to 4 GiB in
+    // format 2): check that length against the member first, then let it parse.
+    let mut prefix = [0u8; 12];
+    reader.read_exact(&mut prefix[..10]).map_err(|e| bad(format!("bad .npy header: {e}")))?;
+    if &prefix[..6] != b"\x93NUMPY" {
+        return Err(bad("bad .npy header: no NUMPY magic string".into()));
+    }
+    let (prefix_len, header_len) = match prefix[6] {
+        1 => (10, u64::from(u16::from_le_bytes([prefix[8], prefix[9]]))),
+        2 | 3 => {
+            reader.read_exact(&mut prefix[10..12]).map_err(|e| bad(format!("bad .npy header: {e}")))?;
+            (12, u64::from(u32::from_le_bytes([prefix[8], prefix[9], prefix[10], prefix[11]])))
+        }
+        v => return Err(bad(format!("bad .npy header: unknown format version {v}"))),
+    };
+    if header_len > MAX_HEADER_LEN.min(total_size.saturating_sub(prefix_len as u64)) {
+        return Err(bad(format!("bad .npy header: declares a {header_len}-byte header in a {total_size}-byte member")));
+    }
+    let header = Header::from_reader(&mut (&prefix[..prefix_len]).chain(&mut reader)).map_err(|e| bad(format!("bad .npy header: {e}")))?;
     let descr = match &header.type_descriptor {
         PyValue::String(s) => s.clone(),
         other => return Err(bad(format!("has a structured dtype ({other}); expected a plain numeric dtype"))),

@@ -1,0 +1,184 @@
+//! A mutation fuzzer over real files (cargo-fuzz needs a nightly toolchain; this machine has only
+//! stable). Inputs from the corpus (`fixtures/`, `fuzz/corpus/`) are mutated at the byte level and
+//! inside their zip members, then fed to the chunk reader and the model loader. Every input must
+//! give `Ok` or a clean `Err`: no panic, and no allocation larger than the input can justify.
+//!
+//! `npm test` runs a short, seeded run. A long run: `SOFT_CLUSTER_FUZZ_SECONDS=600 cargo test
+//! --release -p soft-cluster-core --test fuzz -- --nocapture`. Inputs that fail are written to
+//! `target/fuzz-findings/` (add them to `fuzz/corpus/` once fixed).
+
+use rand::{Rng, SeedableRng};
+use rand_chacha::ChaCha8Rng;
+use soft_cluster_core::{read_chunk, Model};
+use std::alloc::{GlobalAlloc, Layout, System};
+use std::io::{Read, Write};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+/// Records the largest single allocation, so a lying header that makes us allocate is caught.
+struct Tracking;
+static LARGEST: AtomicUsize = AtomicUsize::new(0);
+
+unsafe impl GlobalAlloc for Tracking {
+    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
+        LARGEST.fetch_max(layout.size(), Ordering::Relaxed);
+        unsafe { System.alloc(layout) }
+    }
+    unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
+        unsafe { System.dealloc(ptr, layout) }
+    }
+    unsafe fn alloc_zeroed(&self, layout: Layout) -> *mut u8 {
+        LARGEST.fetch_max(layout.size(), Ordering::Relaxed);
+        unsafe { System.alloc_zeroed(layout) }
+    }
+    unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
+        LARGEST.fetch_max(new_size, Ordering::Relaxed);
+        unsafe { System.realloc(ptr, layout, new_size) }
+    }
+}
+
+#[global_allocator]
+static ALLOCATOR: Tracking = Tracking;
+
+fn root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../..")
+}
+
+fn corpus(dirs: &[&str], ext: &str) -> Vec<Vec<u8>> {
+    let mut files: Vec<PathBuf> = dirs
+        .iter()
+        .flat_map(|d| std::fs::read_dir(root().join(d)).into_iter().flatten())
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|x| x == ext))
+        .collect();
+    files.sort();
+    files.into_iter().map(|p| std::fs::read(p).unwrap()).collect()
+}
+
+/// Rewrites one member of a zip with a mutated copy (stored), so the `.npy` parser sees it.
+fn mutate_member(rng: &mut ChaCha8Rng, bytes: &[u8]) -> Option<Vec<u8>> {
+    let mut zip = zip::ZipArchive::new(std::io::Cursor::new(bytes)).ok()?;
+    let target = rng.random_range(0..zip.len().max(1));
+    let mut out = zip::ZipWriter::new(std::io::Cursor::new(Vec::new()));
+    for i in 0..zip.len() {
+        let mut member = zip.by_index(i).ok()?;
+        let name = member.name().to_string();
+        let mut data = Vec::new();
+        member.read_to_end(&mut data).ok()?;
+        if i == target {
+            mutate_bytes(rng, &mut data, 64);
+        }
+        out.start_file(name, zip::write::SimpleFileOptions::default().compression_method(zip::CompressionMethod::Stored)).ok()?;
+        out.write_all(&data).ok()?;
+    }
+    Some(out.finish().ok()?.into_inner())
+}
+
+/// Byte-level mutations; `header_bias` focuses some of them on the first bytes (headers).
+fn mutate_bytes(rng: &mut ChaCha8Rng, data: &mut Vec<u8>, header_bias: usize) {
+    for _ in 0..rng.random_range(1..4) {
+        if data.is_empty() {
+            data.push(rng.random());
+            continue;
+        }
+        let at = if rng.random_bool(0.5) { rng.random_range(0..data.len().min(header_bias).max(1)) } else { rng.random_range(0..data.len()) };
+        match rng.random_range(0..7) {
+            0 => data[at] ^= 1 << rng.random_range(0..8),
+            1 => data[at] = [0, 0xff, 0x7f, 0x80, b'9', b'(', b',', b' '][rng.random_range(0..8)],
+            2 => data.truncate(at),
+            3 => {
+                let n = rng.random_range(1..16);
+                let fill: Vec<u8> = (0..n).map(|_| rng.random()).collect();
+                data.splice(at..at, fill);
+            }
+            4 => {
+                let end = (at + rng.random_range(1..32)).min(data.len());
+                data.drain(at..end);
+            }
+            5 => {
+                // A large little-endian number where a size field may be.
+                let v: u64 = [u64::MAX, u32::MAX as u64, 1 << 40, 0x7fff_ffff][rng.random_range(0..4)];
+                for (i, b) in v.to_le_bytes().iter().enumerate().take(data.len() - at) {
+                    data[at + i] = *b;
+                }
+            }
+            _ => {
+                let src = rng.random_range(0..data.len());
+                let n = rng.random_range(1..64).min(data.len() - src);
+                let copy = data[src..src + n].to_vec();
+                data.splice(at..at, copy);
+            }
+        }
+    }
+}
+
+/// Runs `target` on mutants of the corpus for `SOFT_CLUSTER_FUZZ_SECONDS` (or `default_cases`).
+fn fuzz(name: &str, seeds: Vec<Vec<u8>>, default_cases: u64, zip_aware: bool, target: impl Fn(&[u8]) -> bool) {
+    assert!(!seeds.is_empty(), "{name}: empty corpus");
+    let budget = std::env::var("SOFT_CLUSTER_FUZZ_SECONDS").ok().and_then(|s| s.parse().ok()).map(Duration::from_secs);
+    let mut rng = ChaCha8Rng::seed_from_u64(std::env::var("SOFT_CLUSTER_FUZZ_SEED").ok().and_then(|s| s.parse().ok()).unwrap_or(7));
+    let started = Instant::now();
+    let (mut cases, mut accepted) = (0u64, 0u64);
+    while budget.map_or(cases < default_cases, |b| started.elapsed() < b) {
+        let seed = &seeds[rng.random_range(0..seeds.len())];
+        let input = match zip_aware && rng.random_bool(0.5) {
+            true => mutate_member(&mut rng, seed).unwrap_or_else(|| seed.clone()),
+            false => {
+                let mut b = seed.clone();
+                mutate_bytes(&mut rng, &mut b, 128);
+                b
+            }
+        };
+        LARGEST.store(0, Ordering::Relaxed);
+        let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| target(&input)));
+        // Nothing may allocate much more than the input could hold once decompressed.
+        let limit = (input.len() * 1040).max(64 << 20);
+        let largest = LARGEST.load(Ordering::Relaxed);
+        if outcome.is_err() || largest > limit {
+            let dir = root().join("target/fuzz-findings");
+            std::fs::create_dir_all(&dir).unwrap();
+            let path = dir.join(format!("{name}-{cases}.bin"));
+            std::fs::write(&path, &input).unwrap();
+            panic!("{name}: case {cases} {} (largest allocation {largest} bytes); input saved to {}", if outcome.is_err() { "panicked" } else { "allocated too much" }, path.display());
+        }
+        accepted += u64::from(outcome.unwrap());
+        cases += 1;
+    }
+    eprintln!("{name}: {cases} cases in {:.1}s, {accepted} read successfully, no finding", started.elapsed().as_secs_f64());
+    assert!(cases > 0);
+}
+
+#[test]
+fn chunk_reader_survives_mutated_files() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("mutant.npz");
+    fuzz("chunk", corpus(&["fixtures", "fixtures/bad", "fuzz/corpus/chunk"], "npz"), 1500, true, |bytes| {
+        std::fs::write(&path, bytes).unwrap();
+        match read_chunk(&path) {
+            Ok(chunk) => {
+                // What was read is consistent with itself.
+                assert_eq!(chunk.activations.len(), chunk.n_tokens() * chunk.d_model);
+                true
+            }
+            Err(e) => {
+                assert!(e.to_string().contains("mutant.npz"), "errors name the file: {e}");
+                false
+            }
+        }
+    });
+}
+
+#[test]
+fn model_loader_survives_mutated_files() {
+    fuzz("model", corpus(&["fuzz/corpus/model"], "safetensors"), 3000, false, |bytes| match Model::from_bytes(bytes, "mutant") {
+        Ok(m) => {
+            assert_eq!(m.centers.data.len(), m.centers.k * m.centers.d);
+            true
+        }
+        Err(e) => {
+            assert!(e.to_string().starts_with("mutant"), "errors name the file: {e}");
+            false
+        }
+    });
+}
