@@ -31,6 +31,10 @@ pub enum Error {
     #[error("device {device}: {problem}")]
     Device { device: String, problem: String },
 
+    /// A job that would not fit in this machine's memory, refused before it starts.
+    #[error("{what}: needs about {needed_gib:.1} GiB of memory, but {available_gib:.1} GiB is available")]
+    TooLarge { what: String, needed_gib: f64, available_gib: f64 },
+
     /// Reading or writing a file failed at the OS level.
     #[error("{file}: {source}")]
     Io { file: String, #[source] source: std::io::Error },
@@ -46,6 +50,7 @@ impl Error {
             Error::InvalidInput { .. } => "ERR_INVALID_INPUT",
             Error::BadModel { .. } => "ERR_BAD_MODEL",
             Error::Device { .. } => "ERR_DEVICE",
+            Error::TooLarge { .. } => "ERR_TOO_LARGE",
             Error::Io { .. } => "ERR_IO",
         }
     }

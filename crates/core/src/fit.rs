@@ -3,6 +3,7 @@
 //! per-chunk memberships, fills the exemplar heaps and saves the model. The next chunk is read
 //! on another thread while the current one is computed: memory stays at about two chunks.
 
+use crate::checkpoint::{Checkpoint, ChunkFingerprint};
 use crate::config::ClusteringConfig;
 use crate::error::{Error, Result};
 use crate::exemplars::{Exemplar, ExemplarHeaps};
@@ -62,24 +63,43 @@ pub struct FitRequest<'a> {
     pub initial_centers: Option<Centers>,
     pub chunks: &'a [PathBuf],
     pub output_dir: &'a Path,
+    /// Continue from `<output_dir>/checkpoint.safetensors` if there is one (same config and
+    /// unchanged chunk files required); otherwise start from the beginning.
+    pub resume: bool,
 }
 
 /// Runs a whole fit and writes its outputs; returns the fitted model (also saved as
 /// `<output_dir>/model.safetensors`).
 pub fn fit_chunks(request: FitRequest, backend: &dyn Backend, progress: &mut dyn FnMut(&Progress)) -> Result<Model> {
-    let FitRequest { config, initial_centers, chunks, output_dir } = request;
+    let FitRequest { config, initial_centers, chunks, output_dir, resume } = request;
     config.validate()?;
     let names = chunk_names(chunks)?;
+    check_memory(config)?;
+    let fingerprints = chunks.iter().map(|p| ChunkFingerprint::of(p)).collect::<Result<Vec<_>>>()?;
     std::fs::create_dir_all(output_dir).map_err(|e| Error::io(output_dir, e))?;
+    remove_stale_temporaries(output_dir);
     let params = params_of(config);
 
-    let mut centers = match initial_centers {
-        Some(c) => c,
-        None => kmeans_plus_plus(config, chunks, progress)?,
+    let checkpoint = if resume { Checkpoint::load(output_dir)? } else { None };
+    let (mut centers, mut history, mut iterations_done) = match checkpoint {
+        Some(cp) => {
+            cp.check_matches(config, &fingerprints)?;
+            (cp.centers, cp.history, cp.iterations_done)
+        }
+        None => {
+            let centers = match initial_centers {
+                Some(c) => c,
+                None => kmeans_plus_plus(config, chunks, progress)?,
+            };
+            (centers, Vec::new(), config.n_iterations == 0)
+        }
     };
 
-    let mut history = Vec::new();
-    for iteration in 1..=config.n_iterations {
+    let first = history.len() + 1;
+    for iteration in first..=config.n_iterations {
+        if iterations_done {
+            break;
+        }
         let started = Instant::now();
         let mut stats = PassStats::new(config.n_clusters, config.d_model);
         stream_chunks(chunks, config.d_model, |i, chunk| {
@@ -105,9 +125,8 @@ pub fn fit_chunks(request: FitRequest, backend: &dyn Backend, progress: &mut dyn
             seconds: started.elapsed().as_secs_f64(),
         });
         centers = next;
-        if max_shift < config.tol {
-            break;
-        }
+        iterations_done = max_shift < config.tol || iteration == config.n_iterations;
+        Checkpoint::write(output_dir, config, &centers, &history, &fingerprints, iterations_done)?;
     }
 
     // The output pass: memberships files, exemplars, per-cluster statistics.
@@ -145,7 +164,51 @@ pub fn fit_chunks(request: FitRequest, backend: &dyn Backend, progress: &mut dyn
         chunks: names,
     };
     model.save(&output_dir.join("model.safetensors"))?;
+    // The model is the final state; the checkpoint has done its job.
+    match std::fs::remove_file(Checkpoint::path_in(output_dir)) {
+        Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(Error::io(&Checkpoint::path_in(output_dir), e)),
+        _ => {}
+    }
     Ok(model)
+}
+
+/// Removes temporary files that a killed run left behind (`.<name>.tmp-<pid>`): they were never
+/// renamed into place, so nothing refers to them.
+fn remove_stale_temporaries(output_dir: &Path) {
+    let Ok(entries) = std::fs::read_dir(output_dir) else { return };
+    for entry in entries.flatten() {
+        let name = entry.file_name().to_string_lossy().into_owned();
+        if name.starts_with('.') && name.contains(".tmp-") {
+            let _ = std::fs::remove_file(entry.path());
+        }
+    }
+}
+
+/// Refuses, before any work, a fit whose sums would not fit in memory: each thread keeps a
+/// float32 `K x D` partial of `S` plus its blocks, and a pass merges them in float64.
+fn check_memory(config: &ClusteringConfig) -> Result<()> {
+    let (k, d) = (config.n_clusters as f64, config.d_model as f64);
+    let threads = rayon::current_num_threads() as f64;
+    let block = crate::kernels::cpu::BLOCK_ROWS as f64;
+    let needed = k * d * (4.0 * threads + 8.0 * (threads + 3.0)) + threads * block * (k + d) * 4.0 + sample_size(config.n_clusters) as f64 * d * 4.0;
+    if let Some(available) = available_memory() {
+        if needed > available as f64 {
+            return Err(Error::TooLarge {
+                what: format!("nClusters x dModel = {} x {}", config.n_clusters, config.d_model),
+                needed_gib: needed / (1u64 << 30) as f64,
+                available_gib: available as f64 / (1u64 << 30) as f64,
+            });
+        }
+    }
+    Ok(())
+}
+
+/// `MemAvailable` on Linux; `None` (no check) where it cannot be read.
+fn available_memory() -> Option<u64> {
+    let info = std::fs::read_to_string("/proc/meminfo").ok()?;
+    let line = info.lines().find(|l| l.starts_with("MemAvailable:"))?;
+    let kib: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kib * 1024)
 }
 
 #[allow(clippy::too_many_arguments)]

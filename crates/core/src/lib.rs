@@ -5,6 +5,7 @@
 //! `config` holds the defaults and their validation, `transform` is the user-facing step.
 
 pub mod analysis;
+pub mod checkpoint;
 pub mod config;
 pub mod error;
 pub mod exemplars;

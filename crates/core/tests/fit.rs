@@ -27,7 +27,7 @@ fn centers_file(name: &str) -> Centers {
 
 fn fit(config: &ClusteringConfig, init: Option<Centers>, chunks: &[PathBuf], out: &Path) -> Model {
     let mut reports: Vec<Progress> = Vec::new();
-    let model = fit_chunks(FitRequest { config, initial_centers: init, chunks, output_dir: out }, &CpuBackend::default(), &mut |p| reports.push(p.clone())).unwrap();
+    let model = fit_chunks(FitRequest { config, initial_centers: init, chunks, output_dir: out, resume: false }, &CpuBackend::default(), &mut |p| reports.push(p.clone())).unwrap();
     assert!(!reports.is_empty(), "progress was reported");
     model
 }
@@ -209,15 +209,15 @@ fn failures_name_the_chunk_and_leave_no_model() {
     for bad in ["bad/wrong_d_model.npz", "bad/truncated.npz", "bad/nan_in_valid_token.npz"] {
         let out = dir.path().join(bad.replace('/', "_"));
         let chunks = vec![fixture("planted_a_f32.npz"), fixture(bad)];
-        let err = fit_chunks(FitRequest { config: &config, initial_centers: Some(centers_file("planted_init_centers.npy")), chunks: &chunks, output_dir: &out }, &CpuBackend::default(), &mut |_| {}).unwrap_err();
+        let err = fit_chunks(FitRequest { config: &config, initial_centers: Some(centers_file("planted_init_centers.npy")), chunks: &chunks, output_dir: &out, resume: false }, &CpuBackend::default(), &mut |_| {}).unwrap_err();
         assert!(err.to_string().contains(fixture(bad).to_str().unwrap()), "{bad}: {err}");
         assert!(!out.join("model.safetensors").exists());
         assert!(!out.join("planted_a_f32.memberships.npz").exists(), "no outputs before the iterations succeed");
     }
     let chunks = vec![fixture("planted_a_f32.npz"), fixture("planted_a_f32.npz")];
-    let err = fit_chunks(FitRequest { config: &config, initial_centers: None, chunks: &chunks, output_dir: dir.path() }, &CpuBackend::default(), &mut |_| {}).unwrap_err();
+    let err = fit_chunks(FitRequest { config: &config, initial_centers: None, chunks: &chunks, output_dir: dir.path(), resume: false }, &CpuBackend::default(), &mut |_| {}).unwrap_err();
     assert!(err.to_string().contains("names must differ"), "{err}");
-    let err = fit_chunks(FitRequest { config: &config, initial_centers: None, chunks: &[fixture("bad/all_masked.npz")], output_dir: dir.path() }, &CpuBackend::default(), &mut |_| {}).unwrap_err();
+    let err = fit_chunks(FitRequest { config: &config, initial_centers: None, chunks: &[fixture("bad/all_masked.npz")], output_dir: dir.path(), resume: false }, &CpuBackend::default(), &mut |_| {}).unwrap_err();
     assert!(err.to_string().contains("fewer than nClusters"), "{err}");
 }
 
@@ -255,4 +255,116 @@ fn membership_files_hold_the_spec_arrays_and_metadata() {
     // No temporary files are left behind.
     let leftovers: Vec<_> = std::fs::read_dir(dir.path()).unwrap().map(|e| e.unwrap().file_name()).filter(|n| n.to_string_lossy().contains(".tmp")).collect();
     assert!(leftovers.is_empty(), "{leftovers:?}");
+}
+
+/// Runs a fit that is "killed" (a panic out of the progress callback) at the first report
+/// matching `kill_at`; returns whether it was interrupted.
+fn interrupted_fit(config: &ClusteringConfig, chunks: &[PathBuf], out: &Path, resume: bool, kill_at: impl Fn(&Progress) -> bool) -> bool {
+    std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        let request = FitRequest { config, initial_centers: None, chunks, output_dir: out, resume };
+        fit_chunks(request, &CpuBackend::default(), &mut |p| {
+            if kill_at(p) {
+                panic!("killed");
+            }
+        })
+        .unwrap()
+    }))
+    .is_err()
+}
+
+fn without_timings(mut m: Model) -> Model {
+    m.history.iter_mut().for_each(|h| h.seconds = 0.0);
+    m
+}
+
+#[test]
+fn an_interrupted_fit_resumes_to_the_same_model() {
+    let dir = tempfile::tempdir().unwrap();
+    let (paths, _) = planted_chunks(dir.path(), 3, 4, 16, 21);
+    let mut config = ClusteringConfig::new(4, 16);
+    config.n_iterations = 6;
+    config.tol = 0.0;
+    config.temperature = 0.2;
+    let whole = without_timings(fit(&config, None, &paths, &dir.path().join("whole")));
+    assert!(!dir.path().join("whole/checkpoint.safetensors").exists(), "a finished fit removes its checkpoint");
+
+    use soft_cluster_core::fit::Phase;
+    for (label, kill_at) in [
+        ("mid-iteration", Box::new(|p: &Progress| p.phase == Phase::Iterate && p.iteration == 3 && p.chunk == 2) as Box<dyn Fn(&Progress) -> bool>),
+        ("mid-output", Box::new(|p: &Progress| p.phase == Phase::Output && p.chunk == 2)),
+    ] {
+        let out = dir.path().join(label);
+        assert!(interrupted_fit(&config, &paths, &out, false, kill_at), "{label}: the fit was interrupted");
+        let cp = soft_cluster_core::checkpoint::Checkpoint::load(&out).unwrap().expect("a checkpoint was left");
+        assert_eq!(cp.history.len(), if label == "mid-iteration" { 2 } else { 6 }, "{label}");
+        let resumed = fit_chunks(FitRequest { config: &config, initial_centers: None, chunks: &paths, output_dir: &out, resume: true }, &CpuBackend::default(), &mut |_| {}).unwrap();
+        assert_eq!(without_timings(resumed), whole, "{label}: resumed = uninterrupted");
+        assert_eq!(without_timings(Model::load(&out.join("model.safetensors")).unwrap()), whole);
+    }
+}
+
+#[test]
+fn resume_refuses_changed_chunks_and_other_settings() {
+    let dir = tempfile::tempdir().unwrap();
+    let (paths, _) = planted_chunks(dir.path(), 2, 3, 8, 5);
+    let mut config = ClusteringConfig::new(3, 8);
+    config.n_iterations = 4;
+    config.tol = 0.0;
+    let out = dir.path().join("out");
+    assert!(interrupted_fit(&config, &paths, &out, false, |p| p.iteration == 2));
+    let resume = |config: &ClusteringConfig| fit_chunks(FitRequest { config, initial_centers: None, chunks: &paths, output_dir: &out, resume: true }, &CpuBackend::default(), &mut |_| {});
+
+    let mut other = config.clone();
+    other.temperature = 0.5;
+    let err = resume(&other).unwrap_err();
+    assert_eq!(err.code(), "ERR_INVALID_CONFIG");
+    assert!(err.to_string().contains("temperature = 0.5 (checkpoint: 1.0)"), "{err}");
+
+    // Rewriting a chunk (same bytes, new modification time) is a change.
+    std::thread::sleep(std::time::Duration::from_millis(20));
+    std::fs::write(&paths[1], std::fs::read(&paths[1]).unwrap()).unwrap();
+    let err = resume(&config).unwrap_err();
+    assert!(err.to_string().contains(paths[1].to_str().unwrap()) && err.to_string().contains("changed since the checkpoint"), "{err}");
+
+    // Without resume, the same folder starts over.
+    fit_chunks(FitRequest { config: &config, initial_centers: None, chunks: &paths, output_dir: &out, resume: false }, &CpuBackend::default(), &mut |_| {}).unwrap();
+}
+
+#[test]
+fn the_world_failing_gives_clear_errors() {
+    let dir = tempfile::tempdir().unwrap();
+    let (paths, _) = planted_chunks(dir.path(), 2, 3, 8, 9);
+    let run = |config: &ClusteringConfig, chunks: &[PathBuf], out: &Path| fit_chunks(FitRequest { config, initial_centers: None, chunks, output_dir: out, resume: false }, &CpuBackend::default(), &mut |_| {});
+    let config = ClusteringConfig::new(3, 8);
+
+    // An output folder that cannot be made: a file stands where it should be.
+    let blocker = dir.path().join("blocker");
+    std::fs::write(&blocker, b"x").unwrap();
+    let err = run(&config, &paths, &blocker.join("out")).unwrap_err();
+    assert_eq!(err.code(), "ERR_IO");
+    assert!(err.to_string().contains("blocker/out"), "{err}");
+
+    // A missing chunk is named before any work.
+    let missing = dir.path().join("gone.npz");
+    let err = run(&config, &[paths[0].clone(), missing.clone()], &dir.path().join("o2")).unwrap_err();
+    assert!(err.to_string().contains(missing.to_str().unwrap()), "{err}");
+
+    // A chunk deleted mid-run is named too.
+    let out = dir.path().join("o3");
+    let doomed = paths[1].clone();
+    let err = fit_chunks(FitRequest { config: &config, initial_centers: None, chunks: &paths, output_dir: &out, resume: false }, &CpuBackend::default(), &mut |p| {
+        if p.iteration == 1 && p.chunk == 2 {
+            let _ = std::fs::remove_file(&doomed);
+        }
+    })
+    .unwrap_err();
+    assert!(err.to_string().contains(doomed.to_str().unwrap()), "{err}");
+    assert!(!out.join("model.safetensors").exists());
+
+    // K x D beyond this machine's memory is refused up front, with the amount needed.
+    let huge = ClusteringConfig::new(1_000_000, 100_000);
+    let err = run(&huge, &paths, &dir.path().join("o4")).unwrap_err();
+    assert_eq!(err.code(), "ERR_TOO_LARGE");
+    assert!(err.to_string().contains("needs about") && err.to_string().contains("GiB"), "{err}");
+    assert!(!dir.path().join("o4").exists(), "refused before creating anything");
 }

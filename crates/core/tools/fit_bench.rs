@@ -43,7 +43,7 @@ fn main() {
     config.tol = 0.0;
     let out = PathBuf::from(get("out"));
     let started = Instant::now();
-    let request = FitRequest { config: &config, initial_centers: init, chunks: &chunks, output_dir: &out };
+    let request = FitRequest { config: &config, initial_centers: init, chunks: &chunks, output_dir: &out, resume: false };
     let model = fit_chunks(request, &CpuBackend::default(), &mut |_| {}).unwrap_or_else(|e| {
         eprintln!("fit-bench: {e}");
         std::process::exit(1)

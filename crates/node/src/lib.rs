@@ -295,6 +295,7 @@ impl NativeModel {
         chunk_paths: Vec<String>,
         output_dir: String,
         #[napi(ts_arg_type = "((progress: FitProgress) => void) | undefined | null")] on_progress: Option<ProgressCallback>,
+        resume: Option<bool>,
     ) -> Result<AsyncTask<FitTask>> {
         let initial = {
             let mut state = lock(&self.state);
@@ -310,6 +311,7 @@ impl NativeModel {
             chunks: chunk_paths.into_iter().map(PathBuf::from).collect(),
             output_dir: PathBuf::from(output_dir),
             on_progress,
+            resume: resume.unwrap_or(false),
             state: self.state.clone(),
         }))
     }
@@ -379,6 +381,7 @@ pub struct FitTask {
     chunks: Vec<PathBuf>,
     output_dir: PathBuf,
     on_progress: Option<ProgressCallback>,
+    resume: bool,
     state: Arc<Mutex<State>>,
 }
 
@@ -387,7 +390,7 @@ impl Task for FitTask {
     type JsValue = String;
 
     fn compute(&mut self) -> Result<Self::Output> {
-        let request = FitRequest { config: &self.config, initial_centers: self.initial.clone(), chunks: &self.chunks, output_dir: &self.output_dir };
+        let request = FitRequest { config: &self.config, initial_centers: self.initial.clone(), chunks: &self.chunks, output_dir: &self.output_dir, resume: self.resume };
         let on_progress = self.on_progress.as_ref();
         let mut report = |p: &soft_cluster_core::fit::Progress| {
             if let Some(f) = on_progress {
