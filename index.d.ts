@@ -35,7 +35,7 @@ export declare class NativeModel {
    * Streams over the chunk files, fits, writes the outputs into `outputDir` (SPEC 3 and 4) and
    * keeps the fitted model. Runs on the libuv pool; `onProgress` is called after every chunk.
    */
-  fitChunks(chunkPaths: Array<string>, outputDir: string, onProgress?: ((progress: FitProgress) => void) | undefined | null): Promise<string>
+  fitChunks(chunkPaths: Array<string>, outputDir: string, onProgress?: ((progress: FitProgress) => void) | undefined | null, resume?: boolean | undefined | null): Promise<string>
   /** Writes the model file (SPEC 6) atomically, off the JS thread. */
   save(path: string): Promise<void>
   /** Reads a model file, off the JS thread. */
@@ -53,6 +53,9 @@ export interface ChunkData {
   /** `[B * S]`; absent when the chunk has no token ids. */
   tokenIds?: BigInt64Array
 }
+
+/** `[B, S, D]` of a chunk, from its header alone (no data is read). */
+export declare function chunkShape(path: string): Array<number>
 
 /** Reported after every chunk of a fit. */
 export interface FitProgress {

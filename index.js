@@ -836,6 +836,7 @@ function __napiStampBindingTarget(exportsObject, target) {
 module.exports.__napiBindingTarget = __napiStampBindingTarget(nativeBinding, __napiLoadedBindingTarget)
 module.exports = nativeBinding
 module.exports.NativeModel = nativeBinding.NativeModel
+module.exports.chunkShape = nativeBinding.chunkShape
 module.exports.readChunk = nativeBinding.readChunk
 module.exports.readChunkAsync = nativeBinding.readChunkAsync
 module.exports.readMemberships = nativeBinding.readMemberships

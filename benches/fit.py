@@ -5,6 +5,7 @@ Rust `fit-bench` binary against the same algorithm in plain numpy, with peak mem
     python3 benches/fit.py generate --dir DIR --chunks N --batch B --seq S --dim D --dtype float16 --seed X
     python3 benches/fit.py numpy-fit --chunks DIR --init FILE --clusters K --iterations N \\
         --temperature T --min-membership M --out DIR
+        (also writes DIR/centers.npy, and `iteration_seconds` and `output_seconds` in its JSON line)
 
 Run through `npm run bench:fit` (benches/fit.sh makes the virtual environment).
 
@@ -33,18 +34,24 @@ MEMORY_GOAL = 1.2    # 40-chunk peak / 4-chunk peak
 # ---------------------------------------------------------------------------------------------
 # generate
 
-def generate(dirname, chunks, batch, seq, dim, dtype, seed, zero_tokens=2):
+def generate(dirname, chunks, batch, seq, dim, dtype, seed, zero_tokens=2, truth_path=None):
     """Planted chunks: N_TRUE unit directions with Zipf-like weights; each real token is its
     direction plus Gaussian noise (cosine to the direction ~ U(0.5, 0.8)), times a norm
     10**U(-1, 1). A few real tokens per chunk are all-zero (they must be skipped). Padded
     positions (right padding, lengths U[S/4, S]) hold large finite garbage (must be ignored).
-    Chunk i depends only on (seed, i): the first n chunks of a larger set are the same files."""
+    Chunk i depends only on (seed, i): the first n chunks of a larger set are the same files.
+
+    The planted truth goes to `truth_path` (default: `<dirname>-truth.npz`, beside the folder,
+    since every `.npz` in it is a chunk): `labels` int64 [n] = the direction of each clustered
+    token (real and non-zero) in chunk, batch, position order (the order of `load_real`),
+    `directions` float32 [N_TRUE, D], and `chunk_tokens` int64 [chunks]."""
     os.makedirs(dirname, exist_ok=True)
     truth = np.random.default_rng(seed).standard_normal((N_TRUE, dim))
     truth = (truth / np.linalg.norm(truth, axis=1, keepdims=True)).astype(np.float32)
     weights = 1.0 / np.arange(1, N_TRUE + 1)
     weights /= weights.sum()
     real_total = 0
+    true_labels, chunk_tokens = [], []
     for i in range(chunks):
         rng = np.random.default_rng([seed, i])
         lengths = rng.integers(seq // 4, seq + 1, batch)
@@ -59,12 +66,19 @@ def generate(dirname, chunks, batch, seq, dim, dtype, seed, zero_tokens=2):
         pad = ~mask
         acts[pad] = rng.uniform(-1000, 1000, (int(pad.sum()), dim)).astype(np.float32)
         real = np.argwhere(mask)
+        kept = mask.copy()
         for b, s in real[rng.choice(len(real), min(zero_tokens, len(real)), replace=False)]:
             acts[b, s] = 0
+            kept[b, s] = False
         real_total += int(mask.sum()) - min(zero_tokens, len(real))   # clustered tokens
+        true_labels.append(labels[kept])                               # row-major = np.nonzero order
+        chunk_tokens.append(int(kept.sum()))
         token_ids = rng.integers(0, 50257, (batch, seq), dtype=np.int32)
         np.savez(os.path.join(dirname, f"chunk_{i:04d}.npz"), activations=acts.astype(dtype),
                  attention_mask=mask, token_ids=token_ids)
+    np.savez(truth_path or os.path.normpath(dirname) + "-truth.npz",
+             labels=np.concatenate(true_labels).astype(np.int64), directions=truth,
+             chunk_tokens=np.array(chunk_tokens, np.int64))
     return real_total
 
 
@@ -91,7 +105,12 @@ def load_real(path):
 
 
 def memberships(x, c, temperature, min_membership):
-    s = (x @ c.T) / np.float32(temperature)
+    return memberships_from_sims(x @ c.T, temperature, min_membership)
+
+
+def memberships_from_sims(sims, temperature, min_membership):
+    """Soft memberships from the cosines x.C_k (float32 [n, K]); `sims` is not modified."""
+    s = sims / np.float32(temperature)
     s -= s.max(axis=1, keepdims=True)
     p = np.exp(s)
     p /= p.sum(axis=1, keepdims=True)
@@ -109,7 +128,9 @@ def numpy_fit(args):
     if c.shape[0] != args.clusters:
         sys.exit(f"{args.init}: {c.shape[0]} centers, --clusters {args.clusters}")
     tokens = 0
+    iteration_seconds = []
     for it in range(args.iterations):
+        started = time.perf_counter()
         S = np.zeros_like(c)
         m = np.zeros(len(c), np.float32)
         tokens = 0
@@ -123,7 +144,10 @@ def numpy_fit(args):
         # An empty cluster (S_k = 0: no token kept a membership in it) keeps its old center.
         live = norms > 0
         c[live] = S[live] / norms[live, None]
+        iteration_seconds.append(time.perf_counter() - started)
+    started = time.perf_counter()
     os.makedirs(args.out, exist_ok=True)
+    np.save(os.path.join(args.out, "centers.npy"), c)   # the final centers (float32 [K, D])
     out_tokens = 0
     for f in files:
         x, b, s = load_real(f)
@@ -137,35 +161,45 @@ def numpy_fit(args):
     secs = time.perf_counter() - t0
     tokens = tokens or out_tokens
     print(json.dumps({"impl": "numpy", "seconds": secs, "iterations": args.iterations, "tokens": tokens,
-                      "tokens_per_s": tokens * (args.iterations + 1) / secs}), flush=True)
+                      "tokens_per_s": tokens * (args.iterations + 1) / secs,
+                      "iteration_seconds": iteration_seconds,
+                      "output_seconds": time.perf_counter() - started}), flush=True)
 
 
 # ---------------------------------------------------------------------------------------------
 # run (the driver)
 
+def truth_file(dirname):
+    """Where `ensure_data` keeps the planted truth of DIR's chunks (see `generate`)."""
+    return os.path.join(dirname, "truth.npz")
+
+
 def ensure_data(dirname, chunks, batch, seq, dim, dtype, seed):
-    """Generates the chunks unless DIR already holds exactly these (meta.json beside them)."""
+    """Generates the chunks unless DIR already holds exactly these (meta.json beside them);
+    DIR/chunks holds the chunk files, DIR/truth.npz the planted truth."""
     meta = {"chunks": chunks, "batch": batch, "seq": seq, "dim": dim, "dtype": dtype, "seed": seed, "version": 1}
     meta_path = os.path.join(dirname, "meta.json")
     chunk_dir = os.path.join(dirname, "chunks")
     try:
         old = json.load(open(meta_path))
-        if {k: old.get(k) for k in meta} == meta and len(glob.glob(os.path.join(chunk_dir, "*.npz"))) == chunks:
+        if ({k: old.get(k) for k in meta} == meta and len(glob.glob(os.path.join(chunk_dir, "*.npz"))) == chunks
+                and os.path.exists(truth_file(dirname))):
             return chunk_dir, old["real_tokens"]
     except (OSError, ValueError, KeyError):
         pass
     shutil.rmtree(dirname, ignore_errors=True)
     print(f"generating {chunks} chunks [{batch}, {seq}, {dim}] {dtype} into {chunk_dir}", file=sys.stderr)
-    meta["real_tokens"] = generate(chunk_dir, chunks, batch, seq, dim, dtype, seed)
+    meta["real_tokens"] = generate(chunk_dir, chunks, batch, seq, dim, dtype, seed, truth_path=truth_file(dirname))
     json.dump(meta, open(meta_path, "w"))
     return chunk_dir, meta["real_tokens"]
 
 
-def write_init(chunk_dir, k, path, seed):
-    """K distinct random real, non-zero tokens of the first chunk, normalized (float32 [K, D])."""
-    x, _, _ = load_real(chunk_files(chunk_dir)[0])
+def write_init(chunk_dir, k, path, seed, tokens=None):
+    """K distinct random real, non-zero tokens of the first chunk (or of `tokens`, unit rows
+    [n, D], when given), normalized (float32 [K, D])."""
+    x = load_real(chunk_files(chunk_dir)[0])[0] if tokens is None else tokens
     if len(x) < k:
-        sys.exit(f"first chunk has {len(x)} real tokens, fewer than K = {k}")
+        sys.exit(f"{'first chunk' if tokens is None else 'tokens'} has {len(x)} real tokens, fewer than K = {k}")
     c = x[np.random.default_rng(seed).choice(len(x), k, replace=False)]
     np.save(path, (c / np.linalg.norm(c, axis=1, keepdims=True)).astype(np.float32))
     return path
@@ -341,6 +375,7 @@ def main():
     g.add_argument("--dtype", choices=["float16", "float32"], default="float16")
     g.add_argument("--seed", type=int, default=0)
     g.add_argument("--zero-tokens", type=int, default=2, help="all-zero real tokens per chunk")
+    g.add_argument("--truth", help="where to write the planted truth (default: DIR-truth.npz)")
     f = sub.add_parser("numpy-fit", help="the fit in plain numpy")
     f.add_argument("--chunks", required=True)
     f.add_argument("--init", required=True)
@@ -356,7 +391,7 @@ def main():
     r.add_argument("--results", default=os.path.join(HERE, "RESULTS.md"))
     args = ap.parse_args()
     if args.cmd == "generate":
-        n = generate(args.dir, args.chunks, args.batch, args.seq, args.dim, args.dtype, args.seed, args.zero_tokens)
+        n = generate(args.dir, args.chunks, args.batch, args.seq, args.dim, args.dtype, args.seed, args.zero_tokens, args.truth)
         print(json.dumps({"dir": args.dir, "chunks": args.chunks, "real_tokens": n}))
     elif args.cmd == "numpy-fit":
         numpy_fit(args)

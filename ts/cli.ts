@@ -1,41 +1,43 @@
 // The `soft-cluster` command line. Parsing turns argv into typed options, each command is a
-// function, and one boundary prints a one-line error and sets the exit code.
-import { Command, CommanderError } from 'commander'
-import { join, resolve } from 'node:path'
-import { SequentialSoftClustering } from './index'
+// function in ts/commands/, and one boundary prints a one-line error and sets the exit code.
+import { Command, CommanderError, InvalidArgumentError } from 'commander'
+import { demo } from './commands/demo'
+import { fit } from './commands/fit'
 
-const FIXTURES = join(__dirname, '..', 'fixtures')
-
-interface DemoOptions {
-  out: string
-}
-
-/** Fits the bundled example chunks from scratch (k-means++) and prints what it found. */
-async function demo(options: DemoOptions): Promise<void> {
-  const chunks = ['planted_a_f32.npz', 'planted_b_f16_compressed.npz'].map((n) => join(FIXTURES, n))
-  const out = resolve(options.out)
-  const model = new SequentialSoftClustering({ nClusters: 6, dModel: 64, temperature: 0.25, nIterations: 20, nExemplars: 3, contextWindow: 2 })
-  console.log(`Fitting 6 clusters over ${chunks.length} example chunks (k-means++ init)...`)
-  const history = await model.fitChunks(chunks, out)
-  const last = history[history.length - 1]!
-  console.log(`${history.length} iterations, objective ${history[0]!.objective.toFixed(4)} -> ${last.objective.toFixed(4)}, last shift ${last.maxShift.toExponential(1)}`)
-  const summary = model.summary!
-  const order = summary.clusterMass.map((m, c) => [m, c] as const).sort((a, b) => b[0] - a[0])
-  const total = summary.clusterMass.reduce((a, b) => a + b, 0)
-  for (const [mass, c] of order) {
-    const best = summary.exemplars[c]![0]
-    const where = best ? `best token: chunk ${summary.chunks[best.chunk]} seq ${best.batch} pos ${best.position} (p=${best.value.toFixed(3)}, context ids ${best.tokens.join(' ')})` : 'no exemplars'
-    console.log(`  cluster ${c}: mass ${mass.toFixed(1)} (${((100 * mass) / total).toFixed(1)}%), ${summary.clusterCount[c]} tokens; ${where}`)
-  }
-  console.log(`\nWrote ${join(out, 'model.safetensors')} and one .memberships.npz per chunk into ${out}`)
+const number = (value: string): number => {
+  const n = Number(value)
+  if (value.trim() === '' || !Number.isFinite(n)) throw new InvalidArgumentError('not a number.')
+  return n
 }
 
 export function main(argv: string[]): void {
+  // A file-size limit (or a full disk on some systems) raises SIGXFSZ, whose default action kills
+  // the process mid-write; with a listener the write fails instead and is reported as an error.
+  process.on('SIGXFSZ', () => {})
   const program = new Command()
     .name('soft-cluster')
     .description('Soft spherical k-means over neural-network activation chunks')
     .version(require('../package.json').version)
     .exitOverride()
+    .configureOutput({ outputError: (message, write) => write(message.trim().split('\n')[0] + '\n') })
+  program
+    .command('fit')
+    .description('learn K clusters by streaming over chunk files; write memberships, exemplars and the model')
+    .argument('<chunks...>', 'chunk files, directories (their *.npz, by name) or globs')
+    .requiredOption('--clusters <K>', 'number of clusters', number)
+    .requiredOption('--out <dir>', 'output folder')
+    .option('--temperature <T>', 'softmax temperature on cosine similarities (1.0)', number)
+    .option('--min-membership <M>', 'memberships below this are dropped (0.01)', number)
+    .option('--iterations <N>', 'passes over the data (10)', number)
+    .option('--exemplars <E>', 'exemplars kept per cluster (10)', number)
+    .option('--context <W>', 'context tokens on each side of an exemplar (8)', number)
+    .option('--device <D>', 'auto, cpu, cuda or cuda:N (auto)')
+    .option('--seed <S>', 'seed of the k-means++ sample (0)', number)
+    .option('--init-centers <file.npy>', 'start from these [K, D] centers instead of k-means++')
+    .option('--tol <X>', 'stop when the largest center shift is below this; 0 = never (1e-7)', number)
+    .option('--resume', 'continue from the checkpoint in --out, if there is one')
+    .option('--progress', 'show progress on stderr even when it is not a terminal')
+    .action(fit)
   program
     .command('demo')
     .description('fit the bundled example chunks and print what was found')
@@ -47,7 +49,7 @@ export function main(argv: string[]): void {
       return
     }
     const err = e as Error & { code?: string }
-    process.stderr.write(`soft-cluster: ${err.message}${err.code ? ` [${err.code}]` : ''}\n`)
+    process.stderr.write(`soft-cluster: ${err.message.split('\n')[0]}${err.code ? ` [${err.code}]` : ''}\n`)
     process.exitCode = 1
   })
 }

@@ -39,6 +39,11 @@ export type FitProgress = native.FitProgress
 export interface FitOptions {
   /** Called after every chunk: phase, iteration, chunk i of n, tokens done and tokens/s. */
   onProgress?: (progress: FitProgress) => void
+  /**
+   * Continue from `outputDir/checkpoint.safetensors` (written after every iteration) if there is
+   * one. The config and the chunk files must be the ones it was made with.
+   */
+  resume?: boolean
 }
 
 /** One iteration of a fit (SPEC 3.5). */
@@ -104,7 +109,7 @@ export class SequentialSoftClustering {
    * Runs off the JS thread; resolves with the fit's history.
    */
   async fitChunks(chunkPaths: readonly string[], outputDir: string, options: FitOptions = {}): Promise<HistoryEntry[]> {
-    const history = await this.model.fitChunks([...chunkPaths], outputDir, options.onProgress)
+    const history = await this.model.fitChunks([...chunkPaths], outputDir, options.onProgress, options.resume ?? false)
     return JSON.parse(history) as HistoryEntry[]
   }
 

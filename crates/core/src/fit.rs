@@ -7,6 +7,7 @@ use crate::checkpoint::{Checkpoint, ChunkFingerprint};
 use crate::config::ClusteringConfig;
 use crate::error::{Error, Result};
 use crate::exemplars::{Exemplar, ExemplarHeaps};
+use crate::kernels::cpu::GemmCrate;
 use crate::kernels::{prepare_rows, unit_row, Backend, Centers, PassOutput, Tokens, Want};
 use crate::model::{HistoryEntry, Model};
 use crate::npz::{read_chunk, Chunk};
@@ -51,6 +52,9 @@ pub struct Progress {
 
 /// Memberships smaller than this (in tokens' worth) leave a cluster empty (SPEC 3.3).
 const EMPTY_MASS: f64 = 1e-6;
+
+/// Rows per GEMM call in k-means++ (the unit of its parallel work).
+const INIT_BLOCK: usize = 1024;
 
 /// Tokens sampled for k-means++: enough per cluster, small enough to stay in cache.
 fn sample_size(k: usize) -> usize {
@@ -362,12 +366,20 @@ fn kmeans_plus_plus(config: &ClusteringConfig, chunks: &[PathBuf], progress: &mu
             format!("hold {n} real, non-zero tokens, fewer than nClusters = {k}"),
         ));
     }
-    let dot = |a: &[f32], b: &[f32]| a.iter().zip(b).map(|(&x, &y)| x * y).sum::<f32>();
     let row = |i: usize| &sample[i * d..(i + 1) * d];
-    let mut chosen = Vec::with_capacity(k);
-    chosen.push(rng.random_range(0..n));
+    // Cosines of every sampled token to each of `candidates`, `[n, t]`: one GEMM per block of rows.
+    let cosines_to = |candidates: &[usize]| -> Vec<f32> {
+        let t = candidates.len();
+        let matrix: Vec<f32> = candidates.iter().flat_map(|&c| row(c).iter().copied()).collect();
+        let mut out = vec![0f32; n * t];
+        out.par_chunks_mut(INIT_BLOCK * t).zip(sample.par_chunks(INIT_BLOCK * d)).for_each(|(out, rows)| {
+            GemmCrate::Gemm.multiply(rows.len() / d, d, t, rows, (d, 1), &matrix, (1, d), out, t, false);
+        });
+        out
+    };
     // `gap[i]` = 1 - max cos(x_i, chosen): the squared chord distance / 2, what k-means++ samples by.
-    let mut gap: Vec<f32> = sample.par_chunks_exact(d).map(|x| (1.0 - dot(x, row(chosen[0]))).max(0.0)).collect();
+    let mut chosen = vec![rng.random_range(0..n)];
+    let mut gap: Vec<f32> = cosines_to(&chosen).iter().map(|&c| (1.0 - c).max(0.0)).collect();
     // Greedy k-means++ (as scikit-learn does): draw a few candidates, keep the one that lowers the
     // total gap most. Plain k-means++ too often puts two centers in one planted cluster.
     let trials = 2 + (k as f64).ln().floor() as usize;
@@ -386,21 +398,14 @@ fn kmeans_plus_plus(config: &ClusteringConfig, chunks: &[PathBuf], progress: &mu
                 }).unwrap_or(n - 1)
             })
             .collect();
-        let (best, best_gap) = candidates
-            .iter()
-            .map(|&c| {
-                let next: Vec<f32> = gap.par_iter().zip(sample.par_chunks_exact(d)).map(|(&g, x)| g.min((1.0 - dot(x, row(c))).max(0.0))).collect();
-                let sum: f64 = next.iter().map(|&g| f64::from(g)).sum();
-                (c, next, sum)
-            })
-            .fold(None, |best: Option<(usize, Vec<f32>, f64)>, cand| match best {
-                Some(b) if b.2 <= cand.2 => Some(b),
-                _ => Some(cand),
-            })
-            .map(|(c, g, _)| (c, g))
-            .expect("at least two trials");
-        chosen.push(best);
-        gap = best_gap;
+        let cosines = cosines_to(&candidates);
+        let (gap_ref, cos_ref) = (&gap, &cosines);
+        let gap_with = |c: usize| (0..n).map(move |i| gap_ref[i].min((1.0 - cos_ref[i * trials + c]).max(0.0)));
+        let (best, _) = (0..trials)
+            .map(|c| (c, gap_with(c).map(f64::from).sum::<f64>()))
+            .fold((0, f64::INFINITY), |b, x| if x.1 < b.1 { x } else { b });
+        gap = gap_with(best).collect();
+        chosen.push(candidates[best]);
     }
     let data = chosen.iter().flat_map(|&i| sample[i * d..(i + 1) * d].iter().copied()).collect();
     Centers::from_rows(k, d, data)

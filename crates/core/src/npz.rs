@@ -316,6 +316,25 @@ fn read_unicode_member<R: Read + Seek>(zip: &mut zip::ZipArchive<R>, path: &Path
     Ok(Some(text.trim_end_matches('\0').to_string()))
 }
 
+/// `(B, S, D)` of a chunk from its `activations` header alone, without reading the data.
+pub fn chunk_shape(path: &Path) -> Result<(usize, usize, usize)> {
+    let file = File::open(path).map_err(|e| Error::io(path, e))?;
+    let mut zip = zip::ZipArchive::new(BufReader::new(file))
+        .map_err(|e| Error::bad_chunk(path, "(archive)", format!("not a readable .npz (zip) file: {e}")))?;
+    let index = zip
+        .index_for_name("activations.npy")
+        .or_else(|| zip.index_for_name("activations"))
+        .ok_or_else(|| Error::bad_chunk(path, "activations", "missing (the chunk must hold an `activations` array)"))?;
+    let mut member = zip.by_index(index).map_err(|e| Error::bad_chunk(path, "activations", format!("corrupt archive member: {e}")))?;
+    let size = member.size();
+    let header = read_header(&mut Counting { inner: &mut member, consumed: 0 }, size, path, "activations")?;
+    match header.shape[..] {
+        [b, s, d] => Ok((b, s, d)),
+        [t, d] => Ok((1, t, d)),
+        _ => Err(Error::bad_chunk(path, "activations", format!("has rank {} (shape {:?}); expected [B, S, D] or [T, D]", header.shape.len(), header.shape))),
+    }
+}
+
 /// Reads a standalone `.npy` file of float32 or float64 as float32 (used for `initialCenters`).
 /// Returns the shape and the C-order data.
 pub fn read_npy_f32(path: &Path) -> Result<(Vec<usize>, Vec<f32>)> {
@@ -374,8 +393,14 @@ impl<R: Read> Read for Counting<R> {
 
 /// Decodes one `.npy` stream of `total_size` bytes.
 fn read_npy<R: Read>(reader: R, total_size: u64, path: &Path, name: &str) -> Result<NpyArray> {
-    let bad = |problem: String| Error::bad_chunk(path, name, problem);
     let mut reader = Counting { inner: reader, consumed: 0 };
+    let header = read_header(&mut reader, total_size, path, name)?;
+    read_npy_data(reader, header, total_size, path, name)
+}
+
+/// Parses a `.npy` header after checking its declared length against the member.
+fn read_header<R: Read>(reader: &mut Counting<R>, total_size: u64, path: &Path, name: &str) -> Result<Header> {
+    let bad = |problem: String| Error::bad_chunk(path, name, problem);
     // ndarray-npy allocates the header's declared length before reading it (up to 4 GiB in
     // format 2): check that length against the member first, then let it parse.
     let mut prefix = [0u8; 12];
@@ -394,7 +419,11 @@ fn read_npy<R: Read>(reader: R, total_size: u64, path: &Path, name: &str) -> Res
     if header_len > MAX_HEADER_LEN.min(total_size.saturating_sub(prefix_len as u64)) {
         return Err(bad(format!("bad .npy header: declares a {header_len}-byte header in a {total_size}-byte member")));
     }
-    let header = Header::from_reader(&mut (&prefix[..prefix_len]).chain(&mut reader)).map_err(|e| bad(format!("bad .npy header: {e}")))?;
+    Header::from_reader(&mut (&prefix[..prefix_len]).chain(reader)).map_err(|e| bad(format!("bad .npy header: {e}")))
+}
+
+fn read_npy_data<R: Read>(mut reader: Counting<R>, header: Header, total_size: u64, path: &Path, name: &str) -> Result<NpyArray> {
+    let bad = |problem: String| Error::bad_chunk(path, name, problem);
     let descr = match &header.type_descriptor {
         PyValue::String(s) => s.clone(),
         other => return Err(bad(format!("has a structured dtype ({other}); expected a plain numeric dtype"))),

@@ -261,3 +261,14 @@ fn two_dimensional_chunks_accept_flat_masks_and_refuse_other_dtypes() {
     write_npz(&path, &[("activations", npy_bytes("<i4", false, &[3, 2], &encode(&[1.0; 6], "i4", false)))], false);
     assert!(read_chunk(&path).unwrap_err().to_string().contains("activations: has dtype <i4; expected float16, float32 or float64"));
 }
+
+#[test]
+fn chunk_shape_reads_only_the_header() {
+    use soft_cluster_core::npz::chunk_shape;
+    assert_eq!(chunk_shape(&fixture("planted_a_f32.npz")).unwrap(), (5, 32, 64));
+    assert_eq!(chunk_shape(&fixture("flat_2d_f64.npz")).unwrap(), (1, 32, 64));
+    assert_eq!(chunk_shape(&fixture("planted_b_f16_compressed.npz")).unwrap(), (3, 32, 64));
+    assert!(chunk_shape(&fixture("bad/missing_activations.npz")).unwrap_err().to_string().contains("missing"));
+    assert!(chunk_shape(&fixture("bad/one_dim.npz")).unwrap_err().to_string().contains("rank 1"));
+    assert!(chunk_shape(&fixture("bad/not_a_zip.npz")).is_err());
+}

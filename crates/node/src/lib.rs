@@ -77,6 +77,13 @@ pub fn read_chunk_async(path: String) -> AsyncTask<ReadChunkTask> {
     AsyncTask::new(ReadChunkTask { path: PathBuf::from(path) })
 }
 
+/// `[B, S, D]` of a chunk, from its header alone (no data is read).
+#[napi]
+pub fn chunk_shape(env: Env, path: String) -> Result<Vec<u32>> {
+    let (b, s, d) = soft_cluster_core::npz::chunk_shape(&PathBuf::from(path)).map_err(|e| js_error(&env, e))?;
+    Ok(vec![b as u32, s as u32, d as u32])
+}
+
 /// A float `.npy` array (e.g. initial centers), as float32.
 #[napi(object)]
 pub struct NpyArray {

@@ -234,7 +234,7 @@ impl GemmCrate {
     /// `c[m x n] (+)= a[m x k] . b[k x n]`; `a` and `b` are given with (row, column) strides,
     /// `c` is row-major with row stride `ldc`. Single-threaded: rayon already splits the rows.
     #[allow(clippy::too_many_arguments)]
-    fn multiply(self, m: usize, k: usize, n: usize, a: &[f32], a_strides: (usize, usize), b: &[f32], b_strides: (usize, usize), c: &mut [f32], ldc: usize, accumulate: bool) {
+    pub(crate) fn multiply(self, m: usize, k: usize, n: usize, a: &[f32], a_strides: (usize, usize), b: &[f32], b_strides: (usize, usize), c: &mut [f32], ldc: usize, accumulate: bool) {
         let last = |rows: usize, cols: usize, (rs, cs): (usize, usize)| (rows - 1) * rs + (cols - 1) * cs;
         if m == 0 || n == 0 {
             return;

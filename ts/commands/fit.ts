@@ -1,0 +1,56 @@
+import { resolve } from 'node:path'
+import { SequentialSoftClustering } from '../clustering'
+import type { ClusteringConfig, Device } from '../config'
+import * as native from '../native'
+import { resolveChunks } from './chunks'
+import { progressReporter } from './progress'
+
+export interface FitCommandOptions {
+  clusters: number
+  out: string
+  temperature?: number
+  minMembership?: number
+  iterations?: number
+  exemplars?: number
+  context?: number
+  device?: string
+  seed?: number
+  initCenters?: string
+  tol?: number
+  resume?: boolean
+  progress?: boolean
+}
+
+/** `soft-cluster fit CHUNKS... --clusters K --out DIR`: fits, writes the outputs, prints a summary. */
+export async function fit(chunkSpecs: string[], options: FitCommandOptions): Promise<void> {
+  const chunks = resolveChunks(chunkSpecs)
+  const dModel = native.chunkShape(chunks[0]!)[2]!
+  const config: ClusteringConfig = {
+    nClusters: options.clusters,
+    dModel,
+    temperature: options.temperature,
+    minMembership: options.minMembership,
+    nIterations: options.iterations,
+    nExemplars: options.exemplars,
+    contextWindow: options.context,
+    device: options.device as Device | undefined,
+    seed: options.seed,
+    tol: options.tol,
+  }
+  if (options.initCenters) config.initialCenters = native.readNpy(options.initCenters).data
+  const model = new SequentialSoftClustering(config)
+  const progress = progressReporter(options.progress ?? false)
+  const out = resolve(options.out)
+  try {
+    const history = await model.fitChunks(chunks, out, { onProgress: progress.onProgress, resume: options.resume })
+    progress.stop()
+    const last = history[history.length - 1]
+    console.log(
+      `fitted ${options.clusters} clusters over ${chunks.length} chunks in ${history.length} iterations` +
+        (last ? ` (objective ${last.objective.toFixed(4)}, last shift ${last.maxShift.toExponential(1)})` : ''),
+    )
+    console.log(`wrote ${resolve(out, 'model.safetensors')} and ${chunks.length} .memberships.npz files into ${out}`)
+  } finally {
+    progress.stop()
+  }
+}
