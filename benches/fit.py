@@ -205,21 +205,26 @@ def write_init(chunk_dir, k, path, seed, tokens=None):
     return path
 
 
+_SPAWNER = None
+
+
+def spawner():
+    """The spawner process, started on first use (call it early, while the driver is small)."""
+    global _SPAWNER
+    if _SPAWNER is None:
+        from harness import Spawner
+        _SPAWNER = Spawner(os.path.join(HERE, "out", "fit", "logs"))
+    return _SPAWNER
+
+
 def measured(cmd):
-    """Runs cmd; returns its last JSON stdout line with peak_rss_mib (wait4's ru_maxrss, KiB)."""
-    print("+ " + " ".join(map(str, cmd)), file=sys.stderr, flush=True)
-    proc = subprocess.Popen([str(a) for a in cmd], cwd=ROOT, stdout=subprocess.PIPE, text=True)
-    out = proc.stdout.read()
-    proc.stdout.close()
-    _, status, usage = os.wait4(proc.pid, 0)
-    proc.returncode = os.waitstatus_to_exitcode(status)   # reaped here; Popen must not wait again
-    if proc.returncode != 0:
-        sys.exit(f"{cmd[0]} exited with {proc.returncode}")
-    lines = [l for l in out.splitlines() if l.startswith("{")]
-    if not lines:
-        sys.exit(f"{cmd[0]} printed no JSON line:\n{out}")
-    row = json.loads(lines[-1])
-    row["peak_rss_mib"] = usage.ru_maxrss / 1024
+    """Runs cmd; returns its last JSON stdout line with peak_rss_mib. The command starts from the
+    harness's small spawner process: a child forked from this (large) driver would count the
+    driver's pages in its own peak RSS."""
+    from harness import json_line   # harness imports this module: import late
+    res = spawner().run(os.path.basename(str(cmd[0])) + f"-{time.monotonic_ns()}", cmd, timeout=3600)
+    row = json_line(res, cmd[0])
+    row["peak_rss_mib"] = res["peak_rss_mib"]
     return row
 
 
@@ -253,6 +258,7 @@ def max_abs_dp(out_a, out_b, name, batch, seq, k):
 
 
 def run(args):
+    spawner()  # before any data is loaded
     if args.quick:
         shape, iterations, mem_shape = dict(chunks=4, batch=8, seq=256), 3, dict(batch=8, seq=256)
     else:
