@@ -1,4 +1,4 @@
-import type { SequentialSoftClustering } from './clustering'
+import { maskArray, type SequentialSoftClustering } from './clustering'
 
 export interface AnalyzeOptions {
   /** `[B, S, D]` or `[T, D]`. */
@@ -33,8 +33,6 @@ export function analyzeSequentialClusters(
   tokenIds: BigInt64Array | ArrayLike<number | bigint> | null | undefined,
   options: AnalyzeOptions,
 ): ClusterStats[] {
-  const mask = options.attentionMask
-  const maskArray = mask === undefined || mask instanceof Uint8Array ? mask : Uint8Array.from(Array.from(mask, (v) => (v ? 1 : 0)))
-  const json = model.model.analyzeJson(activations, [...options.shape], maskArray, tokenIdArray(tokenIds), options.topTokens ?? 10)
+  const json = model.model.analyzeJson(activations, [...options.shape], maskArray(options.attentionMask), tokenIdArray(tokenIds), options.topTokens ?? 10)
   return JSON.parse(json) as ClusterStats[]
 }

@@ -24,7 +24,8 @@ export interface TransformResult {
   skipped: number
 }
 
-function maskArray(mask: TransformOptions['attentionMask']): Uint8Array | undefined {
+/** An attention mask as the `Uint8Array` the core reads (copied only when it is not one already). */
+export function maskArray(mask: TransformOptions['attentionMask']): Uint8Array | undefined {
   if (mask === undefined || mask === null) return undefined
   if (mask instanceof Uint8Array) return mask
   return Uint8Array.from(Array.from(mask as ArrayLike<number | boolean>, (v) => (v ? 1 : 0)))
