@@ -91,7 +91,8 @@ impl Backend for CpuBackend {
             .collect();
 
         let mut sparse = want.sparse.then(|| SparseRows { offset: vec![0], ..Default::default() });
-        let mut stats = want.stats.then(|| PassStats::new(k, centers.d));
+        // The first range's statistics accumulate the others' (no extra K x D buffer).
+        let mut stats: Option<PassStats> = None;
         for p in partials {
             if let (Some(all), Some(part)) = (sparse.as_mut(), p.sparse) {
                 let base = all.cluster.len();
@@ -99,8 +100,10 @@ impl Backend for CpuBackend {
                 all.cluster.extend(part.cluster);
                 all.value.extend(part.value);
             }
-            if let (Some(all), Some(part)) = (stats.as_mut(), p.stats) {
-                all.merge(part);
+            match (stats.as_mut(), p.stats) {
+                (Some(all), Some(part)) => all.merge(part),
+                (None, part) => stats = part,
+                (Some(_), None) => {}
             }
         }
         if let Some(s) = stats.as_mut() {
@@ -138,7 +141,8 @@ impl Job<'_> {
         let mut e = vec![0f32; k];
         let mut sparse = self.want.sparse.then(|| SparseRows { offset: vec![0], ..Default::default() });
         let mut s_block = if self.want.stats { vec![0f32; k * d] } else { Vec::new() };
-        let mut stats = self.want.stats.then(|| PassStats::new(k, d));
+        // Everything but `S`, which is `s_block` widened at the end.
+        let mut stats = self.want.stats.then(|| PassStats { d, s: Vec::new(), ..PassStats::new(k, 0) });
         // (best cosine, row) of the rows with the lowest best cosine, lowest first.
         let mut farthest: Vec<(f32, usize)> = Vec::new();
         let keep_farthest = RESEED_CANDIDATES.min(k);
