@@ -36,6 +36,11 @@ export declare class NativeModel {
    * keeps the fitted model. Runs on the libuv pool; `onProgress` is called after every chunk.
    */
   fitChunks(chunkPaths: Array<string>, outputDir: string, onProgress?: ((progress: FitProgress) => void) | undefined | null, resume?: boolean | undefined | null): Promise<string>
+  /**
+   * Writes `<outputDir>/<chunk>.memberships.npz` for every chunk under this model's centers,
+   * off the JS thread. Resolves with the number of token rows written.
+   */
+  transformChunks(chunkPaths: Array<string>, outputDir: string, onProgress?: ((progress: FitProgress) => void) | undefined | null): Promise<number>
   /** Writes the model file (SPEC 6) atomically, off the JS thread. */
   save(path: string): Promise<void>
   /** Reads a model file, off the JS thread. */

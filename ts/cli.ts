@@ -3,6 +3,7 @@
 import { Command, CommanderError, InvalidArgumentError } from 'commander'
 import { demo } from './commands/demo'
 import { fit } from './commands/fit'
+import { transformCommand } from './commands/transform'
 
 const number = (value: string): number => {
   const n = Number(value)
@@ -38,6 +39,14 @@ export function main(argv: string[]): void {
     .option('--resume', 'continue from the checkpoint in --out, if there is one')
     .option('--progress', 'show progress on stderr even when it is not a terminal')
     .action(fit)
+  program
+    .command('transform')
+    .description("write each chunk's memberships under a fitted model")
+    .argument('<chunks...>', 'chunk files, directories (their *.npz, by name) or globs')
+    .requiredOption('--model <file>', 'a model.safetensors written by fit')
+    .requiredOption('--out <dir>', 'output folder')
+    .option('--progress', 'show progress on stderr even when it is not a terminal')
+    .action(transformCommand)
   program
     .command('demo')
     .description('fit the bundled example chunks and print what was found')

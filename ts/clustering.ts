@@ -114,6 +114,14 @@ export class SequentialSoftClustering {
     return JSON.parse(history) as HistoryEntry[]
   }
 
+  /**
+   * Writes `<outputDir>/<chunk>.memberships.npz` for every chunk under this model's centers (the
+   * fit's output pass, on other data). Resolves with the number of token rows written.
+   */
+  async transformChunks(chunkPaths: readonly string[], outputDir: string, options: Pick<FitOptions, 'onProgress'> = {}): Promise<number> {
+    return this.model.transformChunks([...chunkPaths], outputDir, options.onProgress)
+  }
+
   /** Writes the model file (safetensors, SPEC 6). */
   async save(path: string): Promise<void> {
     await this.model.save(path)

@@ -140,19 +140,7 @@ pub fn fit_chunks(request: FitRequest, backend: &dyn Backend, progress: &mut dyn
     stream_chunks(chunks, config.d_model, |i, chunk| {
         let out = backend.run(&centers, &Tokens::from_chunk(&chunk, i), params, Want { sparse: true, stats: true, ..Want::default() })?;
         collect_exemplars(&mut heaps, &chunk, i, &out, config.context_window);
-        let stem = names[i].strip_suffix(".npz").unwrap_or(&names[i]);
-        let metadata = serde_json::json!({
-            "total_sequences": chunk.batch,
-            "sequence_length": chunk.seq_len,
-            "n_clusters": config.n_clusters,
-            "source": names[i],
-            "format_version": 1,
-            "n_tokens": out.rows.len(),
-            "skipped": out.rows.skipped,
-        });
-        let indices = out.coo_indices(chunk.seq_len);
-        let values = out.sparse.as_ref().map(|s| s.value.clone()).unwrap_or_default();
-        write_memberships(&output_dir.join(format!("{stem}.memberships.npz")), indices, values, chunk.batch, chunk.seq_len, &metadata)?;
+        write_chunk_memberships(output_dir, &names[i], &chunk, &out, config.n_clusters)?;
         stats.merge(out.stats.expect("stats were asked for"));
         report(progress, Phase::Output, 0, config, i, chunks.len(), stats.n_rows, started);
         Ok(())
@@ -178,7 +166,7 @@ pub fn fit_chunks(request: FitRequest, backend: &dyn Backend, progress: &mut dyn
 
 /// Removes temporary files that a killed run left behind (`.<name>.tmp-<pid>`): they were never
 /// renamed into place, so nothing refers to them.
-fn remove_stale_temporaries(output_dir: &Path) {
+pub(crate) fn remove_stale_temporaries(output_dir: &Path) {
     let Ok(entries) = std::fs::read_dir(output_dir) else { return };
     for entry in entries.flatten() {
         let name = entry.file_name().to_string_lossy().into_owned();
@@ -215,8 +203,25 @@ fn available_memory() -> Option<u64> {
     Some(kib * 1024)
 }
 
+/// Writes `<output_dir>/<chunk stem>.memberships.npz` (SPEC 4) from a pass's sparse output.
+pub(crate) fn write_chunk_memberships(output_dir: &Path, name: &str, chunk: &Chunk, out: &PassOutput, n_clusters: usize) -> Result<()> {
+    let stem = name.strip_suffix(".npz").unwrap_or(name);
+    let metadata = serde_json::json!({
+        "total_sequences": chunk.batch,
+        "sequence_length": chunk.seq_len,
+        "n_clusters": n_clusters,
+        "source": name,
+        "format_version": 1,
+        "n_tokens": out.rows.len(),
+        "skipped": out.rows.skipped,
+    });
+    let indices = out.coo_indices(chunk.seq_len);
+    let values = out.sparse.as_ref().map(|s| s.value.clone()).unwrap_or_default();
+    write_memberships(&output_dir.join(format!("{stem}.memberships.npz")), indices, values, chunk.batch, chunk.seq_len, &metadata)
+}
+
 #[allow(clippy::too_many_arguments)]
-fn report(progress: &mut dyn FnMut(&Progress), phase: Phase, iteration: usize, config: &ClusteringConfig, i: usize, n_chunks: usize, tokens_done: u64, started: Instant) {
+pub(crate) fn report(progress: &mut dyn FnMut(&Progress), phase: Phase, iteration: usize, config: &ClusteringConfig, i: usize, n_chunks: usize, tokens_done: u64, started: Instant) {
     progress(&Progress {
         phase,
         iteration,
@@ -229,7 +234,7 @@ fn report(progress: &mut dyn FnMut(&Progress), phase: Phase, iteration: usize, c
 }
 
 /// File names of the chunks; output files are named after them, so they must be distinct.
-fn chunk_names(chunks: &[PathBuf]) -> Result<Vec<String>> {
+pub(crate) fn chunk_names(chunks: &[PathBuf]) -> Result<Vec<String>> {
     if chunks.is_empty() {
         return Err(Error::invalid_input("chunks", "no chunk files were given"));
     }

@@ -2,7 +2,11 @@
 
 use crate::config::ClusteringConfig;
 use crate::error::{Error, Result};
+use crate::fit::{chunk_names, remove_stale_temporaries, report, stream_chunks, write_chunk_memberships, Phase, Progress};
 use crate::kernels::{Backend, Centers, MembershipParams, PassOutput, Tokens, Want};
+use crate::model::Model;
+use std::path::{Path, PathBuf};
+use std::time::Instant;
 
 pub fn params_of(config: &ClusteringConfig) -> MembershipParams {
     MembershipParams { temperature: config.temperature, min_membership: config.min_membership }
@@ -38,6 +42,25 @@ pub fn layout_of(shape: &[f64], len: usize, d_model: usize) -> Result<(usize, us
 /// Memberships of every real token of `tokens`; `dense` adds the `[rows, K]` matrix.
 pub fn transform(backend: &dyn Backend, config: &ClusteringConfig, centers: &Centers, tokens: &Tokens, dense: bool) -> Result<PassOutput> {
     backend.run(centers, tokens, params_of(config), Want { dense, sparse: true, stats: false })
+}
+
+/// Writes `<output_dir>/<chunk stem>.memberships.npz` for every chunk under a fitted model's
+/// centers: the output pass of a fit, on new data (`soft-cluster transform`).
+pub fn transform_chunks(model: &Model, chunks: &[PathBuf], output_dir: &Path, backend: &dyn Backend, progress: &mut dyn FnMut(&Progress)) -> Result<u64> {
+    let names = chunk_names(chunks)?;
+    std::fs::create_dir_all(output_dir).map_err(|e| Error::io(output_dir, e))?;
+    remove_stale_temporaries(output_dir);
+    let params = params_of(&model.config);
+    let started = Instant::now();
+    let mut rows = 0u64;
+    stream_chunks(chunks, model.config.d_model, |i, chunk| {
+        let out = backend.run(&model.centers, &Tokens::from_chunk(&chunk, i), params, Want { sparse: true, ..Want::default() })?;
+        write_chunk_memberships(output_dir, &names[i], &chunk, &out, model.config.n_clusters)?;
+        rows += out.rows.len() as u64;
+        report(progress, Phase::Output, 0, &model.config, i, chunks.len(), rows, started);
+        Ok(())
+    })?;
+    Ok(rows)
 }
 
 #[cfg(test)]

@@ -368,3 +368,18 @@ fn the_world_failing_gives_clear_errors() {
     assert!(err.to_string().contains("needs about") && err.to_string().contains("GiB"), "{err}");
     assert!(!dir.path().join("o4").exists(), "refused before creating anything");
 }
+
+#[test]
+fn transform_chunks_writes_what_the_output_pass_wrote() {
+    use soft_cluster_core::transform::transform_chunks;
+    let dir = tempfile::tempdir().unwrap();
+    let chunks = vec![fixture("planted_a_f32.npz"), fixture("planted_b_f16_compressed.npz")];
+    let model = fit(&planted_config(), Some(centers_file("planted_init_centers.npy")), &chunks, &dir.path().join("fit"));
+    let rows = transform_chunks(&model, &chunks, &dir.path().join("again"), &CpuBackend::default(), &mut |_| {}).unwrap();
+    assert_eq!(rows, 215);
+    for name in ["planted_a_f32.memberships.npz", "planted_b_f16_compressed.memberships.npz"] {
+        assert_eq!(std::fs::read(dir.path().join("fit").join(name)).unwrap(), std::fs::read(dir.path().join("again").join(name)).unwrap(), "{name}");
+    }
+    let err = transform_chunks(&model, &[fixture("bad/wrong_d_model.npz")], &dir.path().join("bad"), &CpuBackend::default(), &mut |_| {}).unwrap_err();
+    assert!(err.to_string().contains("D = 48"), "{err}");
+}

@@ -8,7 +8,7 @@ use napi_derive::napi;
 use soft_cluster_core::analysis::analyze;
 use soft_cluster_core::fit::{fit_chunks, FitRequest};
 use soft_cluster_core::kernels::backend_for;
-use soft_cluster_core::transform::{layout_of, transform};
+use soft_cluster_core::transform::{layout_of, transform, transform_chunks};
 use soft_cluster_core::{ActivationsRef, Centers, Chunk, ClusteringConfig, Model, PassOutput, Tokens};
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
@@ -323,6 +323,25 @@ impl NativeModel {
         }))
     }
 
+    /// Writes `<outputDir>/<chunk>.memberships.npz` for every chunk under this model's centers,
+    /// off the JS thread. Resolves with the number of token rows written.
+    #[napi(ts_return_type = "Promise<number>")]
+    pub fn transform_chunks(
+        &self,
+        env: Env,
+        chunk_paths: Vec<String>,
+        output_dir: String,
+        #[napi(ts_arg_type = "((progress: FitProgress) => void) | undefined | null")] on_progress: Option<ProgressCallback>,
+    ) -> Result<AsyncTask<TransformChunksTask>> {
+        let model = self.model_or_error(&env)?;
+        Ok(AsyncTask::new(TransformChunksTask {
+            model,
+            chunks: chunk_paths.into_iter().map(PathBuf::from).collect(),
+            output_dir: PathBuf::from(output_dir),
+            on_progress,
+        }))
+    }
+
     /// Writes the model file (SPEC 6) atomically, off the JS thread.
     #[napi(ts_return_type = "Promise<void>")]
     pub fn save(&self, env: Env, path: String) -> Result<AsyncTask<SaveTask>> {
@@ -398,24 +417,7 @@ impl Task for FitTask {
 
     fn compute(&mut self) -> Result<Self::Output> {
         let request = FitRequest { config: &self.config, initial_centers: self.initial.clone(), chunks: &self.chunks, output_dir: &self.output_dir, resume: self.resume };
-        let on_progress = self.on_progress.as_ref();
-        let mut report = |p: &soft_cluster_core::fit::Progress| {
-            if let Some(f) = on_progress {
-                let phase = serde_json::to_value(p.phase).ok().and_then(|v| v.as_str().map(String::from)).unwrap_or_default();
-                f.call(
-                    FitProgress {
-                        phase,
-                        iteration: p.iteration as u32,
-                        n_iterations: p.n_iterations as u32,
-                        chunk: p.chunk as u32,
-                        n_chunks: p.n_chunks as u32,
-                        tokens_done: p.tokens_done as f64,
-                        tokens_per_s: p.tokens_per_s,
-                    },
-                    ThreadsafeFunctionCallMode::NonBlocking,
-                );
-            }
-        };
+        let mut report = progress_reporter(self.on_progress.as_ref());
         Ok(backend_for(&self.config.device).and_then(|backend| fit_chunks(request, backend.as_ref(), &mut report)))
     }
 
@@ -432,6 +434,48 @@ impl Task for FitTask {
     fn reject(&mut self, _env: Env, err: Error) -> Result<Self::JsValue> {
         lock(&self.state).fitting = false;
         Err(err)
+    }
+}
+
+/// Forwards core progress reports to a JS callback, if there is one.
+fn progress_reporter(callback: Option<&ProgressCallback>) -> impl FnMut(&soft_cluster_core::fit::Progress) + '_ {
+    move |p| {
+        if let Some(f) = callback {
+            let phase = serde_json::to_value(p.phase).ok().and_then(|v| v.as_str().map(String::from)).unwrap_or_default();
+            f.call(
+                FitProgress {
+                    phase,
+                    iteration: p.iteration as u32,
+                    n_iterations: p.n_iterations as u32,
+                    chunk: p.chunk as u32,
+                    n_chunks: p.n_chunks as u32,
+                    tokens_done: p.tokens_done as f64,
+                    tokens_per_s: p.tokens_per_s,
+                },
+                ThreadsafeFunctionCallMode::NonBlocking,
+            );
+        }
+    }
+}
+
+pub struct TransformChunksTask {
+    model: Arc<Model>,
+    chunks: Vec<PathBuf>,
+    output_dir: PathBuf,
+    on_progress: Option<ProgressCallback>,
+}
+
+impl Task for TransformChunksTask {
+    type Output = soft_cluster_core::Result<u64>;
+    type JsValue = f64;
+
+    fn compute(&mut self) -> Result<Self::Output> {
+        let mut report = progress_reporter(self.on_progress.as_ref());
+        Ok(backend_for(&self.model.config.device).and_then(|backend| transform_chunks(&self.model, &self.chunks, &self.output_dir, backend.as_ref(), &mut report)))
+    }
+
+    fn resolve(&mut self, env: Env, output: Self::Output) -> Result<f64> {
+        output.map(|rows| rows as f64).map_err(|e| js_error(&env, e))
     }
 }
 

@@ -1,0 +1,25 @@
+import { resolve } from 'node:path'
+import { SequentialSoftClustering } from '../clustering'
+import { resolveChunks } from './chunks'
+import { progressReporter } from './progress'
+
+export interface TransformCommandOptions {
+  model: string
+  out: string
+  progress?: boolean
+}
+
+/** `soft-cluster transform --model MODEL CHUNKS... --out DIR`: memberships of new chunks. */
+export async function transformCommand(chunkSpecs: string[], options: TransformCommandOptions): Promise<void> {
+  const chunks = resolveChunks(chunkSpecs)
+  const model = await SequentialSoftClustering.load(options.model)
+  const progress = progressReporter(options.progress ?? false)
+  const out = resolve(options.out)
+  try {
+    const rows = await model.transformChunks(chunks, out, { onProgress: progress.onProgress })
+    progress.stop()
+    console.log(`wrote memberships of ${rows} tokens in ${chunks.length} .memberships.npz files into ${out}`)
+  } finally {
+    progress.stop()
+  }
+}
