@@ -22,6 +22,7 @@ Contract of `target/release/fit-bench` (what `run` calls; same arguments as `num
 """
 import argparse, glob, json, os, platform, re, shutil, subprocess, sys, time
 import numpy as np
+from results_md import replace_block
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
@@ -357,14 +358,7 @@ def write_table(r, results_path, quick):
         f"Command: `npm run bench:fit{' -- --quick' if quick else ''}` (raw figures: `benches/fit-results.json`).",
         "<!-- fit:end -->",
     ]
-    block = "\n".join(lines)
-    text = open(results_path).read() if os.path.exists(results_path) else "# Benchmark results\n"
-    if "<!-- fit:start -->" in text:
-        text = re.sub(r"<!-- fit:start -->.*<!-- fit:end -->", lambda _: block, text, flags=re.S)
-    else:
-        text = text.rstrip() + "\n\n" + block + "\n"
-    open(results_path, "w").write(text)
-    print(block)
+    replace_block(results_path, "fit", "\n".join(lines))
 
 
 # ---------------------------------------------------------------------------------------------

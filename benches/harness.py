@@ -19,6 +19,7 @@ forked from, so a driver holding the tokens would inflate every peer's peak.
 """
 import argparse, importlib.metadata, json, os, re, shutil, subprocess, sys, time
 import numpy as np
+from results_md import replace_block
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
@@ -627,14 +628,7 @@ def write_block(r, results_path):
                   "fit-bench; raw figures: "
                   "`benches/harness-results.json`, chart: `benches/harness-throughput.svg`).",
               "<!-- harness:end -->"]
-    block = "\n".join(lines)
-    text = open(results_path).read() if os.path.exists(results_path) else "# Benchmark results\n"
-    if "<!-- harness:start -->" in text:
-        text = re.sub(r"<!-- harness:start -->.*<!-- harness:end -->", lambda _: block, text, flags=re.S)
-    else:
-        text = text.rstrip() + "\n\n" + block + "\n"
-    open(results_path, "w").write(text)
-    print(block)
+    replace_block(results_path, "harness", "\n".join(lines))
 
 
 def write_chart(r, path):

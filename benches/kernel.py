@@ -6,6 +6,7 @@ numpy (OpenBLAS) on it in the same run, and writes the table into benches/RESULT
 Run through `npm run bench:kernel` (benches/kernel.sh makes the virtual environment)."""
 import argparse, json, os, platform, re, subprocess, sys, time
 import numpy as np
+from results_md import replace_block
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
@@ -121,14 +122,7 @@ def write_table(rows, ks, n, d, results_path):
                          f"{m['tokens_per_s']:,.0f} | {nump['tokens_per_s']:,.0f} | {nump['gflops']:.1f} | "
                          f"{best['tokens_per_s'] / nump['tokens_per_s']:.2f}x |")
     lines += ["", f"Command: `npm run bench:kernel` (raw figures: `benches/kernel-results.json`).", "<!-- kernel:end -->"]
-    block = "\n".join(lines)
-    text = open(results_path).read() if os.path.exists(results_path) else "# Benchmark results\n"
-    if "<!-- kernel:start -->" in text:
-        text = re.sub(r"<!-- kernel:start -->.*<!-- kernel:end -->", lambda _: block, text, flags=re.S)
-    else:
-        text = text.rstrip() + "\n\n" + block + "\n"
-    open(results_path, "w").write(text)
-    print(block)
+    replace_block(results_path, "kernel", "\n".join(lines))
 
 
 if __name__ == "__main__":

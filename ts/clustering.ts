@@ -10,19 +10,13 @@ export interface TransformOptions {
   dense?: boolean
 }
 
-export interface TransformResult {
-  /** Dense `[nRows, K]` memberships (absent when `dense: false`). */
-  memberships?: Float32Array
-  /** For each row: the flattened token index `batch * S + position`. Padding and zero vectors have no row. */
-  rowTokens: Uint32Array
-  /** Nonzero memberships as `[nnz, 3]` triplets (batch, position, cluster), sorted. */
-  indices: Int32Array
-  values: Float32Array
-  nRows: number
-  nClusters: number
-  /** Real tokens whose vector was all zeros (no direction, no row). */
-  skipped: number
-}
+/**
+ * Memberships of a batch of tokens: `memberships` (dense `[nRows, K]`, absent when `dense: false`),
+ * `rowTokens` (`batch * S + position` of each row; padding and zero vectors have no row),
+ * `indices` (`[nnz, 3]`: batch, position, cluster, sorted) with `values`, `nRows`, `nClusters`,
+ * and `skipped` (real tokens whose vector was all zeros).
+ */
+export type TransformResult = Omit<native.TransformOutput, 'memberships'> & { memberships?: Float32Array }
 
 /** An attention mask as the `Uint8Array` the core reads (copied only when it is not one already). */
 export function maskArray(mask: TransformOptions['attentionMask']): Uint8Array | undefined {
