@@ -1,6 +1,6 @@
 import fc from 'fast-check'
 import { describe, expect, it } from 'vitest'
-import { readChunk, readNpy, resolveConfig, SequentialSoftClustering } from '../ts'
+import { analyzeSequentialClusters, readChunk, readNpy, resolveConfig, SequentialSoftClustering } from '../ts'
 import { ambiguous, expectError, fixture, referenceRow } from './helpers'
 
 const TOL = 1e-4
@@ -108,6 +108,9 @@ describe('transform', () => {
     const unfitted = new SequentialSoftClustering({ nClusters: 2, dModel: 3 })
     expect(unfitted.centers).toBeNull()
     expectError(() => unfitted.transform(new Float32Array(6), { shape: [2, 3] }), 'ERR_INVALID_INPUT', 'has no centers yet')
+    expectError(() => analyzeSequentialClusters(unfitted, new Float32Array(6), null, { shape: [2, 3] }), 'ERR_INVALID_INPUT', 'has no centers yet')
+    await expect(unfitted.transformChunks([fixture('planted_a_f32.npz')], '/tmp/never')).rejects.toMatchObject({ code: 'ERR_INVALID_INPUT' })
+    expectError(() => model.transform(new Float32Array(6), { shape: [2, 1.5, 2] }), 'ERR_INVALID_INPUT', 'non-negative integers')
   })
 })
 
