@@ -95,15 +95,13 @@ pub fn fit_chunks(request: FitRequest, backend: &dyn Backend, progress: &mut dyn
                 Some(c) => c,
                 None => kmeans_plus_plus(config, chunks, progress)?,
             };
-            (centers, Vec::new(), config.n_iterations == 0)
+            (centers, Vec::new(), false)
         }
     };
 
-    let first = history.len() + 1;
-    for iteration in first..=config.n_iterations {
-        if iterations_done {
-            break;
-        }
+    let mut iteration = history.len();
+    while !iterations_done && iteration < config.n_iterations {
+        iteration += 1;
         let started = Instant::now();
         let mut stats = PassStats::new(config.n_clusters, config.d_model);
         stream_chunks(chunks, config.d_model, |i, chunk| {

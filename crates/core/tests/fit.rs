@@ -383,3 +383,16 @@ fn transform_chunks_writes_what_the_output_pass_wrote() {
     let err = transform_chunks(&model, &[fixture("bad/wrong_d_model.npz")], &dir.path().join("bad"), &CpuBackend::default(), &mut |_| {}).unwrap_err();
     assert!(err.to_string().contains("D = 48"), "{err}");
 }
+
+#[test]
+fn zero_iterations_write_the_outputs_of_the_starting_centers() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = planted_config();
+    config.n_iterations = 0;
+    let init = centers_file("planted_init_centers.npy");
+    let model = fit(&config, Some(init.clone()), &[fixture("planted_a_f32.npz")], dir.path());
+    assert!(model.history.is_empty());
+    assert_eq!(model.centers, init);
+    assert_eq!(model.cluster_count.iter().sum::<u64>(), 137);
+    assert!(dir.path().join("planted_a_f32.memberships.npz").exists());
+}
