@@ -7,6 +7,7 @@ Run through `npm run bench:kernel` (benches/kernel.sh makes the virtual environm
 import argparse, json, os, platform, re, subprocess, sys, time
 import numpy as np
 from results_md import replace_block
+from fit import memberships_from_sims
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
@@ -23,17 +24,9 @@ def best_of(f):
 
 
 def memberships(x, c):
-    """SPEC 2 in numpy, the way a user would write it."""
+    """SPEC 2 in numpy, the way a user would write it (the softmax step is fit.py's)."""
     xn = x / np.linalg.norm(x, axis=1, keepdims=True)
-    s = (xn @ c.T) / TEMPERATURE
-    s -= s.max(axis=1, keepdims=True)
-    p = np.exp(s)
-    p /= p.sum(axis=1, keepdims=True)
-    keep = p >= MIN_MEMBERSHIP
-    keep[np.arange(len(p)), p.argmax(axis=1)] = True
-    p *= keep
-    p /= p.sum(axis=1, keepdims=True)
-    return xn, p
+    return xn, memberships_from_sims(xn @ c.T, TEMPERATURE, MIN_MEMBERSHIP)
 
 
 def sparse_memberships(x, c):
