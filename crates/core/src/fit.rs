@@ -32,6 +32,8 @@ pub enum Phase {
     Iterate,
     /// The final pass that writes outputs.
     Output,
+    /// A pass of `analysis::analyze_chunks`.
+    Analyze,
 }
 
 /// Reported after every chunk.
@@ -334,6 +336,17 @@ fn collect_exemplars(heaps: &mut ExemplarHeaps, chunk: &Chunk, chunk_index: usiz
     }
 }
 
+/// Algorithm R: where the `seen`-th item (0-based) of a stream goes in a uniform sample of at most
+/// `capacity` items: the next free slot while there is one, then a random slot or nowhere.
+pub(crate) fn reservoir_slot(rng: &mut ChaCha8Rng, seen: u64, capacity: usize) -> Option<usize> {
+    if (seen as usize) < capacity {
+        Some(seen as usize)
+    } else {
+        let j = rng.random_range(0..=seen);
+        (j < capacity as u64).then_some(j as usize)
+    }
+}
+
 /// Spherical k-means++ (distance `1 - cos`) over a seeded uniform sample of real tokens.
 fn kmeans_plus_plus(config: &ClusteringConfig, chunks: &[PathBuf], progress: &mut dyn FnMut(&Progress)) -> Result<Centers> {
     let (k, d) = (config.n_clusters, config.d_model);
@@ -347,13 +360,10 @@ fn kmeans_plus_plus(config: &ClusteringConfig, chunks: &[PathBuf], progress: &mu
         let tokens = Tokens::from_chunk(&chunk, i);
         let rows = prepare_rows(&tokens)?;
         for (&t, &inv) in rows.token.iter().zip(&rows.inv_norm) {
-            let slot = if (seen as usize) < capacity {
+            let slot = reservoir_slot(&mut rng, seen, capacity);
+            if slot == Some(sample.len() / d) {
                 sample.resize(sample.len() + d, 0.0);
-                Some(seen as usize)
-            } else {
-                let j = rng.random_range(0..=seen);
-                (j < capacity as u64).then_some(j as usize)
-            };
+            }
             if let Some(slot) = slot {
                 unit_row(&tokens, t as usize, inv, &mut sample[slot * d..(slot + 1) * d]);
             }
