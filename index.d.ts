@@ -29,8 +29,10 @@ export declare class NativeModel {
   transform(activations: Float32Array, shape: Array<number>, attentionMask: Uint8Array | undefined | null, dense: boolean): TransformOutput
   /** The same as `transform`, on the libuv thread pool (the arrays are kept alive, not copied). */
   transformAsync(activations: Float32Array, shape: Array<number>, attentionMask: Uint8Array | undefined | null, dense: boolean): Promise<TransformOutput>
-  /** Per-cluster statistics of a batch of tokens (JSON list, one entry per cluster). */
-  analyzeJson(activations: Float32Array, shape: Array<number>, attentionMask: Uint8Array | undefined | null, tokenIds: BigInt64Array | undefined | null, topTokens: number): string
+  /** Quality metrics of a batch of tokens (the core's `Analysis` as JSON). */
+  analyzeJson(activations: Float32Array, shape: Array<number>, attentionMask?: Uint8Array | undefined | null, tokenIds?: BigInt64Array | undefined | null, options?: AnalyzeParams | undefined | null): string
+  /** Quality metrics over chunk files, streamed off the JS thread; resolves with the JSON. */
+  analyzeChunks(chunkPaths: Array<string>, options?: AnalyzeParams | undefined | null, onProgress?: ((progress: FitProgress) => void) | undefined | null): Promise<string>
   /**
    * Streams over the chunk files, fits, writes the outputs into `outputDir` (SPEC 3 and 4) and
    * keeps the fitted model. Runs on the libuv pool; `onProgress` is called after every chunk.
@@ -45,6 +47,18 @@ export declare class NativeModel {
   save(path: string): Promise<void>
   /** Reads a model file, off the JS thread. */
   static load(path: string): Promise<NativeModel>
+}
+
+/** Options of the metrics; absent fields take the core's defaults. */
+export interface AnalyzeParams {
+  /** Token ids listed per cluster (10). */
+  topTokens?: number
+  /** Bins of each cluster's membership histogram (10). */
+  histogramBins?: number
+  /** Most tokens in the silhouette's sample (2000). */
+  silhouetteSample?: number
+  /** Seed of the silhouette's sample (0). */
+  seed?: number
 }
 
 /** A chunk as JS sees it: activations widened to float32, shape `[B, S, D]`. */

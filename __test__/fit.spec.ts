@@ -3,7 +3,7 @@ import { copyFileSync, existsSync, mkdtempSync, readFileSync, writeFileSync } fr
 import { tmpdir } from 'node:os'
 import { join } from 'node:path'
 import { describe, expect, it } from 'vitest'
-import { analyzeSequentialClusters, readChunk, readMemberships, readNpy, SequentialSoftClustering, type FitProgress } from '../ts'
+import { readChunk, readMemberships, readNpy, SequentialSoftClustering, type FitProgress } from '../ts'
 import { expectError, fixture } from './helpers'
 
 const expected = JSON.parse(readFileSync(fixture('planted_expected.json'), 'utf8'))
@@ -170,39 +170,5 @@ describe('save and load', () => {
     await expect(empty.save(join(dir, 'x.safetensors'))).rejects.toMatchObject({ code: 'ERR_INVALID_INPUT', message: expect.stringContaining('has no centers yet') })
     copyFileSync(fixture('planted_init_centers.npy'), join(dir, 'centers.npy'))
     await expect(SequentialSoftClustering.load(join(dir, 'centers.npy'))).rejects.toMatchObject({ code: 'ERR_BAD_MODEL' })
-  })
-})
-
-describe('analyzeSequentialClusters', () => {
-  it('agrees with a direct computation from the memberships', async () => {
-    const model = plantedModel()
-    await model.fitChunks(planted, tmp())
-    const chunk = readChunk(planted[0]!)
-    const stats = analyzeSequentialClusters(model, chunk.activations, chunk.tokenIds, { shape: chunk.shape, attentionMask: chunk.attentionMask, topTokens: 3 })
-    const t = model.transform(chunk.activations, { shape: chunk.shape, attentionMask: chunk.attentionMask })
-    const centers = model.centers!
-    for (let c = 0; c < 6; c++) {
-      let mass = 0, hard = 0, cos = 0
-      const weights = new Map<number, number>()
-      for (let r = 0; r < t.nRows; r++) {
-        const row = t.memberships!.subarray(r * 6, r * 6 + 6)
-        const p = row[c]!
-        mass += p
-        if (row.indexOf(Math.max(...row)) === c) hard++
-        const tok = t.rowTokens[r]!
-        const a = chunk.activations.subarray(tok * 64, tok * 64 + 64)
-        cos += p * dot(a, centers, 0, c * 64) / Math.sqrt(dot(a, a))
-        if (p > 0) weights.set(Number(chunk.tokenIds![tok]), (weights.get(Number(chunk.tokenIds![tok])) ?? 0) + p)
-      }
-      const s = stats[c]!
-      expect(s.cluster).toBe(c)
-      expect(s.mass).toBeCloseTo(mass, 4)
-      expect(s.hardCount).toBe(hard)
-      expect(s.meanCosine).toBeCloseTo(cos / mass, 4)
-      const top = [...weights.entries()].sort((x, y) => y[1] - x[1] || x[0] - y[0]).slice(0, 3)
-      expect(s.topTokens.map((w) => w.tokenId)).toEqual(top.map(([id]) => id))
-      s.topTokens.forEach((w, i) => expect(w.weight).toBeCloseTo(top[i]![1], 4))
-    }
-    expectError(() => analyzeSequentialClusters(model, chunk.activations, [1, 2], { shape: chunk.shape }), 'ERR_INVALID_INPUT', 'tokenIds: has 2 entries')
   })
 })

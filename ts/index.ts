@@ -1,4 +1,4 @@
-export { analyzeSequentialClusters, type AnalyzeOptions, type ClusterStats } from './analysis'
+export { analyzeChunks, analyzeSequentialClusters, type AnalyzeMetricOptions, type AnalyzeOptions, type ClusterAnalysis, type ClusterStats, type OverallStats } from './analysis'
 export {
   SequentialSoftClustering,
   type Exemplar,

@@ -5,7 +5,7 @@ use napi::bindgen_prelude::*;
 use napi::threadsafe_function::{ThreadsafeFunction, ThreadsafeFunctionCallMode};
 use napi::{Env, Task};
 use napi_derive::napi;
-use soft_cluster_core::analysis::analyze;
+use soft_cluster_core::analysis::{analyze, analyze_chunks, AnalyzeOptions};
 use soft_cluster_core::fit::{fit_chunks, FitRequest};
 use soft_cluster_core::kernels::backend_for;
 use soft_cluster_core::transform::{layout_of, transform, transform_chunks};
@@ -271,7 +271,7 @@ impl NativeModel {
         Ok(AsyncTask::new(TransformTask { model, activations, shape, attention_mask, dense }))
     }
 
-    /// Per-cluster statistics of a batch of tokens (JSON list, one entry per cluster).
+    /// Quality metrics of a batch of tokens (the core's `Analysis` as JSON).
     #[napi]
     pub fn analyze_json(
         &self,
@@ -280,17 +280,35 @@ impl NativeModel {
         shape: Vec<f64>,
         attention_mask: Option<Uint8ArraySlice>,
         token_ids: Option<BigInt64ArraySlice>,
-        top_tokens: u32,
+        options: Option<AnalyzeParams>,
     ) -> Result<String> {
         let model = self.model_or_error(&env)?;
         let run = || -> soft_cluster_core::Result<String> {
             let (_, seq_len, d) = layout_of(&shape, activations.len(), model.config.d_model)?;
             let tokens = Tokens { source: "activations", chunk_index: 0, activations: ActivationsRef::F32(&activations), seq_len, d, mask: attention_mask.as_deref() };
             let backend = backend_for(&model.config.device)?;
-            let stats = analyze(backend.as_ref(), &model.config, &model.centers, &tokens, token_ids.as_deref(), top_tokens as usize)?;
-            Ok(serde_json::to_string(&stats).expect("stats serialize"))
+            let analysis = analyze(backend.as_ref(), &model.config, &model.centers, &tokens, token_ids.as_deref(), analyze_options(options.as_ref()))?;
+            Ok(serde_json::to_string(&analysis).expect("analysis serializes"))
         };
         run().map_err(|e| js_error(&env, e))
+    }
+
+    /// Quality metrics over chunk files, streamed off the JS thread; resolves with the JSON.
+    #[napi(ts_return_type = "Promise<string>")]
+    pub fn analyze_chunks(
+        &self,
+        env: Env,
+        chunk_paths: Vec<String>,
+        options: Option<AnalyzeParams>,
+        #[napi(ts_arg_type = "((progress: FitProgress) => void) | undefined | null")] on_progress: Option<ProgressCallback>,
+    ) -> Result<AsyncTask<AnalyzeChunksTask>> {
+        let model = self.model_or_error(&env)?;
+        Ok(AsyncTask::new(AnalyzeChunksTask {
+            model,
+            chunks: chunk_paths.into_iter().map(PathBuf::from).collect(),
+            options: analyze_options(options.as_ref()),
+            on_progress,
+        }))
     }
 
     /// Streams over the chunk files, fits, writes the outputs into `outputDir` (SPEC 3 and 4) and
@@ -476,6 +494,53 @@ impl Task for TransformChunksTask {
 
     fn resolve(&mut self, env: Env, output: Self::Output) -> Result<f64> {
         output.map(|rows| rows as f64).map_err(|e| js_error(&env, e))
+    }
+}
+
+/// Options of the metrics; absent fields take the core's defaults.
+#[napi(object)]
+pub struct AnalyzeParams {
+    /// Token ids listed per cluster (10).
+    pub top_tokens: Option<u32>,
+    /// Bins of each cluster's membership histogram (10).
+    pub histogram_bins: Option<u32>,
+    /// Most tokens in the silhouette's sample (2000).
+    pub silhouette_sample: Option<u32>,
+    /// Seed of the silhouette's sample (0).
+    pub seed: Option<u32>,
+}
+
+fn analyze_options(params: Option<&AnalyzeParams>) -> AnalyzeOptions {
+    let d = AnalyzeOptions::default();
+    let Some(p) = params else { return d };
+    AnalyzeOptions {
+        top_tokens: p.top_tokens.map_or(d.top_tokens, |v| v as usize),
+        histogram_bins: p.histogram_bins.map_or(d.histogram_bins, |v| v as usize),
+        silhouette_sample: p.silhouette_sample.map_or(d.silhouette_sample, |v| v as usize),
+        seed: p.seed.map_or(d.seed, u64::from),
+    }
+}
+
+pub struct AnalyzeChunksTask {
+    model: Arc<Model>,
+    chunks: Vec<PathBuf>,
+    options: AnalyzeOptions,
+    on_progress: Option<ProgressCallback>,
+}
+
+impl Task for AnalyzeChunksTask {
+    type Output = soft_cluster_core::Result<String>;
+    type JsValue = String;
+
+    fn compute(&mut self) -> Result<Self::Output> {
+        let mut report = progress_reporter(self.on_progress.as_ref());
+        Ok(backend_for(&self.model.config.device)
+            .and_then(|backend| analyze_chunks(&self.model, &self.chunks, backend.as_ref(), self.options, &mut report))
+            .map(|analysis| serde_json::to_string(&analysis).expect("analysis serializes")))
+    }
+
+    fn resolve(&mut self, env: Env, output: Self::Output) -> Result<String> {
+        output.map_err(|e| js_error(&env, e))
     }
 }
 
