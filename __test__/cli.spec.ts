@@ -1,46 +1,150 @@
+// The command line as a user runs it: the real binary, on the fixtures, exit codes and messages.
 import { spawnSync } from 'node:child_process'
-import { existsSync, mkdtempSync, readFileSync } from 'node:fs'
+import { existsSync, mkdtempSync, readdirSync, readFileSync, writeFileSync } from 'node:fs'
 import { tmpdir } from 'node:os'
 import { join } from 'node:path'
-import { describe, expect, it } from 'vitest'
+import { beforeAll, describe, expect, it } from 'vitest'
+import { analyzeChunks, SequentialSoftClustering } from '../ts'
+import { fixture } from './helpers'
 
 const BIN = join(__dirname, '..', 'bin', 'soft-cluster.js')
 const run = (...args: string[]) => spawnSync(process.execPath, [BIN, ...args], { encoding: 'utf8' })
+const a = fixture('planted_a_f32.npz')
+const b = fixture('planted_b_f16_compressed.npz')
 
-describe('soft-cluster CLI', () => {
-  it('demo fits the bundled chunks and says where the outputs are', () => {
-    const out = join(mkdtempSync(join(tmpdir(), 'sc-demo-')), 'demo')
-    const r = run('demo', '--out', out)
-    expect(r.status).toBe(0)
-    expect(r.stdout).toContain('Fitting 6 clusters')
-    expect(r.stdout.match(/cluster \d: mass/g)).toHaveLength(6)
-    expect(r.stdout).toContain(join(out, 'model.safetensors'))
-    expect(existsSync(join(out, 'model.safetensors'))).toBe(true)
-    expect(existsSync(join(out, 'planted_a_f32.memberships.npz'))).toBe(true)
-  })
+/** A failed run: non-zero exit and exactly one line on stderr that mentions every needle. */
+function expectFailure(r: ReturnType<typeof run>, ...needles: string[]): void {
+  expect(r.status, r.stderr).not.toBe(0)
+  const lines = r.stderr.trim().split('\n')
+  expect(lines, r.stderr).toHaveLength(1)
+  for (const n of needles) expect(lines[0]).toContain(n)
+}
 
-  it('fit then transform: transform writes the memberships the fit wrote', () => {
-    const dir = mkdtempSync(join(tmpdir(), 'sc-cli-'))
-    const a = join(__dirname, '..', 'fixtures', 'planted_a_f32.npz')
-    const b = join(__dirname, '..', 'fixtures', 'planted_b_f16_compressed.npz')
-    expect(run('fit', a, b, '--clusters', '6', '--out', join(dir, 'fit'), '--temperature', '0.25').status).toBe(0)
-    const r = run('transform', '--model', join(dir, 'fit', 'model.safetensors'), a, b, '--out', join(dir, 'tr'))
+let dir: string
+let model: string
+beforeAll(() => {
+  dir = mkdtempSync(join(tmpdir(), 'sc-cli-'))
+  const r = run('fit', a, b, '--clusters', '6', '--out', join(dir, 'fit'), '--temperature', '0.25', '--exemplars', '3', '--context', '2')
+  expect(r.status, r.stderr).toBe(0)
+  model = join(dir, 'fit', 'model.safetensors')
+})
+
+describe('soft-cluster fit and transform', () => {
+  it('transform writes the memberships the fit wrote', () => {
+    expect(readFileSync(join(dir, 'fit', 'planted_a_f32.memberships.npz')).length).toBeGreaterThan(0)
+    const r = run('transform', '--model', model, a, b, '--out', join(dir, 'tr'))
     expect(r.status).toBe(0)
     expect(r.stdout).toContain('wrote memberships of 215 tokens in 2 .memberships.npz files')
     for (const name of ['planted_a_f32.memberships.npz', 'planted_b_f16_compressed.memberships.npz']) {
       expect(readFileSync(join(dir, 'tr', name))).toEqual(readFileSync(join(dir, 'fit', name)))
     }
-    const bad = run('transform', '--model', a, a, '--out', join(dir, 'x'))
-    expect(bad.status).toBe(1)
-    expect(bad.stderr.trim().split('\n')).toHaveLength(1)
-    expect(bad.stderr).toContain('[ERR_BAD_MODEL]')
-    expect(run('transform', a, '--out', join(dir, 'x')).stderr).toContain("required option '--model <file>' not specified")
   })
 
-  it('prints its version and refuses unknown commands with a non-zero exit', () => {
-    expect(run('--version').stdout.trim()).toMatch(/^\d+\.\d+\.\d+$/)
-    const r = run('bogus')
-    expect(r.status).not.toBe(0)
-    expect(r.stderr).toContain("unknown command 'bogus'")
+  it('accepts directories and globs as CHUNKS', () => {
+    const r = run('transform', '--model', model, fixture('planted_*.npz'), '--out', join(dir, 'glob'))
+    expect(r.status, r.stderr).toBe(0)
+    expect(readdirSync(join(dir, 'glob')).sort()).toEqual(['planted_a_f32.memberships.npz', 'planted_b_f16_compressed.memberships.npz'])
+    const d = mkdtempSync(join(dir, 'chunks-'))
+    writeFileSync(join(d, 'x.npz'), readFileSync(a))
+    expect(run('transform', '--model', model, d, '--out', join(dir, 'dir')).status).toBe(0)
+    expect(existsSync(join(dir, 'dir', 'x.memberships.npz'))).toBe(true)
+  })
+})
+
+describe('soft-cluster analyze', () => {
+  it('prints the metrics, and with --json the same numbers as the TypeScript API', async () => {
+    const text = run('analyze', '--model', model, a, b)
+    expect(text.status, text.stderr).toBe(0)
+    expect(text.stderr).toBe('') // no progress on a pipe unless asked
+    expect(text.stdout).toContain('6 clusters over 2 chunks, 215 tokens')
+    expect(text.stdout).toMatch(/normalized partition entropy \d\.\d{3}, partition coefficient \d\.\d{3}/)
+    expect(text.stdout).toMatch(/cosine silhouette -?\d\.\d{3} \(sample of 215 tokens\)/)
+    expect(text.stdout.trim().split('\n')).toHaveLength(5 + 6)
+    const json = run('analyze', '--model', model, a, b, '--json', '--top-tokens', '3')
+    expect(json.status, json.stderr).toBe(0)
+    const parsed = JSON.parse(json.stdout)
+    const api = await analyzeChunks(await SequentialSoftClustering.load(model), [a, b], { topTokens: 3 })
+    expect(parsed).toEqual(api)
+    expect(parsed.clusters).toHaveLength(6)
+    expect(parsed.clusters[0].topTokens.length).toBeLessThanOrEqual(3)
+  })
+
+  it('shows progress on a pipe with --progress', () => {
+    const r = run('analyze', '--model', model, a, b, '--progress', '--json')
+    expect(r.status).toBe(0)
+    expect(r.stderr).toContain('progress analyze chunk 1/2')
+    expect(r.stderr).toContain('chunk 2/2 tokens 215')
+  })
+})
+
+describe('soft-cluster report', () => {
+  it('writes a self-contained page, with and without chunks, decoding with --vocab', () => {
+    const vocab = join(dir, 'vocab.json')
+    writeFileSync(vocab, JSON.stringify(Array.from({ length: 1000 }, (_, i) => `tok<b>${i}`)))
+    const out = join(dir, 'report.html')
+    const r = run('report', '--model', model, a, b, '--vocab', vocab, '--out', out)
+    expect(r.status, r.stderr).toBe(0)
+    expect(r.stdout).toContain(out)
+    const html = readFileSync(out, 'utf8')
+    expect(html.match(/<section class="cluster"/g)).toHaveLength(6)
+    expect(html).toContain('tok&lt;b&gt;') // vocabulary text, escaped
+    expect(html).not.toContain('tok<b>')
+    expect(html).toContain('partition coefficient')
+    expect(html).not.toMatch(/<script[^>]+src=|<link[^>]+href=/)
+    const bare = run('report', '--model', model, '--out', join(dir, 'bare.html'))
+    expect(bare.status, bare.stderr).toBe(0)
+    const bareHtml = readFileSync(join(dir, 'bare.html'), 'utf8')
+    expect(bareHtml.match(/<section class="cluster"/g)).toHaveLength(6)
+    expect(bareHtml).toContain('pass CHUNKS to compute them')
+  })
+})
+
+describe('soft-cluster errors', () => {
+  const refused = readdirSync(fixture('bad')).filter((n) => n.endsWith('.npz') && !['all_masked.npz', 'empty_batch.npz', 'fortran_order.npz'].includes(n))
+
+  it.each(refused)('bad/%s: fit and analyze exit non-zero with one line naming the file', (name) => {
+    expectFailure(run('fit', a, fixture(`bad/${name}`), '--clusters', '2', '--out', join(dir, `bad-${name}`)), name)
+    expectFailure(run('analyze', '--model', model, fixture(`bad/${name}`)), name)
+    expect(existsSync(join(dir, `bad-${name}`, 'model.safetensors'))).toBe(false)
+  })
+
+  it('names the flag or file at fault', () => {
+    const vocabBad = join(dir, 'vocab-bad.json')
+    writeFileSync(vocabBad, '{"not": "a list"}')
+    const notJson = join(dir, 'not.json')
+    writeFileSync(notJson, 'nope')
+    const cases: [string[], string[]][] = [
+      [['fit', a, '--clusters', 'x', '--out', dir], ['--clusters', 'not a number']],
+      [['fit', a, '--out', dir], ["'--clusters <K>'"]],
+      [['fit', a, '--clusters', '0', '--out', join(dir, 'k0')], ['nClusters']],
+      [['fit', a, '--clusters', '2', '--out', dir, '--bogus'], ['--bogus']],
+      [['analyze', a], ["'--model <file>'"]],
+      [['analyze', '--model', join(dir, 'nope.safetensors'), a], ['nope.safetensors']],
+      [['analyze', '--model', a, a], ['planted_a_f32.npz', 'ERR_BAD_MODEL']],
+      [['analyze', '--model', model, join(dir, 'nothing-*.npz')], ['nothing-*.npz']],
+      [['analyze', '--model', model, a, '--sample', '-1'], ['--sample']],
+      [['transform', '--model', a, a, '--out', join(dir, 'x')], ['ERR_BAD_MODEL']],
+      [['report', '--model', model], ["'--out <file>'"]],
+      [['report', '--model', model, '--out', join(dir, 'no', 'such', 'dir', 'r.html')], ['--out', 'r.html']],
+      [['report', '--model', model, '--out', join(dir, 'r.html'), '--tokenizer', join(dir, 'missing.json')], ['--tokenizer', 'missing.json']],
+      [['report', '--model', model, '--out', join(dir, 'r.html'), '--tokenizer', notJson], ['--tokenizer', 'not.json', 'is not JSON']],
+      [['report', '--model', model, '--out', join(dir, 'r.html'), '--tokenizer', vocabBad], ['--tokenizer', 'vocab-bad.json']],
+      [['report', '--model', model, '--out', join(dir, 'r.html'), '--vocab', vocabBad], ['--vocab', 'vocab-bad.json']],
+      [['report', '--model', model, '--out', join(dir, 'r.html'), '--vocab', vocabBad, '--tokenizer', vocabBad], ['--tokenizer and --vocab']],
+      [['bogus'], ["unknown command 'bogus'"]],
+    ]
+    for (const [args, needles] of cases) expectFailure(run(...args), ...needles)
+  })
+
+  it('prints its version and help with exit 0', () => {
+    const v = run('--version')
+    expect(v.status).toBe(0)
+    expect(v.stdout.trim()).toMatch(/^\d+\.\d+\.\d+$/)
+    const h = run('--help')
+    expect(h.status).toBe(0)
+    for (const c of ['fit', 'transform', 'analyze', 'report', 'demo']) expect(h.stdout).toContain(`  ${c}`)
+    const rh = run('report', '--help')
+    expect(rh.status).toBe(0)
+    expect(rh.stdout).toContain('--tokenizer <file>')
   })
 })

@@ -1,8 +1,10 @@
 // The `soft-cluster` command line. Parsing turns argv into typed options, each command is a
 // function in ts/commands/, and one boundary prints a one-line error and sets the exit code.
 import { Command, CommanderError, InvalidArgumentError } from 'commander'
+import { analyzeCommand } from './commands/analyze'
 import { demo } from './commands/demo'
 import { fit } from './commands/fit'
+import { reportCommand } from './commands/report'
 import { transformCommand } from './commands/transform'
 
 const number = (value: string): number => {
@@ -10,6 +12,20 @@ const number = (value: string): number => {
   if (value.trim() === '' || !Number.isFinite(n)) throw new InvalidArgumentError('not a number.')
   return n
 }
+
+const count = (value: string): number => {
+  const n = number(value)
+  if (!Number.isInteger(n) || n < 0) throw new InvalidArgumentError('not a whole number >= 0.')
+  return n
+}
+
+/** The options of the metrics, shared by `analyze` and `report`. */
+const withMetricOptions = (command: Command): Command =>
+  command
+    .option('--top-tokens <N>', 'token ids listed per cluster (10)', count)
+    .option('--sample <N>', 'tokens in the silhouette sample (2000)', count)
+    .option('--seed <S>', 'seed of the silhouette sample (0)', count)
+    .option('--progress', 'show progress on stderr even when it is not a terminal')
 
 export function main(argv: string[]): void {
   // A file-size limit (or a full disk on some systems) raises SIGXFSZ, whose default action kills
@@ -47,10 +63,27 @@ export function main(argv: string[]): void {
     .requiredOption('--out <dir>', 'output folder')
     .option('--progress', 'show progress on stderr even when it is not a terminal')
     .action(transformCommand)
+  withMetricOptions(program
+    .command('analyze')
+    .description('quality metrics of a fitted model over chunk files: per cluster and overall')
+    .argument('<chunks...>', 'chunk files, directories (their *.npz, by name) or globs')
+    .requiredOption('--model <file>', 'a model.safetensors written by fit')
+    .option('--json', 'print the metrics as JSON'))
+    .action(analyzeCommand)
+  withMetricOptions(program
+    .command('report')
+    .description('write one self-contained HTML report: overview plots, then every cluster with its exemplars')
+    .argument('[chunks...]', 'chunks to compute the metrics on (files, directories or globs); without them, the model alone')
+    .requiredOption('--model <file>', 'a model.safetensors written by fit')
+    .requiredOption('--out <file>', 'the HTML file to write')
+    .option('--tokenizer <file>', 'a Hugging Face tokenizer.json to decode token ids')
+    .option('--vocab <file>', 'a JSON list of token strings, indexed by id, to decode token ids'))
+    .action(reportCommand)
   program
     .command('demo')
-    .description('fit the bundled example chunks and print what was found')
+    .description('fit the bundled MiniLM activations, write the outputs and an HTML report, and say where they are')
     .option('--out <dir>', 'where to write the outputs', 'soft-cluster-demo')
+    .option('--progress', 'show progress on stderr even when it is not a terminal')
     .action(demo)
   program.parseAsync(argv).catch((e: unknown) => {
     if (e instanceof CommanderError) {

@@ -2,18 +2,24 @@ import { existsSync, readdirSync, statSync } from 'node:fs'
 import { join, resolve } from 'node:path'
 import { globSync } from 'tinyglobby'
 
-/** Files, directories (their `*.npz`, sorted by name) and globs, expanded in the order given. */
+/** Our own outputs, never chunks: directories and globs pass over them. */
+const isOutput = (name: string): boolean => name.endsWith('.memberships.npz')
+
+/**
+ * Files, directories (their `*.npz`, sorted by name) and globs (sorted), expanded in the order
+ * given; directories and globs skip `*.memberships.npz`.
+ */
 export function resolveChunks(specs: readonly string[]): string[] {
   const out: string[] = []
   for (const spec of specs) {
     if (existsSync(spec) && statSync(spec).isDirectory()) {
-      const files = readdirSync(spec).filter((n) => n.endsWith('.npz') && !n.endsWith('.memberships.npz')).sort()
+      const files = readdirSync(spec).filter((n) => n.endsWith('.npz') && !isOutput(n)).sort()
       if (files.length === 0) throw Object.assign(new Error(`${spec}: directory holds no .npz chunk files`), { code: 'ERR_INVALID_INPUT' })
       out.push(...files.map((n) => resolve(join(spec, n))))
     } else if (existsSync(spec)) {
       out.push(resolve(spec))
     } else {
-      const matches = globSync(spec, { absolute: true, onlyFiles: true }).sort()
+      const matches = globSync(spec, { absolute: true, onlyFiles: true }).filter((p) => !isOutput(p)).sort()
       if (matches.length === 0) throw Object.assign(new Error(`${spec}: no such file, directory or matching glob`), { code: 'ERR_IO' })
       out.push(...matches)
     }

@@ -1,28 +1,38 @@
+import { readdirSync } from 'node:fs'
 import { join, resolve } from 'node:path'
 import { SequentialSoftClustering } from '../clustering'
+import { progressReporter } from './progress'
+import { writeReport } from './report'
 
-const FIXTURES = join(__dirname, '..', '..', 'fixtures')
+/** Hidden states of all-MiniLM-L6-v2 over English text, made by scripts/dump_minilm.py. */
+const EXAMPLES = join(__dirname, '..', '..', 'examples', 'minilm')
 
 export interface DemoOptions {
   out: string
+  progress?: boolean
 }
 
-/** Fits the bundled example chunks from scratch (k-means++) and prints what it found. */
+/** Fits the bundled real activations, writes the outputs and a report, and says where they are. */
 export async function demo(options: DemoOptions): Promise<void> {
-  const chunks = ['planted_a_f32.npz', 'planted_b_f16_compressed.npz'].map((n) => join(FIXTURES, n))
+  const chunks = readdirSync(EXAMPLES).filter((n) => n.endsWith('.npz')).sort().map((n) => join(EXAMPLES, n))
+  const tokenizer = join(EXAMPLES, 'tokenizer.json')
   const out = resolve(options.out)
-  const model = new SequentialSoftClustering({ nClusters: 6, dModel: 64, temperature: 0.25, nIterations: 20, nExemplars: 3, contextWindow: 2 })
-  console.log(`Fitting 6 clusters over ${chunks.length} example chunks (k-means++ init)...`)
-  const history = await model.fitChunks(chunks, out)
-  const last = history[history.length - 1]!
-  console.log(`${history.length} iterations, objective ${history[0]!.objective.toFixed(4)} -> ${last.objective.toFixed(4)}, last shift ${last.maxShift.toExponential(1)}`)
-  const summary = model.summary!
-  const order = summary.clusterMass.map((m, c) => [m, c] as const).sort((a, b) => b[0] - a[0])
-  const total = summary.clusterMass.reduce((a, b) => a + b, 0)
-  for (const [mass, c] of order) {
-    const best = summary.exemplars[c]![0]
-    const where = best ? `best token: chunk ${summary.chunks[best.chunk]} seq ${best.batch} pos ${best.position} (p=${best.value.toFixed(3)}, context ids ${best.tokens.join(' ')})` : 'no exemplars'
-    console.log(`  cluster ${c}: mass ${mass.toFixed(1)} (${((100 * mass) / total).toFixed(1)}%), ${summary.clusterCount[c]} tokens; ${where}`)
+  const nClusters = 24
+  const model = new SequentialSoftClustering({ nClusters, dModel: 384, temperature: 0.05, nIterations: 15, nExemplars: 8, contextWindow: 8 })
+  console.log(`Fitting ${nClusters} clusters to layer-3 hidden states of all-MiniLM-L6-v2 over ${chunks.length} chunks of English license text...`)
+  const progress = progressReporter(options.progress ?? false)
+  let history
+  try {
+    history = await model.fitChunks(chunks, out, { onProgress: progress.onProgress })
+  } finally {
+    progress.stop()
   }
-  console.log(`\nWrote ${join(out, 'model.safetensors')} and one .memberships.npz per chunk into ${out}`)
+  const last = history[history.length - 1]!
+  console.log(`${history.length} iterations, objective ${history[0]!.objective.toFixed(4)} -> ${last.objective.toFixed(4)}`)
+  const report = await writeReport(chunks, { model: join(out, 'model.safetensors'), out: join(out, 'report.html'), tokenizer, progress: options.progress })
+  console.log(`\nWrote into ${out}:`)
+  console.log(`  model.safetensors            the centers, statistics and exemplars`)
+  console.log(`  <chunk>.memberships.npz      each token's memberships (${chunks.length} files)`)
+  console.log(`  report.html                  plots and every cluster with its exemplars, decoded`)
+  console.log(`\nOpen ${report} in a browser.`)
 }

@@ -28,7 +28,7 @@ export function progressReporter(force: boolean): { onProgress?: (p: FitProgress
   if (!force) return { stop: () => {} }
   return {
     onProgress: (p) =>
-      process.stderr.write(`progress ${p.phase} iteration ${p.iteration}/${p.nIterations} chunk ${p.chunk}/${p.nChunks} tokens ${p.tokensDone} ${Math.round(p.tokensPerS)} tok/s\n`),
+      process.stderr.write(`progress ${p.phase}${p.phase === 'iterate' ? ` iteration ${p.iteration}/${p.nIterations}` : ''} chunk ${p.chunk}/${p.nChunks} tokens ${p.tokensDone} ${Math.round(p.tokensPerS)} tok/s\n`),
     stop: () => {},
   }
 }

@@ -1,0 +1,56 @@
+import { renameSync, rmSync, writeFileSync } from 'node:fs'
+import { basename, dirname, join, resolve } from 'node:path'
+import type { ClusterAnalysis } from '../analysis'
+import { analyzeSequentialClusters } from '../analysis'
+import { idDecoder, tokenizerDecoder, vocabDecoder, type TokenDecoder } from '../decode'
+import { renderReport } from '../report'
+import { analyzeModel } from './analyze'
+
+export interface ReportCommandOptions {
+  model: string
+  out: string
+  tokenizer?: string
+  vocab?: string
+  topTokens?: number
+  sample?: number
+  seed?: number
+  progress?: boolean
+}
+
+export function decoderFor(options: { tokenizer?: string; vocab?: string }): TokenDecoder {
+  if (options.tokenizer && options.vocab) throw Object.assign(new Error('--tokenizer and --vocab: give one of them, not both'), { code: 'ERR_INVALID_INPUT' })
+  if (options.tokenizer) return tokenizerDecoder(options.tokenizer)
+  if (options.vocab) return vocabDecoder(options.vocab)
+  return idDecoder
+}
+
+/** Writes a file under a temporary name, then renames it into place. */
+function writeAtomically(path: string, text: string): void {
+  const tmp = join(dirname(path), `.${basename(path)}.tmp-${process.pid}`)
+  try {
+    writeFileSync(tmp, text)
+    renameSync(tmp, path)
+  } catch (e) {
+    rmSync(tmp, { force: true })
+    const err = e as NodeJS.ErrnoException
+    throw Object.assign(new Error(`--out ${path}: cannot be written (${err.code ?? err.message})`), { code: 'ERR_IO' })
+  }
+}
+
+/** Renders the report and writes it to `options.out`; returns its absolute path. */
+export async function writeReport(chunkSpecs: readonly string[], options: ReportCommandOptions): Promise<string> {
+  const decoder = decoderFor(options)
+  const out = resolve(options.out)
+  const { model, chunks, analysis } = await analyzeModel(chunkSpecs, options)
+  // Without chunks, an analysis of no tokens still gives the centers' geometry.
+  const geometry: ClusterAnalysis = analysis ?? analyzeSequentialClusters(model, new Float32Array(0), null, { shape: [0, model.config.dModel] })
+  const html = renderReport({ modelPath: options.model, config: model.config, summary: model.summary!, analysis: geometry, chunks, decoder })
+  writeAtomically(out, html)
+  return out
+}
+
+/** `soft-cluster report --model MODEL [CHUNKS...] [--tokenizer tokenizer.json] --out report.html`. */
+export async function reportCommand(chunkSpecs: string[], options: ReportCommandOptions): Promise<void> {
+  const out = await writeReport(chunkSpecs, options)
+  console.log(`wrote ${out}: open it in a browser (it needs no network)`)
+}
