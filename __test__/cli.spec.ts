@@ -99,6 +99,26 @@ describe('soft-cluster report', () => {
   })
 })
 
+describe('--json', () => {
+  it('fit, transform and report print what they wrote as JSON', () => {
+    const flat = fixture('flat_2d_f64.npz') // no token_ids, no mask
+    const fit = run('fit', flat, '--clusters', '3', '--out', join(dir, 'json-fit'), '--json')
+    expect(fit.status, fit.stderr).toBe(0)
+    const f = JSON.parse(fit.stdout)
+    expect(f.model).toBe(join(dir, 'json-fit', 'model.safetensors'))
+    expect(f.memberships).toEqual([join(dir, 'json-fit', 'flat_2d_f64.memberships.npz')])
+    expect(f.history.length).toBeGreaterThan(0)
+    for (const file of [f.model, ...f.memberships]) expect(existsSync(file)).toBe(true)
+    const tr = JSON.parse(run('transform', '--model', f.model, flat, '--out', join(dir, 'json-tr'), '--json').stdout)
+    expect(tr).toMatchObject({ rows: 32, memberships: [join(dir, 'json-tr', 'flat_2d_f64.memberships.npz')] })
+    const rep = run('report', '--model', f.model, flat, '--out', join(dir, 'json.html'), '--json')
+    expect(rep.status, rep.stderr).toBe(0)
+    expect(JSON.parse(rep.stdout)).toEqual({ report: join(dir, 'json.html') })
+    // Without token ids, exemplar tokens are boxes shaded by their membership.
+    expect(readFileSync(join(dir, 'json.html'), 'utf8')).toContain('title="no token id, membership')
+  })
+})
+
 describe('soft-cluster errors', () => {
   const refused = readdirSync(fixture('bad')).filter((n) => n.endsWith('.npz') && !['all_masked.npz', 'empty_batch.npz', 'fortran_order.npz'].includes(n))
 

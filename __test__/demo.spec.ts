@@ -36,6 +36,16 @@ describe('soft-cluster demo', () => {
     console.log(`demo took ${seconds.toFixed(1)} s`)
   })
 
+  it('prints what it wrote as JSON with --json', () => {
+    const dir = join(out, '..', 'json')
+    const r = spawnSync(process.execPath, [BIN, 'demo', '--out', dir, '--json'], { encoding: 'utf8' })
+    expect(r.status, r.stderr).toBe(0)
+    const j = JSON.parse(r.stdout)
+    expect(j.report).toBe(join(dir, 'report.html'))
+    expect(j.memberships).toHaveLength(3)
+    for (const file of [j.model, j.report, ...j.memberships]) expect(existsSync(file)).toBe(true)
+  })
+
   it.skipIf(CHROMIUM === undefined)('writes a report that Chromium shows whole, offline and without errors', async () => {
     const browser = await chromium.launch({ executablePath: CHROMIUM, args: ['--no-sandbox'] })
     try {

@@ -54,6 +54,7 @@ export function main(argv: string[]): void {
     .option('--tol <X>', 'stop when the largest center shift is below this; 0 = never (1e-7)', number)
     .option('--resume', 'continue from the checkpoint in --out, if there is one')
     .option('--progress', 'show progress on stderr even when it is not a terminal')
+    .option('--json', 'print what was written, and the history, as JSON')
     .action(fit)
   program
     .command('transform')
@@ -62,6 +63,7 @@ export function main(argv: string[]): void {
     .requiredOption('--model <file>', 'a model.safetensors written by fit')
     .requiredOption('--out <dir>', 'output folder')
     .option('--progress', 'show progress on stderr even when it is not a terminal')
+    .option('--json', 'print what was written as JSON')
     .action(transformCommand)
   withMetricOptions(program
     .command('analyze')
@@ -77,13 +79,15 @@ export function main(argv: string[]): void {
     .requiredOption('--model <file>', 'a model.safetensors written by fit')
     .requiredOption('--out <file>', 'the HTML file to write')
     .option('--tokenizer <file>', 'a Hugging Face tokenizer.json to decode token ids')
-    .option('--vocab <file>', 'a JSON list of token strings, indexed by id, to decode token ids'))
+    .option('--vocab <file>', 'a JSON list of token strings, indexed by id, to decode token ids')
+    .option('--json', 'print where the report was written as JSON'))
     .action(reportCommand)
   program
     .command('demo')
     .description('fit the bundled MiniLM activations, write the outputs and an HTML report, and say where they are')
     .option('--out <dir>', 'where to write the outputs', 'soft-cluster-demo')
     .option('--progress', 'show progress on stderr even when it is not a terminal')
+    .option('--json', 'print what was written as JSON')
     .action(demo)
   program.parseAsync(argv).catch((e: unknown) => {
     if (e instanceof CommanderError) {

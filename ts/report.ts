@@ -42,10 +42,13 @@ function exemplarHtml(input: ReportInput, e: ModelSummary['exemplars'][number][n
   const pieces = input.decoder.window(e.tokens)
   const spans = pieces
     .map((piece, i) => {
-      if (piece.missing) return ''
       const p = e.contextMemberships[i] ?? 0
+      // -1 is padding or outside the sequence (membership 0), or a real token of a chunk without
+      // token_ids (membership > 0): that one is shown as a box.
+      if (piece.missing && p === 0) return ''
+      if (piece.missing) piece.text = i === 0 ? '□' : ' □'
       const cls = i === w ? 'tok center' : 'tok'
-      const title = `token id ${e.tokens[i]}, membership ${p.toFixed(3)}`
+      const title = piece.missing ? `no token id, membership ${p.toFixed(3)}` : `token id ${e.tokens[i]}, membership ${p.toFixed(3)}`
       return `<span class="${cls}" style="background:rgba(230,120,20,${Math.min(1, p).toFixed(3)})" title="${escapeHtml(title)}">${escapeHtml(piece.text)}</span>`
     })
     .join('')

@@ -1,6 +1,6 @@
 import { analyzeChunks, type ClusterAnalysis } from '../analysis'
 import { SequentialSoftClustering } from '../clustering'
-import { resolveChunks } from './chunks'
+import { printJson, resolveChunks } from './chunks'
 import { progressReporter } from './progress'
 
 export interface AnalyzeCommandOptions {
@@ -35,10 +35,7 @@ const f = (v: number | null, digits = 3) => (v === null ? '–' : v.toFixed(digi
 export async function analyzeCommand(chunkSpecs: string[], options: AnalyzeCommandOptions): Promise<void> {
   const { chunks, analysis } = await analyzeModel(chunkSpecs, options)
   const a = analysis!
-  if (options.json) {
-    process.stdout.write(JSON.stringify(a, null, 2) + '\n')
-    return
-  }
+  if (options.json) return printJson(a)
   const o = a.overall
   console.log(`${a.nClusters} clusters over ${chunks.length} chunks, ${o.nTokens} tokens${o.skipped ? ` (${o.skipped} all-zero tokens skipped)` : ''}`)
   console.log(`normalized partition entropy ${f(o.partitionEntropy)}, partition coefficient ${f(o.partitionCoefficient)}, nonzero memberships per token ${f(o.meanNonzeroPerToken, 2)}`)

@@ -1,5 +1,5 @@
 import { existsSync, readdirSync, statSync } from 'node:fs'
-import { join, resolve } from 'node:path'
+import { basename, join, resolve } from 'node:path'
 import { globSync } from 'tinyglobby'
 
 /** Our own outputs, never chunks: directories and globs pass over them. */
@@ -25,4 +25,13 @@ export function resolveChunks(specs: readonly string[]): string[] {
     }
   }
   return out
+}
+
+/** The memberships file a fit or transform writes for each chunk (SPEC 4). */
+export const membershipsFiles = (outputDir: string, chunks: readonly string[]): string[] =>
+  chunks.map((c) => join(outputDir, `${basename(c).replace(/\.npz$/, '')}.memberships.npz`))
+
+/** `--json`: one JSON document on stdout, for scripts. */
+export const printJson = (value: unknown): void => {
+  process.stdout.write(JSON.stringify(value, null, 2) + '\n')
 }

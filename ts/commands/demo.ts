@@ -1,6 +1,7 @@
 import { readdirSync } from 'node:fs'
 import { join, resolve } from 'node:path'
 import { SequentialSoftClustering } from '../clustering'
+import { membershipsFiles, printJson } from './chunks'
 import { progressReporter } from './progress'
 import { writeReport } from './report'
 
@@ -10,6 +11,7 @@ const EXAMPLES = join(__dirname, '..', '..', 'examples', 'minilm')
 export interface DemoOptions {
   out: string
   progress?: boolean
+  json?: boolean
 }
 
 /** Fits the bundled real activations, writes the outputs and a report, and says where they are. */
@@ -17,9 +19,11 @@ export async function demo(options: DemoOptions): Promise<void> {
   const chunks = readdirSync(EXAMPLES).filter((n) => n.endsWith('.npz')).sort().map((n) => join(EXAMPLES, n))
   const tokenizer = join(EXAMPLES, 'tokenizer.json')
   const out = resolve(options.out)
+  const modelPath = join(out, 'model.safetensors')
   const nClusters = 24
   const model = new SequentialSoftClustering({ nClusters, dModel: 384, temperature: 0.05, nIterations: 15, nExemplars: 8, contextWindow: 8 })
-  console.log(`Fitting ${nClusters} clusters to layer-3 hidden states of all-MiniLM-L6-v2 over ${chunks.length} chunks of English license text...`)
+  const say = (line: string) => options.json || console.log(line)
+  say(`Fitting ${nClusters} clusters to layer-3 hidden states of all-MiniLM-L6-v2 over ${chunks.length} chunks of English license text...`)
   const progress = progressReporter(options.progress ?? false)
   let history
   try {
@@ -28,8 +32,9 @@ export async function demo(options: DemoOptions): Promise<void> {
     progress.stop()
   }
   const last = history[history.length - 1]!
-  console.log(`${history.length} iterations, objective ${history[0]!.objective.toFixed(4)} -> ${last.objective.toFixed(4)}`)
-  const report = await writeReport(chunks, { model: join(out, 'model.safetensors'), out: join(out, 'report.html'), tokenizer, progress: options.progress })
+  say(`${history.length} iterations, objective ${history[0]!.objective.toFixed(4)} -> ${last.objective.toFixed(4)}`)
+  const report = await writeReport(chunks, { model: modelPath, out: join(out, 'report.html'), tokenizer, progress: options.progress })
+  if (options.json) return printJson({ outputDir: out, model: modelPath, memberships: membershipsFiles(out, chunks), report, history })
   console.log(`\nWrote into ${out}:`)
   console.log(`  model.safetensors            the centers, statistics and exemplars`)
   console.log(`  <chunk>.memberships.npz      each token's memberships (${chunks.length} files)`)

@@ -2,7 +2,7 @@ import { resolve } from 'node:path'
 import { SequentialSoftClustering } from '../clustering'
 import type { ClusteringConfig, Device } from '../config'
 import * as native from '../native'
-import { resolveChunks } from './chunks'
+import { membershipsFiles, printJson, resolveChunks } from './chunks'
 import { progressReporter } from './progress'
 
 export interface FitCommandOptions {
@@ -19,6 +19,7 @@ export interface FitCommandOptions {
   tol?: number
   resume?: boolean
   progress?: boolean
+  json?: boolean
 }
 
 /** `soft-cluster fit CHUNKS... --clusters K --out DIR`: fits, writes the outputs, prints a summary. */
@@ -44,12 +45,14 @@ export async function fit(chunkSpecs: string[], options: FitCommandOptions): Pro
   try {
     const history = await model.fitChunks(chunks, out, { onProgress: progress.onProgress, resume: options.resume })
     progress.stop()
+    const modelPath = resolve(out, 'model.safetensors')
+    if (options.json) return printJson({ outputDir: out, model: modelPath, memberships: membershipsFiles(out, chunks), chunks, history })
     const last = history[history.length - 1]
     console.log(
       `fitted ${options.clusters} clusters over ${chunks.length} chunks in ${history.length} iterations` +
         (last ? ` (objective ${last.objective.toFixed(4)}, last shift ${last.maxShift.toExponential(1)})` : ''),
     )
-    console.log(`wrote ${resolve(out, 'model.safetensors')} and ${chunks.length} .memberships.npz files into ${out}`)
+    console.log(`wrote ${modelPath} and ${chunks.length} .memberships.npz files into ${out}`)
   } finally {
     progress.stop()
   }

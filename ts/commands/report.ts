@@ -5,6 +5,7 @@ import { analyzeSequentialClusters } from '../analysis'
 import { idDecoder, tokenizerDecoder, vocabDecoder, type TokenDecoder } from '../decode'
 import { renderReport } from '../report'
 import { analyzeModel } from './analyze'
+import { printJson } from './chunks'
 
 export interface ReportCommandOptions {
   model: string
@@ -15,6 +16,7 @@ export interface ReportCommandOptions {
   sample?: number
   seed?: number
   progress?: boolean
+  json?: boolean
 }
 
 export function decoderFor(options: { tokenizer?: string; vocab?: string }): TokenDecoder {
@@ -52,5 +54,6 @@ export async function writeReport(chunkSpecs: readonly string[], options: Report
 /** `soft-cluster report --model MODEL [CHUNKS...] [--tokenizer tokenizer.json] --out report.html`. */
 export async function reportCommand(chunkSpecs: string[], options: ReportCommandOptions): Promise<void> {
   const out = await writeReport(chunkSpecs, options)
+  if (options.json) return printJson({ report: out })
   console.log(`wrote ${out}: open it in a browser (it needs no network)`)
 }

@@ -1,12 +1,13 @@
 import { resolve } from 'node:path'
 import { SequentialSoftClustering } from '../clustering'
-import { resolveChunks } from './chunks'
+import { membershipsFiles, printJson, resolveChunks } from './chunks'
 import { progressReporter } from './progress'
 
 export interface TransformCommandOptions {
   model: string
   out: string
   progress?: boolean
+  json?: boolean
 }
 
 /** `soft-cluster transform --model MODEL CHUNKS... --out DIR`: memberships of new chunks. */
@@ -18,6 +19,7 @@ export async function transformCommand(chunkSpecs: string[], options: TransformC
   try {
     const rows = await model.transformChunks(chunks, out, { onProgress: progress.onProgress })
     progress.stop()
+    if (options.json) return printJson({ outputDir: out, rows, memberships: membershipsFiles(out, chunks), chunks })
     console.log(`wrote memberships of ${rows} tokens in ${chunks.length} .memberships.npz files into ${out}`)
   } finally {
     progress.stop()
