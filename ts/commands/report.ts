@@ -1,7 +1,6 @@
 import { renameSync, rmSync, writeFileSync } from 'node:fs'
 import { basename, dirname, join, resolve } from 'node:path'
-import type { ClusterAnalysis } from '../analysis'
-import { analyzeSequentialClusters } from '../analysis'
+import { analyzeSequentialClusters, type ClusterAnalysis } from '../analysis'
 import { idDecoder, tokenizerDecoder, vocabDecoder, type TokenDecoder } from '../decode'
 import { renderReport } from '../report'
 import { analyzeModel } from './analyze'
