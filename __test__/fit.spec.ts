@@ -95,7 +95,11 @@ describe('fitChunks', () => {
     })
     expect(existsSync(join(out, 'model.safetensors'))).toBe(false)
     await expect(plantedModel().fitChunks([], out)).rejects.toMatchObject({ code: 'ERR_INVALID_INPUT' })
-    await expect(plantedModel({ device: 'cuda' }).fitChunks(planted, out)).rejects.toMatchObject({ code: 'ERR_DEVICE' })
+    // Test machines have no GPU (the CUDA backend is tested by crates/core/tests/cuda.rs on one):
+    // "cuda" must fail with a reason, never crash or fall back silently.
+    await expect(plantedModel({ device: 'cuda' }).fitChunks(planted, out)).rejects.toMatchObject({
+      code: 'ERR_DEVICE', message: expect.stringMatching(/cuda:0: .*(libcuda|GPU|device)/),
+    })
   })
 
   it('recovers the planted directions from k-means++ and is deterministic', async () => {

@@ -117,7 +117,7 @@ describe('transform', () => {
 describe('ClusteringConfig', () => {
   it('fills in the SPEC 7 defaults', () => {
     expect(resolveConfig({ nClusters: 10, dModel: 768 })).toEqual({
-      nClusters: 10, dModel: 768, temperature: 1, minMembership: 0.01, device: 'auto', nExemplars: 10, contextWindow: 8, nIterations: 10, seed: 0, tol: 1e-7,
+      nClusters: 10, dModel: 768, temperature: 1, minMembership: 0.01, device: 'auto', nExemplars: 10, contextWindow: 8, nIterations: 10, seed: 0, tol: 1e-7, precision: 'float32',
     })
   })
 
@@ -130,6 +130,7 @@ describe('ClusteringConfig', () => {
     [{ nClusters: 2, dModel: 4, minMembership: 1 }, 'minMembership'],
     [{ nClusters: 2, dModel: 4, tol: -1 }, 'tol'],
     [{ nClusters: 2, dModel: 4, device: 'tpu' }, 'device'],
+    [{ nClusters: 2, dModel: 4, precision: 'fp16' }, 'precision'],
     [{ nClusters: 2, dModel: 4, nIterations: -1 }, 'nIterations'],
     [{ nClusters: 2, dModel: 4, bogus: 1 }, 'bogus'],
     [{ dModel: 4 }, 'nClusters'],

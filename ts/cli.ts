@@ -49,6 +49,7 @@ export function main(argv: string[]): void {
     .option('--exemplars <E>', 'exemplars kept per cluster (10)', number)
     .option('--context <W>', 'context tokens on each side of an exemplar (8)', number)
     .option('--device <D>', 'auto, cpu, cuda or cuda:N (auto)')
+    .option('--precision <P>', 'CUDA matrix products: float32 or tf32 (float32)')
     .option('--seed <S>', 'seed of the k-means++ sample (0)', number)
     .option('--init-centers <file.npy>', 'start from these [K, D] centers instead of k-means++')
     .option('--tol <X>', 'stop when the largest center shift is below this; 0 = never (1e-7)', number)

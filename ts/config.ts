@@ -21,6 +21,12 @@ export interface ClusteringConfig {
   seed?: number
   /** Stop when the largest center shift falls below this; 0 = never stop early (default 1e-7). */
   tol?: number
+  /**
+   * Matrix products on CUDA: `float32` (default) or `tf32` (tensor cores, several times faster at
+   * large K and D; cosines carry about 1e-3 relative error, memberships about 1e-3 / T). The CPU
+   * always computes in float32.
+   */
+  precision?: 'float32' | 'tf32'
   /** Starting centers: `K * D` values row-major, or `K` rows of `D` (normalized on entry). */
   initialCenters?: Float32Array | ArrayLike<number>[]
 }

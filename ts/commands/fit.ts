@@ -14,6 +14,7 @@ export interface FitCommandOptions {
   exemplars?: number
   context?: number
   device?: string
+  precision?: string
   seed?: number
   initCenters?: string
   tol?: number
@@ -35,6 +36,7 @@ export async function fit(chunkSpecs: string[], options: FitCommandOptions): Pro
     nExemplars: options.exemplars,
     contextWindow: options.context,
     device: options.device as Device | undefined,
+    precision: options.precision as ClusteringConfig['precision'],
     seed: options.seed,
     tol: options.tol,
   }

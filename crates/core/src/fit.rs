@@ -106,12 +106,19 @@ pub fn fit_chunks(request: FitRequest, backend: &dyn Backend, progress: &mut dyn
         iteration += 1;
         let started = Instant::now();
         let mut stats = PassStats::new(config.n_clusters, config.d_model);
-        stream_chunks(chunks, config.d_model, |i, chunk| {
+        backend.begin_pass();
+        let streamed = stream_chunks(chunks, config.d_model, |i, chunk| {
             let out = backend.run(&centers, &Tokens::from_chunk(&chunk, i), params, Want { stats: true, ..Want::default() })?;
             stats.merge(out.stats.expect("stats were asked for"));
             report(progress, Phase::Iterate, iteration, config, i, chunks.len(), stats.n_rows, started);
             Ok(())
-        })?;
+        });
+        let kept = backend.finish_pass(); // closed even when a chunk failed
+        streamed?;
+        if let Some((s, mass)) = kept? {
+            stats.s.iter_mut().zip(&s).for_each(|(a, b)| *a += b);
+            stats.mass.iter_mut().zip(&mass).for_each(|(a, b)| *a += b);
+        }
         if stats.n_rows == 0 {
             return Err(Error::invalid_input("chunks", "hold no real, non-zero tokens to cluster"));
         }

@@ -58,8 +58,10 @@ impl PassStats {
     }
 
     /// Adds `other` into `self`. Associative; callers merge in a fixed order for bitwise repeatability.
+    /// An empty `other.s` (a backend that keeps `S` to itself during a pass) adds nothing to `S`.
     pub fn merge(&mut self, other: PassStats) {
         assert_eq!((self.k, self.d), (other.k, other.d), "merging statistics of different shapes");
+        assert!(other.s.is_empty() || other.s.len() == self.s.len(), "merging S of different sizes");
         self.s.iter_mut().zip(&other.s).for_each(|(a, b)| *a += b);
         self.mass.iter_mut().zip(&other.mass).for_each(|(a, b)| *a += b);
         self.hard_count.iter_mut().zip(&other.hard_count).for_each(|(a, b)| *a += b);

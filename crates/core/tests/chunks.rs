@@ -272,3 +272,39 @@ fn chunk_shape_reads_only_the_header() {
     assert!(chunk_shape(&fixture("bad/one_dim.npz")).unwrap_err().to_string().contains("rank 1"));
     assert!(chunk_shape(&fixture("bad/not_a_zip.npz")).is_err());
 }
+
+/// Large uncompressed members take the parallel read; it must give the same arrays as the
+/// general path (the deflated copy) and refuse a corrupted byte through the CRC-32.
+#[test]
+fn large_stored_members_read_in_parallel_match_and_are_crc_checked() {
+    let dir = tempfile::tempdir().unwrap();
+    let (b, s, d) = (3, 257, 700); // 539,700 values: over 1 MiB in every float type
+    let values: Vec<f32> = (0..b * s * d).map(|i| ((i * 7919) % 2003) as f32 / 97.0 - 10.0).collect();
+    for (descr, bytes) in [
+        ("<f2", values.iter().flat_map(|&v| half::f16::from_f32(v).to_le_bytes()).collect::<Vec<u8>>()),
+        ("<f4", values.iter().flat_map(|&v| v.to_le_bytes()).collect()),
+        ("<f8", values.iter().flat_map(|&v| f64::from(v).to_le_bytes()).collect()),
+    ] {
+        let mask: Vec<u8> = (0..b * s).map(|i| u8::from(i % 5 != 0)).collect();
+        let members = |bytes: &[u8]| vec![("activations", npy_bytes(descr, false, &[b, s, d], bytes)), ("attention_mask", npy_bytes("|b1", false, &[b, s], &mask))];
+        let stored = dir.path().join(format!("stored{descr}.npz"));
+        let deflated = dir.path().join(format!("deflated{descr}.npz"));
+        write_npz(&stored, &members(&bytes), false);
+        write_npz(&deflated, &members(&bytes), true);
+        let (fast, general) = (read_chunk(&stored).unwrap(), read_chunk(&deflated).unwrap());
+        assert_eq!((fast.batch, fast.seq_len, fast.d_model), (b, s, d), "{descr}");
+        assert!(fast.activations == general.activations, "{descr}: activations differ");
+        assert_eq!(fast.attention_mask, general.attention_mask, "{descr}");
+
+        // Flip one byte of the activations' data, deep inside the member.
+        let mut raw = std::fs::read(&stored).unwrap();
+        let at = raw.windows(6).position(|w| w == b"\x93NUMPY").unwrap() + 200_000;
+        raw[at] ^= 0x40;
+        let corrupt = dir.path().join(format!("corrupt{descr}.npz"));
+        std::fs::write(&corrupt, &raw).unwrap();
+        let err = read_chunk(&corrupt).unwrap_err();
+        assert_eq!(err.code(), "ERR_BAD_CHUNK", "{descr}: {err}");
+        let msg = err.to_string();
+        assert!(msg.contains("CRC-32") && msg.contains("activations") && msg.contains(corrupt.to_str().unwrap()), "{descr}: {msg}");
+    }
+}

@@ -9,17 +9,6 @@ use soft_cluster_core::npz::read_npy_f32;
 use soft_cluster_core::{read_chunk, Centers, ClusteringConfig, Model};
 use std::path::{Path, PathBuf};
 
-fn planted_config() -> ClusteringConfig {
-    let mut c = ClusteringConfig::new(6, 64);
-    c.temperature = 0.25;
-    c.min_membership = 0.01;
-    c.n_iterations = 5;
-    c.n_exemplars = 3;
-    c.context_window = 2;
-    c.tol = 0.0;
-    c
-}
-
 fn centers_file(name: &str) -> Centers {
     let (shape, data) = read_npy_f32(&fixture(name)).unwrap();
     Centers::from_rows(shape[0], shape[1], data).unwrap()

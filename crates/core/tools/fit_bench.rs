@@ -2,13 +2,14 @@
 //! line, for `benches/fit.py` (which measures its wall time and peak memory as a process).
 //!
 //!     fit-bench --chunks DIR [--init FILE | --seed S] --clusters K --iterations N
-//!               --temperature T --min-membership M --out OUTDIR
+//!               --temperature T --min-membership M --out OUTDIR [--device cpu|cuda|auto]
+//!               [--precision float32|tf32]
 //!
 //! Without `--init` the fit starts from k-means++ with `--seed` (default 0). The JSON line holds
 //! the whole run's seconds and tokens/s and the seconds of each iteration's pass.
 
 use soft_cluster_core::fit::{fit_chunks, FitRequest};
-use soft_cluster_core::kernels::cpu::CpuBackend;
+use soft_cluster_core::kernels::backend_for;
 use soft_cluster_core::npz::read_npy_f32;
 use soft_cluster_core::{Centers, ClusteringConfig};
 use std::collections::HashMap;
@@ -41,10 +42,16 @@ fn main() {
     config.temperature = get("temperature").parse().unwrap();
     config.min_membership = get("min-membership").parse().unwrap();
     config.tol = 0.0;
+    config.device = opts.get("device").unwrap_or(&"cpu").to_string();
+    config.precision = opts.get("precision").unwrap_or(&"float32").to_string();
+    let backend = backend_for(&config).unwrap_or_else(|e| {
+        eprintln!("fit-bench: {e}");
+        std::process::exit(1)
+    });
     let out = PathBuf::from(get("out"));
     let started = Instant::now();
     let request = FitRequest { config: &config, initial_centers: init, chunks: &chunks, output_dir: &out, resume: false };
-    let model = fit_chunks(request, &CpuBackend::default(), &mut |_| {}).unwrap_or_else(|e| {
+    let model = fit_chunks(request, backend.as_ref(), &mut |_| {}).unwrap_or_else(|e| {
         eprintln!("fit-bench: {e}");
         std::process::exit(1)
     });
@@ -54,7 +61,8 @@ fn main() {
     println!(
         "{}",
         serde_json::json!({
-            "impl": "rust-cpu",
+            "impl": format!("rust-{}", backend.name()),
+            "precision": config.precision,
             "seconds": seconds,
             "iterations": model.history.len(),
             "tokens": tokens,

@@ -286,7 +286,7 @@ impl NativeModel {
         let run = || -> soft_cluster_core::Result<String> {
             let (_, seq_len, d) = layout_of(&shape, activations.len(), model.config.d_model)?;
             let tokens = Tokens { source: "activations", chunk_index: 0, activations: ActivationsRef::F32(&activations), seq_len, d, mask: attention_mask.as_deref() };
-            let backend = backend_for(&model.config.device)?;
+            let backend = backend_for(&model.config)?;
             let analysis = analyze(backend.as_ref(), &model.config, &model.centers, &tokens, token_ids.as_deref(), analyze_options(options.as_ref()))?;
             Ok(serde_json::to_string(&analysis).expect("analysis serializes"))
         };
@@ -377,7 +377,7 @@ impl NativeModel {
 fn run_transform(model: &Model, activations: &[f32], shape: &[f64], mask: Option<&[u8]>, dense: bool) -> soft_cluster_core::Result<TransformOutput> {
     let (_, seq_len, d) = layout_of(shape, activations.len(), model.config.d_model)?;
     let tokens = Tokens { source: "activations", chunk_index: 0, activations: ActivationsRef::F32(activations), seq_len, d, mask };
-    let backend = backend_for(&model.config.device)?;
+    let backend = backend_for(&model.config)?;
     let out = transform(backend.as_ref(), &model.config, &model.centers, &tokens, dense)?;
     Ok(transform_output(out, seq_len, model.centers.k))
 }
@@ -436,7 +436,7 @@ impl Task for FitTask {
     fn compute(&mut self) -> Result<Self::Output> {
         let request = FitRequest { config: &self.config, initial_centers: self.initial.clone(), chunks: &self.chunks, output_dir: &self.output_dir, resume: self.resume };
         let mut report = progress_reporter(self.on_progress.as_ref());
-        Ok(backend_for(&self.config.device).and_then(|backend| fit_chunks(request, backend.as_ref(), &mut report)))
+        Ok(backend_for(&self.config).and_then(|backend| fit_chunks(request, backend.as_ref(), &mut report)))
     }
 
     /// Resolves with the history as JSON; the fitted model replaces the instance's.
@@ -489,7 +489,7 @@ impl Task for TransformChunksTask {
 
     fn compute(&mut self) -> Result<Self::Output> {
         let mut report = progress_reporter(self.on_progress.as_ref());
-        Ok(backend_for(&self.model.config.device).and_then(|backend| transform_chunks(&self.model, &self.chunks, &self.output_dir, backend.as_ref(), &mut report)))
+        Ok(backend_for(&self.model.config).and_then(|backend| transform_chunks(&self.model, &self.chunks, &self.output_dir, backend.as_ref(), &mut report)))
     }
 
     fn resolve(&mut self, env: Env, output: Self::Output) -> Result<f64> {
@@ -534,7 +534,7 @@ impl Task for AnalyzeChunksTask {
 
     fn compute(&mut self) -> Result<Self::Output> {
         let mut report = progress_reporter(self.on_progress.as_ref());
-        Ok(backend_for(&self.model.config.device)
+        Ok(backend_for(&self.model.config)
             .and_then(|backend| analyze_chunks(&self.model, &self.chunks, backend.as_ref(), self.options, &mut report))
             .map(|analysis| serde_json::to_string(&analysis).expect("analysis serializes")))
     }

@@ -490,7 +490,7 @@ pub const EXACT_BELOW_TEMPERATURE: f64 = 0.02;
 
 /// Cosines whose exponent `(cos - max) / T` is below this are recomputed in float64; the rest
 /// have memberships under e^-14 of the largest, where float32 cosines are more than enough.
-const EXACT_WINDOW: f64 = 14.0;
+pub(crate) const EXACT_WINDOW: f64 = 14.0;
 
 fn dot_f64<T: Element>(a: &[T], c: &[f32]) -> f64 {
     let mut lanes = [0f64; 4];

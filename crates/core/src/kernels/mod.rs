@@ -2,7 +2,9 @@
 //! CPU path (and later CUDA) implements, so orchestration never asks which device it runs on.
 
 pub mod cpu;
+pub mod cuda;
 
+use crate::config::ClusteringConfig;
 use crate::error::{Error, Result};
 use crate::npz::{ActivationsRef, Chunk};
 use crate::pass::PassStats;
@@ -268,6 +270,17 @@ pub trait Backend: Send + Sync {
 
     /// SPEC 2 for every real token of `tokens`, plus what `want` asks for.
     fn run(&self, centers: &Centers, tokens: &Tokens, params: MembershipParams, want: Want) -> Result<PassOutput>;
+
+    /// Opens a pass over several `run`s: until `finish_pass`, a backend may keep `S` and `m`
+    /// where it computes them (a GPU keeps them on the device instead of sending `K x D` values
+    /// back for every chunk) and leave them out of each run's `PassStats` (`s` empty, `mass`
+    /// zeros). The CPU has nothing to gain and keeps returning them.
+    fn begin_pass(&self) {}
+
+    /// Closes the pass: `(S, m)` summed over its runs, or `None` if every run returned its own.
+    fn finish_pass(&self) -> Result<Option<(Vec<f64>, Vec<f64>)>> {
+        Ok(None)
+    }
 }
 
 /// Writes token `token` of `tokens`, scaled by `inv_norm`, into `out` as float32.
@@ -280,15 +293,24 @@ pub fn unit_row(tokens: &Tokens, token: usize, inv_norm: f64, out: &mut [f32]) {
     }
 }
 
-/// The backend for a config's `device` (SPEC 7). The one place that knows which devices exist:
-/// `auto` is CUDA when a usable GPU is present (not in this build yet), else the CPU.
-pub fn backend_for(device: &str) -> Result<Box<dyn Backend>> {
-    match device {
-        "auto" | "cpu" => Ok(Box::new(cpu::CpuBackend::default())),
-        _ => Err(Error::Device {
-            device: device.to_string(),
-            problem: "this build has no CUDA backend; use \"cpu\" or \"auto\"".into(),
+/// The backend for a config's `device` and `precision` (SPEC 7). The one place that knows which
+/// devices exist: `auto` is the first GPU when the CUDA libraries and a device are usable, else
+/// the CPU; `cuda`/`cuda:N` without a usable GPU is an `ERR_DEVICE` error saying why.
+pub fn backend_for(config: &ClusteringConfig) -> Result<Box<dyn Backend>> {
+    let precision = match config.precision.as_str() {
+        "tf32" => cuda::MatmulPrecision::Tf32,
+        _ => cuda::MatmulPrecision::Float32,
+    };
+    match config.device.as_str() {
+        "cpu" => Ok(Box::new(cpu::CpuBackend::default())),
+        "auto" => Ok(match cuda::CudaBackend::new(0, precision) {
+            Ok(gpu) => Box::new(gpu),
+            Err(_) => Box::new(cpu::CpuBackend::default()),
         }),
+        device => match cuda::ordinal_of(device) {
+            Some(ordinal) => Ok(Box::new(cuda::CudaBackend::new(ordinal, precision)?)),
+            None => Err(Error::Device { device: device.to_string(), problem: "unknown device; use \"auto\", \"cpu\", \"cuda\" or \"cuda:N\"".into() }),
+        },
     }
 }
 

@@ -5,8 +5,13 @@
 use std::io::Write;
 use std::path::{Path, PathBuf};
 
+/// `fixtures/NAME`; `SOFT_CLUSTER_FIXTURES` points elsewhere when the test binary runs on
+/// another machine (benches/gpu-check.sh).
 pub fn fixture(name: &str) -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../../fixtures").join(name)
+    match std::env::var_os("SOFT_CLUSTER_FIXTURES") {
+        Some(dir) => PathBuf::from(dir).join(name),
+        None => Path::new(env!("CARGO_MANIFEST_DIR")).join("../../fixtures").join(name),
+    }
 }
 
 /// Bytes of a `.npy` file (format 1.0) with the given header fields and raw data.
@@ -116,4 +121,16 @@ pub fn write_chunk(path: &Path, b: usize, s: usize, d: usize, acts: &[f32], mask
         members.push(("token_ids", npy_bytes("<i8", false, &[b, s], &ids.iter().flat_map(|v| v.to_le_bytes()).collect::<Vec<_>>())));
     }
     write_npz(path, &members, false);
+}
+
+/// The settings `planted_expected.json` was computed with.
+pub fn planted_config() -> soft_cluster_core::ClusteringConfig {
+    let mut c = soft_cluster_core::ClusteringConfig::new(6, 64);
+    c.temperature = 0.25;
+    c.min_membership = 0.01;
+    c.n_iterations = 5;
+    c.n_exemplars = 3;
+    c.context_window = 2;
+    c.tol = 0.0;
+    c
 }
