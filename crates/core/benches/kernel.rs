@@ -53,7 +53,7 @@ fn main() {
             let backend = CpuBackend { gemm, block_rows };
             for (op, want, gemms) in [
                 ("memberships", Want { sparse: true, ..Want::default() }, 1.0),
-                ("fit_pass", Want { stats: true, ..Want::default() }, 2.0),
+                ("fit_pass", Want { stats: true, sums: true, ..Want::default() }, 2.0),
             ] {
                 let mut nnz = 0;
                 let secs = best_of(|| {

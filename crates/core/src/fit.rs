@@ -108,7 +108,7 @@ pub fn fit_chunks(request: FitRequest, backend: &dyn Backend, progress: &mut dyn
         let mut stats = PassStats::new(config.n_clusters, config.d_model);
         backend.begin_pass();
         let streamed = stream_chunks(chunks, config.d_model, |i, chunk| {
-            let out = backend.run(&centers, &Tokens::from_chunk(&chunk, i), params, Want { stats: true, ..Want::default() })?;
+            let out = backend.run(&centers, &Tokens::from_chunk(&chunk, i), params, Want { stats: true, sums: true, ..Want::default() })?;
             stats.merge(out.stats.expect("stats were asked for"));
             report(progress, Phase::Iterate, iteration, config, i, chunks.len(), stats.n_rows, started);
             Ok(())
@@ -143,7 +143,7 @@ pub fn fit_chunks(request: FitRequest, backend: &dyn Backend, progress: &mut dyn
     // The output pass: memberships files, exemplars, per-cluster statistics.
     let started = Instant::now();
     let mut heaps = ExemplarHeaps::new(config.n_clusters, config.n_exemplars);
-    let mut stats = PassStats::new(config.n_clusters, config.d_model);
+    let mut stats = PassStats::without_sums(config.n_clusters, config.d_model);
     stream_chunks(chunks, config.d_model, |i, chunk| {
         let out = backend.run(&centers, &Tokens::from_chunk(&chunk, i), params, Want { sparse: true, stats: true, ..Want::default() })?;
         collect_exemplars(&mut heaps, &chunk, i, &out, config.context_window);

@@ -57,6 +57,11 @@ impl PassStats {
         }
     }
 
+    /// Statistics of runs that leave `S` out (`Want::sums` false): `s` stays empty.
+    pub fn without_sums(k: usize, d: usize) -> Self {
+        PassStats { d, s: Vec::new(), ..PassStats::new(k, 0) }
+    }
+
     /// Adds `other` into `self`. Associative; callers merge in a fixed order for bitwise repeatability.
     /// An empty `other.s` (a backend that keeps `S` to itself during a pass) adds nothing to `S`.
     pub fn merge(&mut self, other: PassStats) {

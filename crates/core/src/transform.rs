@@ -41,7 +41,7 @@ pub fn layout_of(shape: &[f64], len: usize, d_model: usize) -> Result<(usize, us
 
 /// Memberships of every real token of `tokens`; `dense` adds the `[rows, K]` matrix.
 pub fn transform(backend: &dyn Backend, config: &ClusteringConfig, centers: &Centers, tokens: &Tokens, dense: bool) -> Result<PassOutput> {
-    backend.run(centers, tokens, params_of(config), Want { dense, sparse: true, stats: false })
+    backend.run(centers, tokens, params_of(config), Want { dense, sparse: true, ..Want::default() })
 }
 
 /// Writes `<output_dir>/<chunk stem>.memberships.npz` for every chunk under a fitted model's

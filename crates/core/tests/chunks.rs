@@ -69,7 +69,7 @@ fn legal_edge_cases_give_no_rows() {
     for name in ["bad/all_masked.npz", "bad/empty_batch.npz"] {
         let chunk = read_chunk(&fixture(name)).unwrap();
         let out = CpuBackend::default()
-            .run(&centers, &Tokens::from_chunk(&chunk, 0), params, Want { dense: true, sparse: true, stats: true })
+            .run(&centers, &Tokens::from_chunk(&chunk, 0), params, Want { dense: true, sparse: true, stats: true, sums: true })
             .unwrap();
         assert_eq!(out.rows.len(), 0, "{name}");
         assert_eq!(out.dense.unwrap().len(), 0);

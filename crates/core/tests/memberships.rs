@@ -13,7 +13,7 @@ const TOL: f64 = 1e-4;
 fn backends() -> [CpuBackend; 3] {
     [CpuBackend::with_gemm(GemmCrate::Gemm), CpuBackend::with_gemm(GemmCrate::MatrixMultiply), CpuBackend { gemm: GemmCrate::Gemm, block_rows: 7 }]
 }
-const ALL: Want = Want { dense: true, sparse: true, stats: true };
+const ALL: Want = Want { dense: true, sparse: true, stats: true, sums: true };
 
 fn as_f64(a: &Activations) -> Vec<f64> {
     match a {
@@ -155,6 +155,30 @@ fn statistics_count_hard_assignments_objective_skips_and_farthest_token() {
     assert!(far.best_cos.abs() < 1e-7);
     // K = 2 keeps two candidates: then (1,1)/sqrt2 with best cosine 0.707.
     assert_eq!(stats.farthest.iter().map(|f| f.token).collect::<Vec<_>>(), vec![2, 3]);
+}
+
+#[test]
+fn statistics_without_sums_leave_s_out_and_keep_the_rest() {
+    // The output pass and the analysis ask for `m` and the counts only: no K x D product.
+    let (k, d, n) = (5, 16, 700);
+    let acts = unit_rows(n, d, 3);
+    let centers = Centers::from_rows(k, d, unit_rows(k, d, 4)).unwrap();
+    let tokens = Tokens { source: "activations", chunk_index: 0, activations: ActivationsRef::F32(&acts), seq_len: n, d, mask: None };
+    for min_membership in [0.0, 0.3] {
+        let params = MembershipParams { temperature: 0.1, min_membership };
+        let backend = CpuBackend { block_rows: 64, ..CpuBackend::default() };
+        let with = backend.run(&centers, &tokens, params, ALL).unwrap().stats.unwrap();
+        let without = backend.run(&centers, &tokens, params, Want { stats: true, ..Want::default() }).unwrap().stats.unwrap();
+        assert_eq!(with.s.len(), k * d);
+        assert!(with.s.iter().any(|&v| v != 0.0));
+        assert!(without.s.is_empty(), "S was computed though not asked for");
+        assert_eq!((&without.mass, &without.hard_count, without.n_rows), (&with.mass, &with.hard_count, with.n_rows));
+        assert_eq!(without.objective_sum, with.objective_sum);
+        // A pass mixing both merges fine: S comes only from the runs that computed it.
+        let mut merged = with.clone();
+        merged.merge(without);
+        assert_eq!(merged.s, with.s);
+    }
 }
 
 #[test]

@@ -140,9 +140,10 @@ impl Job<'_> {
         let mut p = vec![0f32; block_rows.min(n) * k];
         let mut e = vec![0f32; k];
         let mut sparse = self.want.sparse.then(|| SparseRows { offset: vec![0], ..Default::default() });
-        let mut s_block = if self.want.stats { vec![0f32; k * d] } else { Vec::new() };
+        let sums = self.want.stats && self.want.sums;
+        let mut s_block = if sums { vec![0f32; k * d] } else { Vec::new() };
         // Everything but `S`, which is `s_block` widened at the end.
-        let mut stats = self.want.stats.then(|| PassStats { d, s: Vec::new(), ..PassStats::new(k, 0) });
+        let mut stats = self.want.stats.then(|| PassStats::without_sums(k, d));
         // (best cosine, row) of the rows with the lowest best cosine, lowest first.
         let mut farthest: Vec<(f32, usize)> = Vec::new();
         let keep_farthest = RESEED_CANDIDATES.min(k);
@@ -197,7 +198,9 @@ impl Job<'_> {
                 for &(c, v) in &nz {
                     st.mass[c as usize] += f64::from(v);
                 }
-                if nz.len() * SPARSE_FRACTION < b * k {
+                if !sums {
+                    // `m` and the counts only (output pass, analysis).
+                } else if nz.len() * SPARSE_FRACTION < b * k {
                     // Thresholding left few memberships: S_k += p_k x over the nonzeros only,
                     // nnz * D work instead of the GEMM's K * D per row.
                     // Cluster-major order keeps each row of S in L1 while the block's rows stream by.
@@ -219,7 +222,7 @@ impl Job<'_> {
 
         if let Some(st) = stats.as_mut() {
             st.n_rows = n as u64;
-            st.s = s_block.iter().map(|&v| f64::from(v)).collect();
+            st.s = s_block.iter().map(|&v| f64::from(v)).collect(); // empty without `sums`
             st.farthest = farthest
                 .into_iter()
                 .map(|(best_cos, r)| {

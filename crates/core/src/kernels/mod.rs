@@ -251,8 +251,11 @@ pub struct Want {
     pub dense: bool,
     /// Sparse memberships (the nonzero entries).
     pub sparse: bool,
-    /// The pass's sufficient statistics (`S`, `m`, objective, counts, reseed candidate).
+    /// The pass's statistics: `m`, objective, hard counts, reseed candidates.
     pub stats: bool,
+    /// With `stats`, also `S = P^T X` (a `K x D` product: only the iterations need it; the output
+    /// pass and the analysis leave it out, and `PassStats::s` stays empty).
+    pub sums: bool,
 }
 
 #[derive(Debug, Clone, Default)]

@@ -262,7 +262,7 @@ impl CudaBackend {
         let mut gpu = self.gpu.lock().unwrap_or_else(|e| e.into_inner());
         let name = gpu.name.clone();
         let fail = |e: String| device_error(&name, e);
-        let want = Want { stats: true, ..Want::default() };
+        let want = Want { stats: true, sums: true, ..Want::default() };
         let mut job = Job::new(&mut gpu, self.precision, self.block_rows, None, centers, tokens, &rows, params, want).map_err(fail)?;
         let n = job.block.min(rows.len());
         job.stage(0, 0..n).map_err(fail)?;
@@ -406,7 +406,7 @@ impl Drop for Job<'_> {
 }
 
 impl<'a> Job<'a> {
-    fn new(gpu: &'a mut Gpu, precision: MatmulPrecision, block_rows: Option<usize>, mut pass: Option<&'a mut PassSums>, centers: &'a Centers, tokens: &'a Tokens<'a>, rows: &'a PreparedRows, params: MembershipParams, want: Want) -> JobResult<Self> {
+    fn new(gpu: &'a mut Gpu, precision: MatmulPrecision, block_rows: Option<usize>, pass: Option<&'a mut PassSums>, centers: &'a Centers, tokens: &'a Tokens<'a>, rows: &'a PreparedRows, params: MembershipParams, want: Want) -> JobResult<Self> {
         let (n, k, d) = (rows.len(), centers.k, centers.d);
         let half = matches!(tokens.activations, ActivationsRef::F16(_));
         let exact = params.temperature < EXACT_BELOW_TEMPERATURE;
@@ -458,13 +458,18 @@ impl<'a> Job<'a> {
                 gpu.staging[i] = Some(unsafe { gpu.ctx.alloc_pinned::<u8>(bytes) }.ctx("allocating pinned host memory")?);
             }
         }
+        let sums_wanted = want.stats && want.sums;
         if want.stats {
-            grown(&stream, &mut ws.s, k * d)?;
             grown(&stream, &mut ws.mass, k)?;
-            stream.memset_zeros(&mut ws.s.as_mut().expect("grown").slice_mut(..k * d)).ctx("clearing S")?;
             stream.memset_zeros(&mut ws.mass.as_mut().expect("grown").slice_mut(..k)).ctx("clearing m")?;
         }
-        if let (true, Some(sums)) = (want.stats, pass.as_deref_mut()) {
+        if sums_wanted {
+            grown(&stream, &mut ws.s, k * d)?;
+            stream.memset_zeros(&mut ws.s.as_mut().expect("grown").slice_mut(..k * d)).ctx("clearing S")?;
+        }
+        // Only runs that compute `S` feed an open pass; others return their `m` as usual.
+        let mut pass = if sums_wanted { pass } else { None };
+        if let Some(sums) = pass.as_deref_mut() {
             if sums.s.is_none() {
                 sums.s = Some(stream.alloc_zeros::<f64>(k * d).ctx("allocating GPU memory")?);
                 sums.mass = Some(stream.alloc_zeros::<f64>(k).ctx("allocating GPU memory")?);
@@ -610,10 +615,12 @@ impl<'a> Job<'a> {
             }
         }
 
-        if let (true, Some(mass), Some(s_dev)) = (self.want.stats, ws_mass, ws_s) {
+        if let (true, Some(mass)) = (self.want.stats, ws_mass) {
             let split = n.div_ceil(256).clamp(1, 256);
             let cfg = LaunchConfig { grid_dim: (k.div_ceil(256), split, 1), block_dim: (256, 1, 1), shared_mem_bytes: 0 };
             unsafe { stream.launch_builder(&f.column_sums).arg(&s.p).arg(&n).arg(&k).arg(mass).launch(cfg) }.ctx("column_sums")?;
+        }
+        if let (true, true, Some(s_dev)) = (self.want.stats, self.want.sums, ws_s) {
             // Row-major S[K x D] += P^T X is column-major S^T += X^T P.
             let acc = GemmConfig {
                 transa: blas_sys::cublasOperation_t::CUBLAS_OP_N,
@@ -683,33 +690,26 @@ impl<'a> Job<'a> {
     fn stats(&mut self) -> JobResult<PassStats> {
         let (k, d) = (self.centers.k, self.centers.d);
         let stream = self.gpu.compute.clone();
-        let mut stats = PassStats::new(k, 0);
-        stats.d = d;
-        let (ws_s, ws_mass) = (self.ws.s.as_ref().expect("stats wanted"), self.ws.mass.as_ref().expect("stats wanted"));
+        let mut stats = PassStats::without_sums(k, d);
+        let ws_mass = self.ws.mass.as_ref().expect("stats wanted");
         if let Some(sums) = self.pass.as_deref_mut() {
             // Kept on the device for `finish_pass`: nothing K x D crosses the bus per chunk.
+            let ws_s = self.ws.s.as_ref().expect("sums wanted");
             let (acc_s, acc_m) = (sums.s.as_mut().expect("allocated in new"), sums.mass.as_mut().expect("allocated in new"));
             let f = &self.gpu.f;
-            for (len, is_s) in [(k * d, true), (k, false)] {
-                let n = len as u64;
-                let cfg = LaunchConfig { grid_dim: (len.div_ceil(256).min(1 << 16) as u32, 1, 1), block_dim: (256, 1, 1), shared_mem_bytes: 0 };
-                // SAFETY: both buffers hold at least `len` elements.
-                unsafe {
-                    if is_s {
-                        stream.launch_builder(&f.accumulate_f32).arg(ws_s).arg(&mut *acc_s).arg(&n).launch(cfg)
-                    } else {
-                        stream.launch_builder(&f.accumulate_f64).arg(ws_mass).arg(&mut *acc_m).arg(&n).launch(cfg)
-                    }
-                }
-                .ctx("accumulating the pass")?;
-            }
-            stats.s = Vec::new();
+            let over = |len: usize| LaunchConfig { grid_dim: (len.div_ceil(256).min(1 << 16) as u32, 1, 1), block_dim: (256, 1, 1), shared_mem_bytes: 0 };
+            let (n_s, n_m) = ((k * d) as u64, k as u64);
+            // SAFETY (both): each buffer holds at least the given number of elements.
+            unsafe { stream.launch_builder(&f.accumulate_f32).arg(ws_s).arg(acc_s).arg(&n_s).launch(over(k * d)) }.ctx("accumulating S")?;
+            unsafe { stream.launch_builder(&f.accumulate_f64).arg(ws_mass).arg(acc_m).arg(&n_m).launch(over(k)) }.ctx("accumulating m")?;
             stats.mass = vec![0.0; k];
         } else {
-            let s32 = stream.clone_dtoh(&ws_s.slice(..k * d)).ctx("downloading S")?;
+            if self.want.sums {
+                let s32 = stream.clone_dtoh(&self.ws.s.as_ref().expect("sums wanted").slice(..k * d)).ctx("downloading S")?;
+                stats.s = s32.par_iter().map(|&v| f64::from(v)).collect();
+            }
             stats.mass = stream.clone_dtoh(&ws_mass.slice(..k)).ctx("downloading m")?;
             stream.synchronize().ctx("the pass's kernels")?;
-            stats.s = s32.par_iter().map(|&v| f64::from(v)).collect();
         }
         for &a in &self.argmax {
             stats.hard_count[a as usize] += 1;
