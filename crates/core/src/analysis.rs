@@ -35,10 +35,9 @@
 
 use crate::config::ClusteringConfig;
 use crate::error::{Error, Result};
-use crate::fit::{report, reservoir_slot, stream_chunks, Phase, Progress};
-use crate::kernels::{unit_row, Backend, Centers, Tokens, Want};
+use crate::stream::{report, reservoir_slot, stream_chunks, Phase, Progress};
+use crate::kernels::{unit_row, Backend, Centers, MembershipParams, Tokens, Want};
 use crate::model::Model;
-use crate::transform::params_of;
 use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
 use serde::Serialize;
@@ -177,7 +176,7 @@ impl<'a> Analyzer<'a> {
                 return Err(Error::invalid_input("tokenIds", format!("has {} entries but there are {} tokens", ids.len(), tokens.n_tokens())));
             }
         }
-        let out = backend.run(self.centers, tokens, params_of(self.config), Want { sparse: true, stats: true, ..Want::default() })?;
+        let out = backend.run(self.centers, tokens, MembershipParams::try_from(self.config)?, Want { sparse: true, stats: true, ..Want::default() })?;
         let stats = out.stats.expect("stats were asked for");
         let sparse = out.sparse.expect("sparse was asked for");
         self.skipped += out.rows.skipped;
@@ -292,7 +291,7 @@ pub fn analyze_chunks(model: &Model, chunks: &[PathBuf], backend: &dyn Backend, 
     let started = Instant::now();
     stream_chunks(chunks, model.config.d_model, |i, chunk| {
         analyzer.add(backend, &Tokens::from_chunk(&chunk, i), chunk.token_ids.as_deref())?;
-        report(progress, Phase::Analyze, 0, &model.config, i, chunks.len(), analyzer.n_tokens, started);
+        report(progress, Phase::Analyze, 0, model.config.n_iterations, i, chunks.len(), analyzer.n_tokens, started);
         Ok(())
     })?;
     Ok(analyzer.finish())
@@ -396,6 +395,7 @@ pub fn silhouette(sample: &[f32], labels: &[u32], d: usize, k: usize) -> Option<
 mod tests {
     use super::*;
     use crate::kernels::cpu::CpuBackend;
+    use crate::config::Temperature;
     use crate::npz::ActivationsRef;
     use rand::Rng;
 
@@ -406,7 +406,7 @@ mod tests {
         let ids = vec![7i64, 7, 9];
         let centers = Centers::from_rows(2, 2, vec![1.0, 0.0, 0.0, 1.0]).unwrap();
         let mut config = ClusteringConfig::new(2, 2);
-        config.temperature = 0.05;
+        config.temperature = Temperature::Fixed(0.05);
         config.min_membership = 0.001;
         let tokens = Tokens { source: "activations", chunk_index: 0, activations: ActivationsRef::F32(&acts), seq_len: 3, d: 2, mask: None };
         let options = AnalyzeOptions { top_tokens: 5, ..AnalyzeOptions::default() };
@@ -445,7 +445,7 @@ mod tests {
         let ps: Vec<Vec<f64>> = xs
             .iter()
             .map(|x| {
-                let s: Vec<f64> = (0..k).map(|c| cosine(x, c) / config.temperature).collect();
+                let s: Vec<f64> = (0..k).map(|c| cosine(x, c) / config.temperature.value().unwrap()).collect();
                 let max = s.iter().copied().fold(f64::NEG_INFINITY, f64::max);
                 let e: Vec<f64> = s.iter().map(|v| (v - max).exp()).collect();
                 let sum: f64 = e.iter().sum();
@@ -537,7 +537,7 @@ mod tests {
             let ids: Vec<i64> = (0..b * s).map(|_| rng.random_range(0..12)).collect();
             let centers = Centers::from_rows(k, d, (0..k * d).map(|_| rng.random_range(-1.0..1.0)).collect()).unwrap();
             let mut config = ClusteringConfig::new(k, d);
-            config.temperature = 0.2;
+            config.temperature = Temperature::Fixed(0.2);
             config.min_membership = 0.05;
             let tokens = Tokens { source: "activations", chunk_index: 0, activations: ActivationsRef::F32(&acts), seq_len: s, d, mask: Some(&mask) };
             let options = AnalyzeOptions { top_tokens: 5, histogram_bins: 7, silhouette_sample: 1000, seed };
@@ -577,7 +577,7 @@ mod tests {
         let (s, d, k) = (500, 6, 3);
         let acts: Vec<f32> = (0..s * d).map(|_| rng.random_range(-1.0..1.0)).collect();
         let centers = Centers::from_rows(k, d, (0..k * d).map(|_| rng.random_range(-1.0..1.0)).collect()).unwrap();
-        let config = ClusteringConfig::new(k, d);
+        let config = ClusteringConfig { temperature: Temperature::Fixed(1.0), ..ClusteringConfig::new(k, d) };
         let options = AnalyzeOptions { silhouette_sample: 100, ..AnalyzeOptions::default() };
         let whole = Tokens { source: "a", chunk_index: 0, activations: ActivationsRef::F32(&acts), seq_len: s, d, mask: None };
         let one = analyze(&CpuBackend::default(), &config, &centers, &whole, None, options).unwrap();

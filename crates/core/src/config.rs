@@ -1,37 +1,147 @@
-//! `ClusteringConfig` (SPEC 7): the one place that knows the defaults and the valid ranges.
-//! The TypeScript facade and the CLI hand their JSON here instead of validating themselves.
+//! `ClusteringConfig`: the one place that knows the defaults, the valid ranges and how device,
+//! precision and temperature are spelled (docs/algorithm.md "Config"). The binding converts a JS
+//! object into it once; a model or checkpoint file's JSON comes back through `from_json`.
 
 use crate::error::{Error, Result};
-use serde::{Deserialize, Serialize};
+use serde::{Serialize, Serializer};
 use serde_json::{Map, Value};
+use std::fmt;
 
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+/// The softmax temperature on cosines: chosen from the data at init, or given.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum Temperature {
+    /// Chosen during init (`init::auto_temperature`); a fitted model stores the number.
+    Auto,
+    Fixed(f64),
+}
+
+impl Temperature {
+    /// The number, or an error for `auto` before a fit has chosen one.
+    pub fn value(self) -> Result<f64> {
+        match self {
+            Temperature::Fixed(t) => Ok(t),
+            Temperature::Auto => Err(Error::config(
+                "temperature",
+                "is \"auto\", which a fit chooses from the data; fit first, or give a number",
+            )),
+        }
+    }
+}
+
+impl std::str::FromStr for Temperature {
+    type Err = Error;
+    fn from_str(s: &str) -> Result<Self> {
+        match s {
+            "auto" => Ok(Temperature::Auto),
+            _ => s.parse().map(Temperature::Fixed).map_err(|_| Error::config("temperature", format!("must be \"auto\" or a number, got {s:?}"))),
+        }
+    }
+}
+
+impl Serialize for Temperature {
+    fn serialize<S: Serializer>(&self, s: S) -> std::result::Result<S::Ok, S::Error> {
+        match self {
+            Temperature::Auto => s.serialize_str("auto"),
+            Temperature::Fixed(t) => s.serialize_f64(*t),
+        }
+    }
+}
+
+/// Where the work runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Device {
+    /// The first GPU when the CUDA libraries and a device are usable, else the CPU.
+    Auto,
+    Cpu,
+    Cuda(usize),
+}
+
+impl std::str::FromStr for Device {
+    type Err = Error;
+    fn from_str(s: &str) -> Result<Self> {
+        let ordinal = s.strip_prefix("cuda:").filter(|n| !n.is_empty() && n.bytes().all(|b| b.is_ascii_digit()));
+        match (s, ordinal) {
+            ("auto", _) => Ok(Device::Auto),
+            ("cpu", _) => Ok(Device::Cpu),
+            ("cuda", _) => Ok(Device::Cuda(0)),
+            (_, Some(n)) => n.parse().map(Device::Cuda).map_err(|_| bad_device(s)),
+            _ => Err(bad_device(s)),
+        }
+    }
+}
+
+fn bad_device(s: &str) -> Error {
+    Error::config("device", format!("must be \"auto\", \"cpu\", \"cuda\" or \"cuda:N\", got {s:?}"))
+}
+
+impl fmt::Display for Device {
+    fn fmt(&self, f: &mut fmt::Formatter) -> fmt::Result {
+        match self {
+            Device::Auto => f.write_str("auto"),
+            Device::Cpu => f.write_str("cpu"),
+            Device::Cuda(n) => write!(f, "cuda:{n}"),
+        }
+    }
+}
+
+/// Matrix products on CUDA: exact float32, or TF32 tensor cores (about 1e-3 relative error in
+/// cosines). The CPU always computes in float32.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Precision {
+    #[default]
+    Float32,
+    Tf32,
+}
+
+impl std::str::FromStr for Precision {
+    type Err = Error;
+    fn from_str(s: &str) -> Result<Self> {
+        match s {
+            "float32" => Ok(Precision::Float32),
+            "tf32" => Ok(Precision::Tf32),
+            _ => Err(Error::config("precision", format!("must be \"float32\" or \"tf32\", got {s:?}"))),
+        }
+    }
+}
+
+impl fmt::Display for Precision {
+    fn fmt(&self, f: &mut fmt::Formatter) -> fmt::Result {
+        f.write_str(match self {
+            Precision::Float32 => "float32",
+            Precision::Tf32 => "tf32",
+        })
+    }
+}
+
+fn as_string<T: fmt::Display, S: Serializer>(v: &T, s: S) -> std::result::Result<S::Ok, S::Error> {
+    s.collect_str(v)
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize)]
 #[serde(rename_all = "camelCase")]
 pub struct ClusteringConfig {
     pub n_clusters: usize,
     pub d_model: usize,
-    pub temperature: f64,
+    pub temperature: Temperature,
+    /// How a fit chose `temperature` when it was `auto` (absent when the user gave it).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub temperature_rule: Option<String>,
     pub min_membership: f64,
-    pub device: String,
+    #[serde(serialize_with = "as_string")]
+    pub device: Device,
     pub n_exemplars: usize,
     pub context_window: usize,
     pub n_iterations: usize,
     pub seed: u64,
     pub tol: f64,
-    /// `"float32"` (default) or `"tf32"`: TF32 tensor cores for the CUDA backend's matrix
-    /// products (about 1e-3 relative error in cosines; the CPU always computes in float32).
-    #[serde(default = "default_precision")]
-    pub precision: String,
-}
-
-fn default_precision() -> String {
-    "float32".into()
+    #[serde(serialize_with = "as_string")]
+    pub precision: Precision,
 }
 
 /// Field names accepted in a config object (`initialCenters` travels separately, as data).
 const FIELDS: &[&str] = &[
-    "nClusters", "dModel", "temperature", "minMembership", "device", "nExemplars", "contextWindow",
-    "nIterations", "seed", "tol", "precision", "initialCenters",
+    "nClusters", "dModel", "temperature", "temperatureRule", "minMembership", "device", "nExemplars",
+    "contextWindow", "nIterations", "seed", "tol", "precision", "initialCenters",
 ];
 
 /// Largest integer a JS number holds exactly; bigger "integers" have already lost digits.
@@ -43,15 +153,16 @@ impl ClusteringConfig {
         ClusteringConfig {
             n_clusters,
             d_model,
-            temperature: 1.0,
+            temperature: Temperature::Auto,
+            temperature_rule: None,
             min_membership: 0.01,
-            device: "auto".into(),
+            device: Device::Auto,
             n_exemplars: 10,
             context_window: 8,
             n_iterations: 10,
             seed: 0,
             tol: 1e-7,
-            precision: default_precision(),
+            precision: Precision::Float32,
         }
     }
 
@@ -65,10 +176,18 @@ impl ClusteringConfig {
         let n_clusters = integer(map, "nClusters")?.ok_or_else(|| Error::config("nClusters", "is required"))?;
         let d_model = integer(map, "dModel")?.ok_or_else(|| Error::config("dModel", "is required"))?;
         let mut c = ClusteringConfig::new(n_clusters as usize, d_model as usize);
-        if let Some(v) = number(map, "temperature")? { c.temperature = v; }
+        match map.get("temperature") {
+            None | Some(Value::Null) => {}
+            Some(Value::String(s)) if s == "auto" => c.temperature = Temperature::Auto,
+            Some(Value::Number(n)) => c.temperature = Temperature::Fixed(n.as_f64().unwrap_or(f64::NAN)),
+            Some(v) => return Err(Error::config("temperature", format!("must be \"auto\" or a number, got {v}"))),
+        }
+        if let Some(v) = map.get("temperatureRule") {
+            c.temperature_rule = Some(v.as_str().ok_or_else(|| Error::config("temperatureRule", "must be a string"))?.to_string());
+        }
         if let Some(v) = number(map, "minMembership")? { c.min_membership = v; }
         if let Some(v) = map.get("device") {
-            c.device = v.as_str().ok_or_else(|| Error::config("device", "must be a string"))?.to_string();
+            c.device = v.as_str().ok_or_else(|| Error::config("device", "must be a string"))?.parse()?;
         }
         if let Some(v) = integer(map, "nExemplars")? { c.n_exemplars = v as usize; }
         if let Some(v) = integer(map, "contextWindow")? { c.context_window = v as usize; }
@@ -76,7 +195,7 @@ impl ClusteringConfig {
         if let Some(v) = integer(map, "seed")? { c.seed = v; }
         if let Some(v) = number(map, "tol")? { c.tol = v; }
         if let Some(v) = map.get("precision") {
-            c.precision = v.as_str().ok_or_else(|| Error::config("precision", "must be a string"))?.to_string();
+            c.precision = v.as_str().ok_or_else(|| Error::config("precision", "must be a string"))?.parse()?;
         }
         c.validate()?;
         Ok(c)
@@ -86,8 +205,13 @@ impl ClusteringConfig {
     pub fn validate(&self) -> Result<()> {
         if self.n_clusters < 1 { return Err(Error::config("nClusters", "must be at least 1")); }
         if self.d_model < 1 { return Err(Error::config("dModel", "must be at least 1")); }
-        if !(self.temperature > 0.0 && self.temperature.is_finite()) {
-            return Err(Error::config("temperature", format!("must be a finite number > 0, got {}", self.temperature)));
+        if let Temperature::Fixed(t) = self.temperature {
+            if !(t > 0.0 && t.is_finite()) {
+                return Err(Error::config("temperature", format!("must be \"auto\" or a finite number > 0, got {t}")));
+            }
+        }
+        if self.temperature_rule.is_some() && self.temperature == Temperature::Auto {
+            return Err(Error::config("temperatureRule", "describes a chosen temperature; it needs a numeric temperature"));
         }
         if !(self.min_membership >= 0.0 && self.min_membership < 1.0) {
             return Err(Error::config("minMembership", format!("must be in [0, 1), got {}", self.min_membership)));
@@ -95,23 +219,12 @@ impl ClusteringConfig {
         if !(self.tol >= 0.0 && self.tol.is_finite()) {
             return Err(Error::config("tol", format!("must be a finite number >= 0, got {}", self.tol)));
         }
-        if !valid_device(&self.device) {
-            return Err(Error::config("device", format!("must be \"auto\", \"cpu\", \"cuda\" or \"cuda:N\", got {:?}", self.device)));
-        }
-        if !matches!(self.precision.as_str(), "float32" | "tf32") {
-            return Err(Error::config("precision", format!("must be \"float32\" or \"tf32\", got {:?}", self.precision)));
-        }
         Ok(())
     }
 
     pub fn to_json(&self) -> Value {
         serde_json::to_value(self).expect("config serializes")
     }
-}
-
-fn valid_device(d: &str) -> bool {
-    matches!(d, "auto" | "cpu" | "cuda")
-        || d.strip_prefix("cuda:").is_some_and(|n| !n.is_empty() && n.bytes().all(|b| b.is_ascii_digit()))
 }
 
 fn number(map: &Map<String, Value>, field: &str) -> Result<Option<f64>> {
@@ -145,12 +258,12 @@ mod tests {
     fn defaults_fill_the_rest() {
         let c = ClusteringConfig::from_json(&json!({"nClusters": 10, "dModel": 768})).unwrap();
         assert_eq!(c, ClusteringConfig::new(10, 768));
-        assert_eq!(c.temperature, 1.0);
+        assert_eq!(c.temperature, Temperature::Auto);
         assert_eq!(c.min_membership, 0.01);
-        assert_eq!(c.device, "auto");
+        assert_eq!(c.device, Device::Auto);
         assert_eq!((c.n_exemplars, c.context_window, c.n_iterations, c.seed), (10, 8, 10, 0));
         assert_eq!(c.tol, 1e-7);
-        assert_eq!(c.precision, "float32");
+        assert_eq!(c.precision, Precision::Float32);
     }
 
     #[test]
@@ -171,13 +284,29 @@ mod tests {
         assert_eq!(field_of(json!({"nClusters": 2, "dModel": 4, "clusters": 3})), "clusters");
         assert_eq!(field_of(json!({"nClusters": 2, "dModel": 4, "precision": "fp16"})), "precision");
         assert_eq!(field_of(json!({"nClusters": 2, "dModel": 4, "precision": 32})), "precision");
+        assert_eq!(field_of(json!({"nClusters": 2, "dModel": 4, "temperature": "cold"})), "temperature");
+        assert_eq!(field_of(json!({"nClusters": 2, "dModel": 4, "temperatureRule": "x"})), "temperatureRule");
+    }
+
+    #[test]
+    fn temperature_is_auto_or_a_number_and_round_trips() {
+        let c = ClusteringConfig::from_json(&json!({"nClusters": 2, "dModel": 4, "temperature": 0.05})).unwrap();
+        assert_eq!(c.temperature, Temperature::Fixed(0.05));
+        assert_eq!(ClusteringConfig::from_json(&c.to_json()).unwrap(), c);
+        let auto = ClusteringConfig::from_json(&json!({"nClusters": 2, "dModel": 4, "temperature": "auto"})).unwrap();
+        assert_eq!(auto.to_json()["temperature"], json!("auto"));
+        assert_eq!(ClusteringConfig::from_json(&auto.to_json()).unwrap(), auto);
+        assert!(auto.temperature.value().is_err());
+        let chosen = json!({"nClusters": 2, "dModel": 4, "temperature": 0.03, "temperatureRule": "auto"});
+        assert_eq!(ClusteringConfig::from_json(&chosen).unwrap().to_json()["temperatureRule"], json!("auto"));
     }
 
     #[test]
     fn cuda_devices_are_accepted() {
-        for d in ["cpu", "cuda", "cuda:0", "cuda:12", "auto"] {
+        for (d, want) in [("cpu", Device::Cpu), ("cuda", Device::Cuda(0)), ("cuda:0", Device::Cuda(0)), ("cuda:12", Device::Cuda(12)), ("auto", Device::Auto)] {
             let c = ClusteringConfig::from_json(&json!({"nClusters": 2, "dModel": 4, "device": d})).unwrap();
-            assert_eq!(c.device, d);
+            assert_eq!(c.device, want);
         }
+        assert_eq!(field_of(json!({"nClusters": 2, "dModel": 4, "device": "cuda:99999999999999999999999"})), "device");
     }
 }

@@ -2,6 +2,8 @@
 //! largest membership, ties broken by the earliest (chunk, batch, position). Memory is
 //! `K * nExemplars` entries whatever the data size.
 
+use crate::kernels::PassOutput;
+use crate::npz::Chunk;
 use serde::{Deserialize, Serialize};
 use std::cmp::Ordering;
 use std::collections::BinaryHeap;
@@ -105,6 +107,45 @@ impl ExemplarHeaps {
     /// Per cluster, best first.
     pub fn into_sorted(self) -> Vec<Vec<Exemplar>> {
         self.heaps.into_iter().map(|h| h.into_sorted_vec().into_iter().map(|w| w.0).collect()).collect()
+    }
+}
+
+/// Offers every nonzero membership of a chunk to the heaps, with its context when it is kept.
+pub fn collect(heaps: &mut ExemplarHeaps, chunk: &Chunk, chunk_index: usize, out: &PassOutput, w: usize) {
+    let Some(sparse) = &out.sparse else { return };
+    let seq = chunk.seq_len;
+    let mut row_of = vec![u32::MAX; chunk.n_tokens()];
+    for (r, &t) in out.rows.token.iter().enumerate() {
+        row_of[t as usize] = r as u32;
+    }
+    let membership = |t: usize, cluster: u32| -> f32 {
+        let r = row_of[t];
+        if r == u32::MAX {
+            return 0.0;
+        }
+        let (clusters, values) = sparse.row(r as usize);
+        clusters.binary_search(&cluster).map_or(0.0, |i| values[i])
+    };
+    let is_real = |t: usize| chunk.attention_mask.as_ref().is_none_or(|m| m[t] != 0);
+    for (r, &t) in out.rows.token.iter().enumerate() {
+        let t = t as usize;
+        let (batch, position) = (t / seq, t % seq);
+        let (clusters, values) = sparse.row(r);
+        for (&cluster, &value) in clusters.iter().zip(values) {
+            if !heaps.would_accept(cluster as usize, value, (chunk_index, batch, position)) {
+                continue;
+            }
+            let window = (position as isize - w as isize..=position as isize + w as isize).map(|p| {
+                (p >= 0 && (p as usize) < seq).then(|| batch * seq + p as usize).filter(|&u| is_real(u))
+            });
+            let (tokens, context_memberships) = window
+                .map(|u| match u {
+                    Some(u) => (chunk.token_ids.as_ref().map_or(-1, |ids| ids[u]), membership(u, cluster)),
+                    None => (-1, 0.0),
+                })
+                .unzip();
+            heaps.offer(cluster as usize, Exemplar { value, chunk: chunk_index, batch, position, tokens, context_memberships });
+        }
     }
 }
 

@@ -1,8 +1,17 @@
 //! soft-cluster core: soft spherical k-means over streamed neural-network activations.
 //!
-//! Pure Rust, no Node types. Modules follow the concepts of `SPEC.md`: `npz` reads chunks,
-//! `kernels` computes memberships on a `Backend`, `pass` is what a pass accumulates,
-//! `config` holds the defaults and their validation, `transform` is the user-facing step.
+//! Pure Rust, no Node types. One module per concept (docs/formats.md and docs/algorithm.md say
+//! what the files and the algorithm are):
+//! - `config`: the config, its defaults and validation, `Device`, `Precision`, `Temperature`
+//! - `npz`: reading input chunks; `memberships_file`: the per-chunk output file, both ways
+//! - `stream`: visiting chunks with read-ahead, chunk names, progress, reservoir sampling
+//! - `kernels`: the membership step on a `Backend` (`cpu`, `cuda`), and a streaming `Pass`
+//! - `pass`: what a pass accumulates, merged in one place
+//! - `init`: the init sample and spherical k-means++
+//! - `fit`: the iteration loop and the output pass; `transform`: memberships under fixed centers
+//! - `exemplars`: the bounded top-k heaps and what they are offered
+//! - `analysis`: quality metrics; `model` and `checkpoint`: the saved files
+//! - `output`: atomic writes; `error`: the error type and its stable codes
 
 pub mod analysis;
 pub mod checkpoint;
@@ -10,16 +19,19 @@ pub mod config;
 pub mod error;
 pub mod exemplars;
 pub mod fit;
+pub mod init;
 pub mod kernels;
+pub mod memberships_file;
 pub mod model;
 pub mod npz;
 pub mod output;
 pub mod pass;
+pub mod stream;
 pub mod transform;
 
-pub use config::ClusteringConfig;
+pub use config::{ClusteringConfig, Device, Precision, Temperature};
 pub use model::{HistoryEntry, Model};
 pub use error::{Error, Result};
-pub use kernels::{Backend, Centers, MembershipParams, PassOutput, PreparedRows, SparseRows, Tokens, Want};
+pub use kernels::{Backend, Centers, MembershipParams, Pass, PassOutput, PreparedRows, SparseRows, Tokens, Want};
 pub use npz::{read_chunk, Activations, ActivationsRef, Chunk};
 pub use pass::PassStats;

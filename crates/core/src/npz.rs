@@ -126,7 +126,7 @@ const MAX_HEADER_LEN: u64 = 1 << 20;
 const MAX_DEFLATE_RATIO: u64 = 1040;
 
 /// An array decoded from one `.npy` member, in C order.
-enum Elements {
+pub(crate) enum Elements {
     Bool(Vec<bool>),
     I8(Vec<i8>),
     I16(Vec<i16>),
@@ -141,10 +141,10 @@ enum Elements {
     F64(Vec<f64>),
 }
 
-struct NpyArray {
-    shape: Vec<usize>,
-    descr: String,
-    elements: Elements,
+pub(crate) struct NpyArray {
+    pub(crate) shape: Vec<usize>,
+    pub(crate) descr: String,
+    pub(crate) elements: Elements,
 }
 
 /// Reads and checks one chunk file (SPEC 1). Errors name the file, the array and the problem.
@@ -254,68 +254,6 @@ pub fn read_chunk(path: &Path) -> Result<Chunk> {
     })
 }
 
-/// A per-chunk memberships file (SPEC 4) read back.
-#[derive(Debug, Clone, PartialEq)]
-pub struct MembershipsFile {
-    /// `[nnz, 3]` flattened: (batch, position, cluster).
-    pub indices: Vec<i64>,
-    pub values: Vec<f32>,
-    pub total_sequences: Option<i64>,
-    pub sequence_length: Option<i64>,
-    /// The `metadata` JSON string, if present.
-    pub metadata: Option<String>,
-}
-
-/// Reads a `.memberships.npz` written by a fit (or any `.npz` with `indices` and `values`).
-pub fn read_memberships(path: &Path) -> Result<MembershipsFile> {
-    let file = File::open(path).map_err(|e| Error::io(path, e))?;
-    let mut zip = zip::ZipArchive::new(BufReader::new(file))
-        .map_err(|e| Error::bad_chunk(path, "(archive)", format!("not a readable .npz (zip) file: {e}")))?;
-    let required = |zip: &mut zip::ZipArchive<BufReader<File>>, name: &str| {
-        read_member(zip, path, name)?.ok_or_else(|| Error::bad_chunk(path, name, "missing"))
-    };
-    let indices = match required(&mut zip, "indices")? {
-        NpyArray { shape, elements: Elements::I64(v), .. } if shape.len() == 2 && shape[1] == 3 => v,
-        a => return Err(Error::bad_chunk(path, "indices", format!("is {} {:?}; expected int64 [nnz, 3]", a.descr, a.shape))),
-    };
-    let values = match required(&mut zip, "values")? {
-        NpyArray { shape, elements: Elements::F32(v), .. } if shape == [indices.len() / 3] => v,
-        a => return Err(Error::bad_chunk(path, "values", format!("is {} {:?}; expected float32 [{}]", a.descr, a.shape, indices.len() / 3))),
-    };
-    let scalar = |zip: &mut zip::ZipArchive<BufReader<File>>, name: &str| -> Result<Option<i64>> {
-        Ok(match read_member(zip, path, name)? {
-            None => None,
-            Some(NpyArray { elements: Elements::I64(v), .. }) if v.len() == 1 => Some(v[0]),
-            Some(a) => return Err(Error::bad_chunk(path, name, format!("is {} {:?}; expected an int64 scalar", a.descr, a.shape))),
-        })
-    };
-    let total_sequences = scalar(&mut zip, "total_sequences")?;
-    let sequence_length = scalar(&mut zip, "sequence_length")?;
-    let metadata = read_unicode_member(&mut zip, path, "metadata")?;
-    Ok(MembershipsFile { indices, values, total_sequences, sequence_length, metadata })
-}
-
-/// Reads a 0-d `<U` string member (numpy stores it as UTF-32LE).
-fn read_unicode_member<R: Read + Seek>(zip: &mut zip::ZipArchive<R>, path: &Path, name: &str) -> Result<Option<String>> {
-    let Some(index) = zip.index_for_name(&format!("{name}.npy")).or_else(|| zip.index_for_name(name)) else {
-        return Ok(None);
-    };
-    let bad = |problem: String| Error::bad_chunk(path, name, problem);
-    let mut member = zip.by_index(index).map_err(|e| bad(format!("corrupt archive member: {e}")))?;
-    let header = Header::from_reader(&mut member).map_err(|e| bad(format!("bad .npy header: {e}")))?;
-    match &header.type_descriptor {
-        PyValue::String(s) if s.starts_with("<U") && header.shape.is_empty() => {}
-        other => return Err(bad(format!("has dtype {other} shape {:?}; expected a 0-d unicode string", header.shape))),
-    }
-    let mut raw = Vec::new();
-    member.read_to_end(&mut raw).map_err(|e| bad(format!("cannot decode data: {e}")))?;
-    let text: String = raw
-        .chunks_exact(4)
-        .map(|c| char::from_u32(u32::from_le_bytes([c[0], c[1], c[2], c[3]])).unwrap_or('\u{fffd}'))
-        .collect();
-    Ok(Some(text.trim_end_matches('\0').to_string()))
-}
-
 /// `(B, S, D)` of a chunk from its `activations` header alone, without reading the data.
 pub fn chunk_shape(path: &Path) -> Result<(usize, usize, usize)> {
     let file = File::open(path).map_err(|e| Error::io(path, e))?;
@@ -356,7 +294,7 @@ fn nonzero<T: Default + PartialEq>(v: Vec<T>) -> Vec<u8> {
 }
 
 /// Reads member `name` (or `name.npy`, as numpy names them) if the archive has it.
-fn read_member<R: Read + Seek>(zip: &mut zip::ZipArchive<R>, path: &Path, name: &str) -> Result<Option<NpyArray>> {
+pub(crate) fn read_member<R: Read + Seek>(zip: &mut zip::ZipArchive<R>, path: &Path, name: &str) -> Result<Option<NpyArray>> {
     let npy_name = format!("{name}.npy");
     let Some(index) = zip.index_for_name(&npy_name).or_else(|| zip.index_for_name(name)) else {
         return Ok(None);

@@ -62,6 +62,11 @@ impl PassStats {
         PassStats { d, s: Vec::new(), ..PassStats::new(k, 0) }
     }
 
+    /// `new` when the pass sums `S`, else `without_sums`.
+    pub fn sized(k: usize, d: usize, sums: bool) -> Self {
+        if sums { PassStats::new(k, d) } else { PassStats::without_sums(k, d) }
+    }
+
     /// Adds `other` into `self`. Associative; callers merge in a fixed order for bitwise repeatability.
     /// An empty `other.s` (a backend that keeps `S` to itself during a pass) adds nothing to `S`.
     pub fn merge(&mut self, other: PassStats) {

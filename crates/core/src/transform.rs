@@ -2,15 +2,13 @@
 
 use crate::config::ClusteringConfig;
 use crate::error::{Error, Result};
-use crate::fit::{chunk_names, remove_stale_temporaries, report, stream_chunks, write_chunk_memberships, Phase, Progress};
 use crate::kernels::{Backend, Centers, MembershipParams, PassOutput, Tokens, Want};
+use crate::memberships_file;
 use crate::model::Model;
+use crate::output::remove_stale_temporaries;
+use crate::stream::{chunk_names, report, stream_chunks, Phase, Progress};
 use std::path::{Path, PathBuf};
 use std::time::Instant;
-
-pub fn params_of(config: &ClusteringConfig) -> MembershipParams {
-    MembershipParams { temperature: config.temperature, min_membership: config.min_membership }
-}
 
 /// `(batch, seq_len, d)` of a caller's `shape` (`[B, S, D]` or `[T, D]`) for an array of `len`
 /// values, checked: whole non-negative dimensions whose product is `len`, and `D = d_model`.
@@ -41,7 +39,7 @@ pub fn layout_of(shape: &[f64], len: usize, d_model: usize) -> Result<(usize, us
 
 /// Memberships of every real token of `tokens`; `dense` adds the `[rows, K]` matrix.
 pub fn transform(backend: &dyn Backend, config: &ClusteringConfig, centers: &Centers, tokens: &Tokens, dense: bool) -> Result<PassOutput> {
-    backend.run(centers, tokens, params_of(config), Want { dense, sparse: true, ..Want::default() })
+    backend.run(centers, tokens, MembershipParams::try_from(config)?, Want { dense, sparse: true, ..Want::default() })
 }
 
 /// Writes `<output_dir>/<chunk stem>.memberships.npz` for every chunk under a fitted model's
@@ -50,14 +48,14 @@ pub fn transform_chunks(model: &Model, chunks: &[PathBuf], output_dir: &Path, ba
     let names = chunk_names(chunks)?;
     std::fs::create_dir_all(output_dir).map_err(|e| Error::io(output_dir, e))?;
     remove_stale_temporaries(output_dir);
-    let params = params_of(&model.config);
+    let params = MembershipParams::try_from(&model.config)?;
     let started = Instant::now();
     let mut rows = 0u64;
     stream_chunks(chunks, model.config.d_model, |i, chunk| {
         let out = backend.run(&model.centers, &Tokens::from_chunk(&chunk, i), params, Want { sparse: true, ..Want::default() })?;
-        write_chunk_memberships(output_dir, &names[i], &chunk, &out, model.config.n_clusters)?;
+        memberships_file::write_for_chunk(output_dir, &names[i], &chunk, &out, model.config.n_clusters)?;
         rows += out.rows.len() as u64;
-        report(progress, Phase::Output, 0, &model.config, i, chunks.len(), rows, started);
+        report(progress, Phase::Output, 0, model.config.n_iterations, i, chunks.len(), rows, started);
         Ok(())
     })?;
     Ok(rows)

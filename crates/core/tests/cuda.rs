@@ -11,7 +11,7 @@ use soft_cluster_core::kernels::cpu::CpuBackend;
 use soft_cluster_core::kernels::cuda::{CudaBackend, MatmulPrecision};
 use soft_cluster_core::kernels::{backend_for, Backend, MembershipParams, PassOutput, Tokens, Want};
 use soft_cluster_core::npz::{read_npy_f32, ActivationsRef};
-use soft_cluster_core::{Centers, ClusteringConfig, Error, Model};
+use soft_cluster_core::{Centers, ClusteringConfig, Device, Error, Model};
 use std::path::{Path, PathBuf};
 
 fn gpu(precision: MatmulPrecision) -> Option<CudaBackend> {
@@ -30,11 +30,11 @@ fn gpu(precision: MatmulPrecision) -> Option<CudaBackend> {
 fn device_selection_never_panics() {
     let mut config = ClusteringConfig::new(2, 4);
     let gpu_here = CudaBackend::new(0, MatmulPrecision::Float32).is_ok();
-    config.device = "auto".into();
+    config.device = Device::Auto;
     assert_eq!(backend_for(&config).unwrap().name(), if gpu_here { "cuda:0" } else { "cpu" });
-    config.device = "cpu".into();
+    config.device = Device::Cpu;
     assert_eq!(backend_for(&config).unwrap().name(), "cpu");
-    config.device = "cuda:999".into();
+    config.device = Device::Cuda(999);
     match backend_for(&config) {
         Err(e @ Error::Device { .. }) => {
             assert_eq!(e.code(), "ERR_DEVICE");
@@ -44,7 +44,7 @@ fn device_selection_never_panics() {
         Ok(_) => panic!("cuda:999 exists?"),
     }
     if !gpu_here {
-        config.device = "cuda".into();
+        config.device = Device::Cuda(0);
         let e = backend_for(&config).err().expect("no GPU here, so cuda must fail");
         assert_eq!(e.code(), "ERR_DEVICE");
         eprintln!("without a GPU, device \"cuda\" says: {e}");
@@ -171,7 +171,7 @@ fn tf32_stays_within_its_documented_error() {
 }
 
 fn planted_config_on(device: &str) -> ClusteringConfig {
-    ClusteringConfig { device: device.into(), ..planted_config() }
+    ClusteringConfig { device: device.parse().unwrap(), ..planted_config() }
 }
 
 fn fit_with(backend: &dyn Backend, config: &ClusteringConfig, init: Option<Centers>, chunks: &[PathBuf], out: &Path) -> Model {

@@ -3,10 +3,11 @@
 
 mod common;
 use common::*;
-use soft_cluster_core::fit::{fit_chunks, FitRequest, Progress};
+use soft_cluster_core::fit::{fit_chunks, FitRequest};
+use soft_cluster_core::stream::Progress;
 use soft_cluster_core::kernels::cpu::CpuBackend;
 use soft_cluster_core::npz::read_npy_f32;
-use soft_cluster_core::{read_chunk, Centers, ClusteringConfig, Model};
+use soft_cluster_core::{read_chunk, Centers, ClusteringConfig, Model, Temperature};
 use std::path::{Path, PathBuf};
 
 fn centers_file(name: &str) -> Centers {
@@ -134,7 +135,7 @@ fn kmeans_plus_plus_recovers_planted_directions_and_is_deterministic() {
     let (k, d) = (6, 32);
     let (paths, truth) = planted_chunks(dir.path(), 4, k, d, 7);
     let mut config = ClusteringConfig::new(k, d);
-    config.temperature = 0.1;
+    config.temperature = Temperature::Fixed(0.1);
     config.n_iterations = 15;
     for seed in 0..4 {
         config.seed = seed;
@@ -181,7 +182,7 @@ fn an_empty_cluster_is_reseeded_to_the_farthest_token() {
     let opposite: Vec<f32> = init[..d].iter().map(|v| -v).collect();
     init.extend(opposite);
     let mut config = ClusteringConfig::new(k, d);
-    config.temperature = 0.05;
+    config.temperature = Temperature::Fixed(0.05);
     config.min_membership = 0.2;
     config.n_iterations = 2;
     config.tol = 0.0;
@@ -273,11 +274,11 @@ fn an_interrupted_fit_resumes_to_the_same_model() {
     let mut config = ClusteringConfig::new(4, 16);
     config.n_iterations = 6;
     config.tol = 0.0;
-    config.temperature = 0.2;
+    config.temperature = Temperature::Fixed(0.2);
     let whole = without_timings(fit(&config, None, &paths, &dir.path().join("whole")));
     assert!(!dir.path().join("whole/checkpoint.safetensors").exists(), "a finished fit removes its checkpoint");
 
-    use soft_cluster_core::fit::Phase;
+    use soft_cluster_core::stream::Phase;
     for (label, kill_at) in [
         ("mid-iteration", Box::new(|p: &Progress| p.phase == Phase::Iterate && p.iteration == 3 && p.chunk == 2) as Box<dyn Fn(&Progress) -> bool>),
         ("mid-output", Box::new(|p: &Progress| p.phase == Phase::Output && p.chunk == 2)),
@@ -304,7 +305,7 @@ fn resume_refuses_changed_chunks_and_other_settings() {
     let resume = |config: &ClusteringConfig| fit_chunks(FitRequest { config, initial_centers: None, chunks: &paths, output_dir: &out, resume: true }, &CpuBackend::default(), &mut |_| {});
 
     let mut other = config.clone();
-    other.temperature = 0.5;
+    other.temperature = Temperature::Fixed(0.5);
     let err = resume(&other).unwrap_err();
     assert_eq!(err.code(), "ERR_INVALID_CONFIG");
     assert!(err.to_string().contains("temperature = 0.5 (checkpoint: 1.0)"), "{err}");

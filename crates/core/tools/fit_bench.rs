@@ -42,8 +42,8 @@ fn main() {
     config.temperature = get("temperature").parse().unwrap();
     config.min_membership = get("min-membership").parse().unwrap();
     config.tol = 0.0;
-    config.device = opts.get("device").unwrap_or(&"cpu").to_string();
-    config.precision = opts.get("precision").unwrap_or(&"float32").to_string();
+    config.device = opts.get("device").unwrap_or(&"cpu").parse().unwrap();
+    config.precision = opts.get("precision").unwrap_or(&"float32").parse().unwrap();
     let backend = backend_for(&config).unwrap_or_else(|e| {
         eprintln!("fit-bench: {e}");
         std::process::exit(1)
@@ -62,7 +62,7 @@ fn main() {
         "{}",
         serde_json::json!({
             "impl": format!("rust-{}", backend.name()),
-            "precision": config.precision,
+            "precision": config.precision.to_string(),
             "seconds": seconds,
             "iterations": model.history.len(),
             "tokens": tokens,

@@ -113,7 +113,7 @@ pub struct MembershipsFile {
 /// Reads a `.memberships.npz` written by `fitChunks`.
 #[napi]
 pub fn read_memberships(env: Env, path: String) -> Result<MembershipsFile> {
-    let m = soft_cluster_core::npz::read_memberships(&PathBuf::from(path)).map_err(|e| js_error(&env, e))?;
+    let m = soft_cluster_core::memberships_file::read(&PathBuf::from(path)).map_err(|e| js_error(&env, e))?;
     Ok(MembershipsFile {
         indices: BigInt64Array::new(m.indices),
         values: Float32Array::new(m.values),
@@ -193,8 +193,9 @@ impl NativeModel {
     /// `nClusters * dModel` values and is normalized row by row.
     #[napi(constructor)]
     pub fn new(env: Env, config_json: String, initial_centers: Option<Float32Array>) -> Result<Self> {
-        let config: ClusteringConfig = serde_json::from_str(&resolve_config(env, config_json)?)
-            .map_err(|e| Error::new(Status::InvalidArg, e.to_string()))?;
+        let value: serde_json::Value = serde_json::from_str(&config_json)
+            .map_err(|e| Error::new(Status::InvalidArg, format!("config is not valid JSON: {e}")))?;
+        let config = ClusteringConfig::from_json(&value).map_err(|e| js_error(&env, e))?;
         let initial = initial_centers
             .map(|c| Centers::from_rows(config.n_clusters, config.d_model, c.to_vec()))
             .transpose()
@@ -456,7 +457,7 @@ impl Task for FitTask {
 }
 
 /// Forwards core progress reports to a JS callback, if there is one.
-fn progress_reporter(callback: Option<&ProgressCallback>) -> impl FnMut(&soft_cluster_core::fit::Progress) + '_ {
+fn progress_reporter(callback: Option<&ProgressCallback>) -> impl FnMut(&soft_cluster_core::stream::Progress) + '_ {
     move |p| {
         if let Some(f) = callback {
             let phase = serde_json::to_value(p.phase).ok().and_then(|v| v.as_str().map(String::from)).unwrap_or_default();

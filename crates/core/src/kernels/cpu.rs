@@ -111,6 +111,34 @@ impl Backend for CpuBackend {
         }
         Ok(PassOutput { rows, dense, sparse, stats })
     }
+
+    fn cosines(&self, rows: &[f32], others: &[f32], d: usize) -> Result<Vec<f32>> {
+        Ok(cosines_on_host(self.gemm, rows, others, d))
+    }
+
+    /// Each thread keeps a float32 `K x D` partial of `S` plus its blocks, and a pass merges them
+    /// in float64.
+    fn host_bytes_for_pass(&self, k: usize, d: usize) -> f64 {
+        let (k, d) = (k as f64, d as f64);
+        let threads = rayon::current_num_threads() as f64;
+        k * d * (4.0 * threads + 8.0 * (threads + 3.0)) + threads * self.block_rows as f64 * (k + d) * 4.0
+    }
+}
+
+/// Rows per GEMM call in `cosines_on_host` (the unit of its parallel work).
+const COSINE_BLOCK: usize = 1024;
+
+/// `Backend::cosines` on the host: one GEMM per block of rows, blocks in parallel.
+pub(crate) fn cosines_on_host(gemm: GemmCrate, rows: &[f32], others: &[f32], d: usize) -> Vec<f32> {
+    let (n, t) = (rows.len() / d.max(1), others.len() / d.max(1));
+    let mut out = vec![0f32; n * t];
+    if t == 0 {
+        return out;
+    }
+    out.par_chunks_mut(COSINE_BLOCK * t).zip(rows.par_chunks(COSINE_BLOCK * d)).for_each(|(out, rows)| {
+        gemm.multiply(rows.len() / d, d, t, rows, (d, 1), others, (1, d), out, t, false);
+    });
+    out
 }
 
 struct Partial {

@@ -1,10 +1,11 @@
-//! The membership step (SPEC 2) and what a pass accumulates, behind one `Backend` trait that the
-//! CPU path (and later CUDA) implements, so orchestration never asks which device it runs on.
+//! The membership step (docs/algorithm.md "Memberships") and what a pass accumulates, behind one
+//! `Backend` trait that the CPU and CUDA implement, so orchestration never asks which device it
+//! runs on. `backend_for` is the one place that maps a config's `Device` to a backend.
 
 pub mod cpu;
 pub mod cuda;
 
-use crate::config::ClusteringConfig;
+use crate::config::{ClusteringConfig, Device, Precision};
 use crate::error::{Error, Result};
 use crate::npz::{ActivationsRef, Chunk};
 use crate::pass::PassStats;
@@ -47,11 +48,19 @@ impl Centers {
     }
 }
 
-/// The two numbers of SPEC 2 besides the centers.
+/// The two numbers of the membership formula besides the centers.
 #[derive(Debug, Clone, Copy)]
 pub struct MembershipParams {
     pub temperature: f64,
     pub min_membership: f64,
+}
+
+impl TryFrom<&ClusteringConfig> for MembershipParams {
+    type Error = Error;
+    /// Fails only for `temperature: "auto"` before a fit has chosen the number.
+    fn try_from(config: &ClusteringConfig) -> Result<Self> {
+        Ok(MembershipParams { temperature: config.temperature.value()?, min_membership: config.min_membership })
+    }
 }
 
 /// A set of token vectors `[n_tokens, D]` (flattened `[B, S, D]`) with their optional mask.
@@ -271,18 +280,59 @@ pub trait Backend: Send + Sync {
     /// Human-readable device name ("cpu", "cuda:0").
     fn name(&self) -> String;
 
-    /// SPEC 2 for every real token of `tokens`, plus what `want` asks for.
+    /// The membership formula for every real token of `tokens`, plus what `want` asks for.
     fn run(&self, centers: &Centers, tokens: &Tokens, params: MembershipParams, want: Want) -> Result<PassOutput>;
 
-    /// Opens a pass over several `run`s: until `finish_pass`, a backend may keep `S` and `m`
-    /// where it computes them (a GPU keeps them on the device instead of sending `K x D` values
-    /// back for every chunk) and leave them out of each run's `PassStats` (`s` empty, `mass`
-    /// zeros). The CPU has nothing to gain and keeps returning them.
-    fn begin_pass(&self) {}
+    /// Opens a streaming pass over several `run`s whose statistics (with `S` when `sums`) the
+    /// pass owns until `Pass::finish`: a GPU keeps `S` and `m` on the device instead of sending
+    /// `K x D` values back for every chunk. The default keeps them on the host.
+    fn begin_pass(&self, k: usize, d: usize, sums: bool) -> Box<dyn Pass + '_> {
+        Box::new(HostPass { backend: self, sums, stats: PassStats::sized(k, d, sums) })
+    }
 
-    /// Closes the pass: `(S, m)` summed over its runs, or `None` if every run returned its own.
-    fn finish_pass(&self) -> Result<Option<(Vec<f64>, Vec<f64>)>> {
-        Ok(None)
+    /// Cosines `[n, t]` (row-major) between unit rows `rows` `[n, d]` and unit rows `others`
+    /// `[t, d]`: what init (k-means++ and the warm-up on the sample) computes with.
+    fn cosines(&self, rows: &[f32], others: &[f32], d: usize) -> Result<Vec<f32>>;
+
+    /// Bytes of host memory a fit needs on this backend for `K x D` centers and sums, besides the
+    /// chunks and the init sample (the memory check refuses a fit that cannot have them).
+    fn host_bytes_for_pass(&self, k: usize, d: usize) -> f64;
+}
+
+/// One streaming pass on one device: it owns the pass's statistics, so a fit merges one way,
+/// through `PassStats::merge`, whatever the device.
+pub trait Pass {
+    /// `Backend::run` within the pass: the run's statistics go into the pass (the returned
+    /// `PassOutput::stats` is `None`); `want.stats` and `want.sums` are the pass's.
+    fn run(&mut self, centers: &Centers, tokens: &Tokens, params: MembershipParams, want: Want) -> Result<PassOutput>;
+
+    /// Real, non-zero tokens seen so far (for progress reports).
+    fn n_rows(&self) -> u64;
+
+    /// The statistics of every run, merged in run order.
+    fn finish(self: Box<Self>) -> Result<PassStats>;
+}
+
+/// A pass whose statistics live on the host: each run's are merged as they come.
+struct HostPass<'a, B: Backend + ?Sized> {
+    backend: &'a B,
+    sums: bool,
+    stats: PassStats,
+}
+
+impl<B: Backend + ?Sized> Pass for HostPass<'_, B> {
+    fn run(&mut self, centers: &Centers, tokens: &Tokens, params: MembershipParams, want: Want) -> Result<PassOutput> {
+        let mut out = self.backend.run(centers, tokens, params, Want { stats: true, sums: self.sums, ..want })?;
+        self.stats.merge(out.stats.take().expect("stats were asked for"));
+        Ok(out)
+    }
+
+    fn n_rows(&self) -> u64 {
+        self.stats.n_rows
+    }
+
+    fn finish(self: Box<Self>) -> Result<PassStats> {
+        Ok(self.stats)
     }
 }
 
@@ -296,25 +346,37 @@ pub fn unit_row(tokens: &Tokens, token: usize, inv_norm: f64, out: &mut [f32]) {
     }
 }
 
-/// The backend for a config's `device` and `precision` (SPEC 7). The one place that knows which
-/// devices exist: `auto` is the first GPU when the CUDA libraries and a device are usable, else
-/// the CPU; `cuda`/`cuda:N` without a usable GPU is an `ERR_DEVICE` error saying why.
+/// A backend and why it was chosen (`auto` says why it fell back to the CPU).
+pub struct Chosen {
+    pub backend: Box<dyn Backend>,
+    /// One line: "cuda:0 (NVIDIA H100 ...)", "cpu (asked for)", "cpu (auto: no usable GPU: ...)".
+    pub reason: String,
+}
+
+/// The backend for a config's `device` and `precision`: `auto` is the first GPU when the CUDA
+/// libraries and a device are usable, else the CPU; `cuda:N` without a usable GPU is an
+/// `ERR_DEVICE` error saying why.
 pub fn backend_for(config: &ClusteringConfig) -> Result<Box<dyn Backend>> {
-    let precision = match config.precision.as_str() {
-        "tf32" => cuda::MatmulPrecision::Tf32,
-        _ => cuda::MatmulPrecision::Float32,
+    choose_backend(config).map(|c| c.backend)
+}
+
+/// `backend_for`, with the reason for the choice.
+pub fn choose_backend(config: &ClusteringConfig) -> Result<Chosen> {
+    let precision = match config.precision {
+        Precision::Float32 => cuda::MatmulPrecision::Float32,
+        Precision::Tf32 => cuda::MatmulPrecision::Tf32,
     };
-    match config.device.as_str() {
-        "cpu" => Ok(Box::new(cpu::CpuBackend::default())),
-        "auto" => Ok(match cuda::CudaBackend::new(0, precision) {
-            Ok(gpu) => Box::new(gpu),
-            Err(_) => Box::new(cpu::CpuBackend::default()),
-        }),
-        device => match cuda::ordinal_of(device) {
-            Some(ordinal) => Ok(Box::new(cuda::CudaBackend::new(ordinal, precision)?)),
-            None => Err(Error::Device { device: device.to_string(), problem: "unknown device; use \"auto\", \"cpu\", \"cuda\" or \"cuda:N\"".into() }),
+    Ok(match config.device {
+        Device::Cpu => Chosen { backend: Box::new(cpu::CpuBackend::default()), reason: "cpu (asked for)".into() },
+        Device::Auto => match cuda::CudaBackend::new(0, precision) {
+            Ok(gpu) => Chosen { reason: format!("{} (auto: {})", gpu.name(), gpu.device_name()), backend: Box::new(gpu) },
+            Err(e) => Chosen { backend: Box::new(cpu::CpuBackend::default()), reason: format!("cpu (auto: no usable GPU: {e})") },
         },
-    }
+        Device::Cuda(ordinal) => {
+            let gpu = cuda::CudaBackend::new(ordinal, precision)?;
+            Chosen { reason: format!("{} ({})", gpu.name(), gpu.device_name()), backend: Box::new(gpu) }
+        }
+    })
 }
 
 /// Checks that `tokens` and `centers` agree before any backend touches them.

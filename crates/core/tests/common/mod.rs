@@ -126,7 +126,7 @@ pub fn write_chunk(path: &Path, b: usize, s: usize, d: usize, acts: &[f32], mask
 /// The settings `planted_expected.json` was computed with.
 pub fn planted_config() -> soft_cluster_core::ClusteringConfig {
     let mut c = soft_cluster_core::ClusteringConfig::new(6, 64);
-    c.temperature = 0.25;
+    c.temperature = soft_cluster_core::Temperature::Fixed(0.25);
     c.min_membership = 0.01;
     c.n_iterations = 5;
     c.n_exemplars = 3;

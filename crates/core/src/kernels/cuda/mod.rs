@@ -12,7 +12,7 @@
 //! until the chunk is done. Sparse memberships are compacted on the device.
 
 use super::cpu::{EXACT_BELOW_TEMPERATURE, EXACT_WINDOW};
-use super::{check_shapes, prepare_rows, unit_row, Backend, Centers, MembershipParams, PassOutput, PreparedRows, SparseRows, Tokens, Want};
+use super::{check_shapes, prepare_rows, unit_row, Backend, Centers, MembershipParams, Pass, PassOutput, PreparedRows, SparseRows, Tokens, Want};
 use crate::error::{Error, Result};
 use crate::npz::ActivationsRef;
 use crate::pass::{Farthest, PassStats, RESEED_CANDIDATES};
@@ -54,14 +54,6 @@ pub fn nvrtc_present() -> bool {
 
 fn device_error(device: &str, problem: impl Into<String>) -> Error {
     Error::Device { device: device.to_string(), problem: problem.into() }
-}
-
-/// `matches!(device, "cuda" | "cuda:N")` → N.
-pub fn ordinal_of(device: &str) -> Option<usize> {
-    match device {
-        "cuda" => Some(0),
-        _ => device.strip_prefix("cuda:")?.parse().ok(),
-    }
 }
 
 /// An opened GPU: context, streams, cuBLAS handle, kernels and pinned staging buffers.
@@ -161,7 +153,7 @@ pub enum MatmulPrecision {
     Tf32,
 }
 
-/// `S` and `m` of an open pass (`Backend::begin_pass`), summed in float64 on the device.
+/// `S` and `m` of an open pass (`CudaPass`), summed in float64 on the device.
 #[derive(Default)]
 struct PassSums {
     s: Option<CudaSlice<f64>>,
@@ -172,8 +164,6 @@ struct PassSums {
 
 pub struct CudaBackend {
     gpu: Shared,
-    /// `Some` while a pass is open.
-    pass: Mutex<Option<PassSums>>,
     name: String,
     precision: MatmulPrecision,
     /// Rows per block; `None` sizes blocks to `SLOT_BYTES` (tests set it to exercise the pipeline).
@@ -183,7 +173,7 @@ pub struct CudaBackend {
 impl CudaBackend {
     /// Opens GPU `ordinal` (compiling the kernels the first time), or says why it cannot.
     pub fn new(ordinal: usize, precision: MatmulPrecision) -> Result<Self> {
-        Ok(CudaBackend { gpu: Gpu::shared(ordinal)?, pass: Mutex::new(None), name: format!("cuda:{ordinal}"), precision, block_rows: None })
+        Ok(CudaBackend { gpu: Gpu::shared(ordinal)?, name: format!("cuda:{ordinal}"), precision, block_rows: None })
     }
 
     /// The same backend with at most `rows` rows per block.
@@ -205,14 +195,34 @@ impl Backend for CudaBackend {
     }
 
     fn run(&self, centers: &Centers, tokens: &Tokens, params: MembershipParams, want: Want) -> Result<PassOutput> {
+        self.run_in(None, centers, tokens, params, want)
+    }
+
+    fn begin_pass(&self, k: usize, d: usize, sums: bool) -> Box<dyn Pass + '_> {
+        Box::new(CudaPass { backend: self, sums: sums.then(PassSums::default), stats: PassStats::sized(k, d, sums) })
+    }
+
+    /// The init sample is at most a few tens of thousands of rows: the host does it.
+    fn cosines(&self, rows: &[f32], others: &[f32], d: usize) -> Result<Vec<f32>> {
+        Ok(super::cpu::cosines_on_host(super::cpu::GemmCrate::default(), rows, others, d))
+    }
+
+    /// The host keeps `S` in float64 once per pass (downloaded from the device) plus the centers.
+    fn host_bytes_for_pass(&self, k: usize, d: usize) -> f64 {
+        (k * d) as f64 * (8.0 * 3.0 + 4.0 * 2.0)
+    }
+}
+
+impl CudaBackend {
+    /// A run; with `pass`, `S` and `m` are added to it on the device instead of being returned.
+    fn run_in(&self, pass: Option<&mut PassSums>, centers: &Centers, tokens: &Tokens, params: MembershipParams, want: Want) -> Result<PassOutput> {
         check_shapes(centers, tokens)?;
         let started = std::time::Instant::now();
         let rows = prepare_rows(tokens)?;
         let prepared = started.elapsed();
-        let mut pass = self.pass.lock().unwrap_or_else(|e| e.into_inner());
         let mut gpu = self.gpu.lock().unwrap_or_else(|e| e.into_inner());
         let name = gpu.name.clone();
-        let mut job = Job::new(&mut gpu, self.precision, self.block_rows, pass.as_mut(), centers, tokens, &rows, params, want)
+        let mut job = Job::new(&mut gpu, self.precision, self.block_rows, pass, centers, tokens, &rows, params, want)
             .map_err(|e| device_error(&name, format!("{} (while preparing {})", e, tokens.source)))?;
         let set_up = started.elapsed();
         let out = job.run().map_err(|e| device_error(&name, format!("{} (while processing {})", e, tokens.source)));
@@ -226,20 +236,40 @@ impl Backend for CudaBackend {
         }
         Ok(PassOutput { rows, dense, sparse, stats })
     }
+}
 
-    fn begin_pass(&self) {
-        *self.pass.lock().unwrap_or_else(|e| e.into_inner()) = Some(PassSums::default());
+/// A pass on the GPU: `S` and `m` stay on the device until `finish`; the rest of each run's
+/// statistics is merged on the host as it comes.
+struct CudaPass<'a> {
+    backend: &'a CudaBackend,
+    /// `Some` when the pass sums `S`.
+    sums: Option<PassSums>,
+    stats: PassStats,
+}
+
+impl Pass for CudaPass<'_> {
+    fn run(&mut self, centers: &Centers, tokens: &Tokens, params: MembershipParams, want: Want) -> Result<PassOutput> {
+        let want = Want { stats: true, sums: self.sums.is_some(), ..want };
+        let mut out = self.backend.run_in(self.sums.as_mut(), centers, tokens, params, want)?;
+        self.stats.merge(out.stats.take().expect("stats were asked for"));
+        Ok(out)
     }
 
-    fn finish_pass(&self) -> Result<Option<(Vec<f64>, Vec<f64>)>> {
-        let Some(sums) = self.pass.lock().unwrap_or_else(|e| e.into_inner()).take() else { return Ok(None) };
-        let (Some(s), Some(mass)) = (sums.s, sums.mass) else { return Ok(None) };
-        let gpu = self.gpu.lock().unwrap_or_else(|e| e.into_inner());
+    fn n_rows(&self) -> u64 {
+        self.stats.n_rows
+    }
+
+    fn finish(self: Box<Self>) -> Result<PassStats> {
+        let CudaPass { backend, sums, mut stats } = *self;
+        let Some(PassSums { s: Some(s), mass: Some(mass), .. }) = sums else { return Ok(stats) };
+        let gpu = backend.gpu.lock().unwrap_or_else(|e| e.into_inner());
         let fail = |e: String| device_error(&gpu.name, e);
         let s = gpu.compute.clone_dtoh(&s).ctx("downloading S").map_err(fail)?;
         let mass = gpu.compute.clone_dtoh(&mass).ctx("downloading m").map_err(fail)?;
         gpu.compute.synchronize().ctx("the pass's kernels").map_err(fail)?;
-        Ok(Some((s, mass)))
+        stats.s.iter_mut().zip(&s).for_each(|(a, b)| *a += b);
+        stats.mass.iter_mut().zip(&mass).for_each(|(a, b)| *a += b);
+        Ok(stats)
     }
 }
 
@@ -762,13 +792,5 @@ mod tests {
                 assert!(text.contains(&format!(".entry {name}(")), "{name} missing from the PTX for {arch}");
             }
         }
-    }
-
-    #[test]
-    fn device_names_parse() {
-        assert_eq!(ordinal_of("cuda"), Some(0));
-        assert_eq!(ordinal_of("cuda:3"), Some(3));
-        assert_eq!(ordinal_of("cpu"), None);
-        assert_eq!(ordinal_of("cuda:x"), None);
     }
 }

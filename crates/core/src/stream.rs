@@ -1,0 +1,108 @@
+//! Streaming over chunk files: the read-ahead visitor, chunk names, progress reports and the
+//! reservoir slot that samples a stream. Shared by the fit, transform and analysis.
+
+use crate::error::{Error, Result};
+use crate::npz::{read_chunk, Chunk};
+use rand::Rng;
+use rand_chacha::ChaCha8Rng;
+use serde::Serialize;
+use std::collections::HashSet;
+use std::path::PathBuf;
+use std::time::Instant;
+
+/// Which part of a fit is running.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Phase {
+    /// Sampling tokens for k-means++.
+    Init,
+    /// An iteration's pass.
+    Iterate,
+    /// The final pass that writes outputs.
+    Output,
+    /// A pass of `analysis::analyze_chunks`.
+    Analyze,
+}
+
+/// Reported after every chunk.
+#[derive(Debug, Clone, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Progress {
+    pub phase: Phase,
+    /// 1-based iteration (0 outside iterations).
+    pub iteration: usize,
+    pub n_iterations: usize,
+    /// 1-based chunk just finished.
+    pub chunk: usize,
+    pub n_chunks: usize,
+    /// Real tokens processed so far in this pass.
+    pub tokens_done: u64,
+    pub tokens_per_s: f64,
+}
+
+#[allow(clippy::too_many_arguments)]
+pub fn report(progress: &mut dyn FnMut(&Progress), phase: Phase, iteration: usize, n_iterations: usize, i: usize, n_chunks: usize, tokens_done: u64, started: Instant) {
+    progress(&Progress {
+        phase,
+        iteration,
+        n_iterations,
+        chunk: i + 1,
+        n_chunks,
+        tokens_done,
+        tokens_per_s: tokens_done as f64 / started.elapsed().as_secs_f64().max(1e-9),
+    });
+}
+
+/// File names of the chunks; output files are named after them, so they must be distinct.
+pub fn chunk_names(chunks: &[PathBuf]) -> Result<Vec<String>> {
+    if chunks.is_empty() {
+        return Err(Error::invalid_input("chunks", "no chunk files were given"));
+    }
+    let mut seen = HashSet::new();
+    chunks
+        .iter()
+        .map(|p| {
+            let name = p.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+            if !seen.insert(name.clone()) {
+                return Err(Error::invalid_input(
+                    &p.display().to_string(),
+                    format!("another chunk is also named {name:?}; output files are named after chunks, so names must differ"),
+                ));
+            }
+            Ok(name)
+        })
+        .collect()
+}
+
+/// Visits every chunk in order while the next one is read and decoded on another thread. At most
+/// two chunks are alive: the one being visited and the one waiting to be handed over.
+pub fn stream_chunks(paths: &[PathBuf], d_model: usize, mut visit: impl FnMut(usize, Chunk) -> Result<()>) -> Result<()> {
+    std::thread::scope(|scope| {
+        let (tx, rx) = std::sync::mpsc::sync_channel::<Result<Chunk>>(0);
+        scope.spawn(move || {
+            for path in paths {
+                let chunk = read_chunk(path).and_then(|c| c.check_d_model(d_model).map(|()| c));
+                let failed = chunk.is_err();
+                if tx.send(chunk).is_err() || failed {
+                    break; // the visitor stopped, or this chunk was bad
+                }
+            }
+        });
+        for (i, chunk) in rx.iter().enumerate() {
+            visit(i, chunk?)?;
+        }
+        Ok(())
+    })
+}
+
+/// Algorithm R: where the `seen`-th item (0-based) of a stream goes in a uniform sample of at most
+/// `capacity` items: the next free slot while there is one, then a random slot or nowhere.
+pub fn reservoir_slot(rng: &mut ChaCha8Rng, seen: u64, capacity: usize) -> Option<usize> {
+    if (seen as usize) < capacity {
+        Some(seen as usize)
+    } else {
+        let j = rng.random_range(0..=seen);
+        (j < capacity as u64).then_some(j as usize)
+    }
+}
+
