@@ -156,7 +156,7 @@ def numpy_fit(args):
         p = memberships(x, c, args.temperature, args.min_membership)
         rows, cols = np.nonzero(p)
         indices = np.stack([b[rows], s[rows], cols], axis=1).astype(np.int64)
-        name = os.path.basename(f)[:-len(".npz")] + ".memberships.npz"  # SPEC 4 naming, as ours
+        name = os.path.basename(f)[:-len(".npz")] + ".memberships.npz"  # the naming of docs/formats.md "Memberships file", as ours
         np.savez_compressed(os.path.join(args.out, name), indices=indices,
                             values=p[rows, cols].astype(np.float32))
         out_tokens += len(x)
