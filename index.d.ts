@@ -34,7 +34,7 @@ export declare class NativeModel {
   /** Quality metrics over chunk files, streamed off the JS thread; resolves with the JSON. */
   analyzeChunks(chunkPaths: Array<string>, options?: AnalyzeParams | undefined | null, onProgress?: ((progress: FitProgress) => void) | undefined | null): Promise<string>
   /**
-   * Streams over the chunk files, fits, writes the outputs into `outputDir` (SPEC 3 and 4) and
+   * Streams over the chunk files, fits, writes the outputs into `outputDir` (docs/algorithm.md "Fitting" and docs/formats.md "Memberships file") and
    * keeps the fitted model. Runs on the libuv pool; `onProgress` is called after every chunk.
    */
   fitChunks(chunkPaths: Array<string>, outputDir: string, onProgress?: ((progress: FitProgress) => void) | undefined | null, resume?: boolean | undefined | null): Promise<string>
@@ -43,7 +43,7 @@ export declare class NativeModel {
    * off the JS thread. Resolves with the number of token rows written.
    */
   transformChunks(chunkPaths: Array<string>, outputDir: string, onProgress?: ((progress: FitProgress) => void) | undefined | null): Promise<number>
-  /** Writes the model file (SPEC 6) atomically, off the JS thread. */
+  /** Writes the model file (docs/formats.md "Model file") atomically, off the JS thread. */
   save(path: string): Promise<void>
   /** Reads a model file, off the JS thread. */
   static load(path: string): Promise<NativeModel>
@@ -89,7 +89,7 @@ export interface FitProgress {
   tokensPerS: number
 }
 
-/** A per-chunk memberships file (SPEC 4) read back. */
+/** A per-chunk memberships file (docs/formats.md "Memberships file") read back. */
 export interface MembershipsFile {
   /** `[nnz, 3]`: (batch, position, cluster). */
   indices: BigInt64Array
@@ -106,7 +106,7 @@ export interface NpyArray {
   data: Float32Array
 }
 
-/** Reads one chunk file (SPEC 1) on the calling thread. */
+/** Reads one chunk file (docs/formats.md "Input chunks") on the calling thread. */
 export declare function readChunk(path: string): ChunkData
 
 /** Reads one chunk file on the libuv thread pool. */
@@ -121,7 +121,7 @@ export declare function readNpy(path: string): NpyArray
 /** Validates a config (JSON of `ClusteringConfig`) and returns it with the defaults filled in. */
 export declare function resolveConfig(configJson: string): string
 
-/** Memberships of a batch of tokens (SPEC 2), in dense and sparse form. */
+/** Memberships of a batch of tokens (docs/algorithm.md "Memberships"), in dense and sparse form. */
 export interface TransformOutput {
   /** Dense `[nRows, K]` memberships, one row per real, non-zero token (absent if not asked for). */
   memberships?: Float32Array

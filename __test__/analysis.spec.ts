@@ -1,4 +1,4 @@
-// The metrics of `analyze` against a direct computation in JS (float64, from the SPEC 2 reference
+// The metrics of `analyze` against a direct computation in JS (float64, from the docs/algorithm.md "Memberships" reference
 // memberships), every metric; the definitions are in crates/core/src/analysis.rs.
 import { describe, expect, it } from 'vitest'
 import { analyzeChunks, analyzeSequentialClusters, readChunk, readNpy, SequentialSoftClustering } from '../ts'

@@ -136,7 +136,7 @@ describe('save and load', () => {
     expect(b.memberships).toEqual(a.memberships)
   })
 
-  it('writes files a Python user can read (names, shapes, dtypes and metadata of SPEC 4 and 6)', async () => {
+  it('writes files a Python user can read (names, shapes, dtypes and metadata of docs/formats.md "Memberships file" and "Model file")', async () => {
     const out = tmp()
     await plantedModel().fitChunks(planted, out)
     const python = process.env.SOFT_CLUSTER_PYTHON ?? 'python3'

@@ -1,9 +1,9 @@
-// Shared by the specs: fixture paths and the float64 reference of SPEC 2, written the plain way.
+// Shared by the specs: fixture paths and the float64 reference of docs/algorithm.md "Memberships", written the plain way.
 import { join } from 'node:path'
 
 export const fixture = (name: string): string => join(__dirname, '..', 'fixtures', name)
 
-/** SPEC 2 for one activation row, in float64 (JS numbers). */
+/** The membership formula (docs/algorithm.md "Memberships") for one activation row, in float64 (JS numbers). */
 export function referenceRow(a: ArrayLike<number>, centers: ArrayLike<number>, k: number, temperature: number, minMembership: number): number[] {
   const d = a.length
   let norm = 0

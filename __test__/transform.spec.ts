@@ -40,7 +40,7 @@ function checkAgainstReference(activations: Float32Array, shape: number[], mask:
 describe('transform', () => {
   const init = readNpy(fixture('planted_init_centers.npy'))
 
-  it.each(['planted_a_f32.npz', 'planted_b_f16_compressed.npz', 'flat_2d_f64.npz'])('matches float64 SPEC 2 on %s', (name) => {
+  it.each(['planted_a_f32.npz', 'planted_b_f16_compressed.npz', 'flat_2d_f64.npz'])('matches the float64 membership formula (docs/algorithm.md "Memberships") on %s', (name) => {
     const chunk = readChunk(fixture(name))
     for (const [t, m] of [[0.25, 0.01], [1, 0.01], [0.003, 0], [10, 0.3]] as const) {
       const n = checkAgainstReference(chunk.activations, chunk.shape, chunk.attentionMask, init.data, 6, t, m)
@@ -115,7 +115,7 @@ describe('transform', () => {
 })
 
 describe('ClusteringConfig', () => {
-  it('fills in the SPEC 7 defaults', () => {
+  it('fills in the defaults of docs/algorithm.md "Config"', () => {
     expect(resolveConfig({ nClusters: 10, dModel: 768 })).toEqual({
       nClusters: 10, dModel: 768, temperature: 1, minMembership: 0.01, device: 'auto', nExemplars: 10, contextWindow: 8, nIterations: 10, seed: 0, tol: 1e-7, precision: 'float32',
     })

@@ -23,6 +23,7 @@ Contract of `target/release/fit-bench` (what `run` calls; same arguments as `num
 import argparse, glob, json, os, platform, re, shutil, subprocess, sys, time
 import numpy as np
 from results_md import replace_block
+from spawner import Spawner, json_line
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
@@ -155,7 +156,7 @@ def numpy_fit(args):
         p = memberships(x, c, args.temperature, args.min_membership)
         rows, cols = np.nonzero(p)
         indices = np.stack([b[rows], s[rows], cols], axis=1).astype(np.int64)
-        name = os.path.basename(f)[:-len(".npz")] + ".memberships.npz"  # SPEC 4 naming, as ours
+        name = os.path.basename(f)[:-len(".npz")] + ".memberships.npz"  # the naming of docs/formats.md "Memberships file", as ours
         np.savez_compressed(os.path.join(args.out, name), indices=indices,
                             values=p[rows, cols].astype(np.float32))
         out_tokens += len(x)
@@ -213,16 +214,14 @@ def spawner():
     """The spawner process, started on first use (call it early, while the driver is small)."""
     global _SPAWNER
     if _SPAWNER is None:
-        from harness import Spawner
         _SPAWNER = Spawner(os.path.join(HERE, "out", "fit", "logs"))
     return _SPAWNER
 
 
 def measured(cmd):
     """Runs cmd; returns its last JSON stdout line with peak_rss_mib. The command starts from the
-    harness's small spawner process: a child forked from this (large) driver would count the
+    small spawner process (spawner.py): a child forked from this (large) driver would count the
     driver's pages in its own peak RSS."""
-    from harness import json_line   # harness imports this module: import late
     res = spawner().run(os.path.basename(str(cmd[0])) + f"-{time.monotonic_ns()}", cmd, timeout=3600)
     row = json_line(res, cmd[0])
     row["peak_rss_mib"] = res["peak_rss_mib"]

@@ -24,7 +24,7 @@ def best_of(f):
 
 
 def memberships(x, c):
-    """SPEC 2 in numpy, the way a user would write it (the softmax step is fit.py's)."""
+    """The membership formula (docs/algorithm.md "Memberships") in numpy, the way a user would write it (the softmax step is fit.py's)."""
     xn = x / np.linalg.norm(x, axis=1, keepdims=True)
     return xn, memberships_from_sims(xn @ c.T, TEMPERATURE, MIN_MEMBERSHIP)
 

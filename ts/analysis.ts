@@ -80,7 +80,7 @@ function metricOptions(o: AnalyzeMetricOptions) {
   return { topTokens: o.topTokens, histogramBins: o.histogramBins, silhouetteSample: o.silhouetteSample, seed: o.seed }
 }
 
-/** Quality metrics of a batch of tokens under the model's centers (SPEC 7). */
+/** Quality metrics of a batch of tokens under the model's centers (`analyzeSequentialClusters`, README "Quality metrics"). */
 export function analyzeSequentialClusters(
   model: SequentialSoftClustering,
   activations: Float32Array,

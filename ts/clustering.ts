@@ -41,7 +41,7 @@ export interface FitOptions {
   resume?: boolean
 }
 
-/** One iteration of a fit (SPEC 3.5). */
+/** One iteration of a fit (docs/algorithm.md "History"). */
 export interface HistoryEntry {
   iteration: number
   /** `mean_x sum_k p_k cos(x, C_k)` under the centers the pass started with. */
@@ -54,7 +54,7 @@ export interface HistoryEntry {
   seconds: number
 }
 
-/** A token that belongs to a cluster most, with its context (SPEC 5). */
+/** A token that belongs to a cluster most, with its context (docs/algorithm.md "Exemplars"). */
 export interface Exemplar {
   value: number
   /** Index into `chunks`. */
@@ -78,7 +78,7 @@ export interface ModelSummary {
   chunks: string[]
 }
 
-/** Soft spherical k-means over token activations (SPEC 7). */
+/** Soft spherical k-means over token activations (README "Use it from TypeScript"). */
 export class SequentialSoftClustering {
   /** @internal */
   readonly model: native.NativeModel
@@ -116,7 +116,7 @@ export class SequentialSoftClustering {
     return this.model.transformChunks([...chunkPaths], outputDir, options.onProgress)
   }
 
-  /** Writes the model file (safetensors, SPEC 6). */
+  /** Writes the model file (safetensors, docs/formats.md "Model file"). */
   async save(path: string): Promise<void> {
     await this.model.save(path)
   }

@@ -3,7 +3,7 @@ import * as native from './native'
 /** Where the work runs: `auto` picks CUDA when a usable GPU and driver are present, else the CPU. */
 export type Device = 'auto' | 'cpu' | 'cuda' | `cuda:${number}`
 
-/** SPEC 7. Only `nClusters` and `dModel` are required; the core fills in the defaults. */
+/** The config (docs/algorithm.md "Config"). Only `nClusters` and `dModel` are required; the core fills in the defaults. */
 export interface ClusteringConfig {
   nClusters: number
   dModel: number

@@ -14,7 +14,7 @@ import * as native from './native'
 
 export type ChunkData = native.ChunkData
 
-/** Reads one chunk `.npz` (SPEC 1): activations widened to float32, shape `[B, S, D]`. */
+/** Reads one chunk `.npz` (docs/formats.md "Input chunks"): activations widened to float32, shape `[B, S, D]`. */
 export function readChunk(path: string): ChunkData {
   return native.readChunk(path)
 }
@@ -33,7 +33,7 @@ export function readNpy(path: string): NpyArray {
 
 export type MembershipsFile = native.MembershipsFile
 
-/** Reads a `<chunk>.memberships.npz` written by `fitChunks` (SPEC 4). */
+/** Reads a `<chunk>.memberships.npz` written by `fitChunks` (docs/formats.md "Memberships file"). */
 export function readMemberships(path: string): MembershipsFile {
   return native.readMemberships(path)
 }

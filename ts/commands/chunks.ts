@@ -27,7 +27,7 @@ export function resolveChunks(specs: readonly string[]): string[] {
   return out
 }
 
-/** The memberships file a fit or transform writes for each chunk (SPEC 4). */
+/** The memberships file a fit or transform writes for each chunk (docs/formats.md "Memberships file"). */
 export const membershipsFiles = (outputDir: string, chunks: readonly string[]): string[] =>
   chunks.map((c) => join(outputDir, `${basename(c).replace(/\.npz$/, '')}.memberships.npz`))
 

@@ -1,5 +1,5 @@
 //! The chunk reader against every fixture and against hand-made files of every accepted dtype,
-//! byte order, memory order and compression (SPEC 1).
+//! byte order, memory order and compression (docs/formats.md "Input chunks").
 
 mod common;
 use common::*;

@@ -14,13 +14,18 @@ use soft_cluster_core::npz::{read_npy_f32, ActivationsRef};
 use soft_cluster_core::{Centers, ClusteringConfig, Device, Error, Model};
 use std::path::{Path, PathBuf};
 
-fn gpu(precision: MatmulPrecision) -> Option<CudaBackend> {
+/// GPU 0, or `None` after saying on stderr that `test` is skipped. Written straight to stderr,
+/// not through `eprintln!`, which the test harness captures and only shows for failing tests:
+/// a plain `cargo test` run shows the skip line too. With SOFT_CLUSTER_REQUIRE_GPU=1 a missing GPU
+/// fails the test instead.
+fn gpu(test: &str, precision: MatmulPrecision) -> Option<CudaBackend> {
+    use std::io::Write;
     match CudaBackend::new(0, precision) {
         Ok(b) => Some(b),
         Err(e) => {
             let required = std::env::var("SOFT_CLUSTER_REQUIRE_GPU").as_deref() == Ok("1");
-            assert!(!required, "SOFT_CLUSTER_REQUIRE_GPU=1 but: {e}");
-            eprintln!("SKIPPED (no usable GPU here): {e}");
+            assert!(!required, "{test}: SOFT_CLUSTER_REQUIRE_GPU=1 but there is no usable GPU: {e}");
+            let _ = writeln!(std::io::stderr(), "SKIPPED {test}: no usable GPU here, nothing was compared ({e}); SOFT_CLUSTER_REQUIRE_GPU=1 makes this a failure");
             None
         }
     }
@@ -124,7 +129,7 @@ fn assert_same(cpu: &PassOutput, gpu: &PassOutput, k: usize, tol: f32, what: &st
 
 #[test]
 fn memberships_and_statistics_match_the_cpu() {
-    let Some(gpu32) = gpu(MatmulPrecision::Float32) else { return };
+    let Some(gpu32) = gpu("memberships_and_statistics_match_the_cpu", MatmulPrecision::Float32) else { return };
     let cpu = CpuBackend::default();
     for &(n, d, k) in &[(1, 1, 1), (37, 5, 3), (700, 64, 7), (3000, 384, 257), (2048, 768, 1024)] {
         let dat = data(n, 16.min(n), d, k, n as u64);
@@ -156,7 +161,7 @@ fn memberships_and_statistics_match_the_cpu() {
 
 #[test]
 fn tf32_stays_within_its_documented_error() {
-    let Some(tf32) = gpu(MatmulPrecision::Tf32) else { return };
+    let Some(tf32) = gpu("tf32_stays_within_its_documented_error", MatmulPrecision::Tf32) else { return };
     let cpu = CpuBackend::default();
     let (n, d, k) = (4096, 768, 1024);
     let dat = data(n, 64, d, k, 5);
@@ -180,7 +185,7 @@ fn fit_with(backend: &dyn Backend, config: &ClusteringConfig, init: Option<Cente
 
 #[test]
 fn a_whole_fit_matches_the_cpu_and_the_independent_fit() {
-    let Some(gpu32) = gpu(MatmulPrecision::Float32) else { return };
+    let Some(gpu32) = gpu("a_whole_fit_matches_the_cpu_and_the_independent_fit", MatmulPrecision::Float32) else { return };
     let chunks = vec![fixture("planted_a_f32.npz"), fixture("planted_b_f16_compressed.npz")];
     let (shape, init) = read_npy_f32(&fixture("planted_init_centers.npy")).unwrap();
     let init = Centers::from_rows(shape[0], shape[1], init).unwrap();

@@ -1,4 +1,4 @@
-//! The CPU kernel against the float64 reference of SPEC 2 (tests/common), on the numpy fixtures
+//! The CPU kernel against the float64 reference of docs/algorithm.md "Memberships" (tests/common), on the numpy fixtures
 //! and on random shapes; and the pass statistics against direct sums.
 
 mod common;

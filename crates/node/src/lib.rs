@@ -48,7 +48,7 @@ impl From<Chunk> for ChunkData {
     }
 }
 
-/// Reads one chunk file (SPEC 1) on the calling thread.
+/// Reads one chunk file (docs/formats.md "Input chunks") on the calling thread.
 #[napi]
 pub fn read_chunk(env: Env, path: String) -> Result<ChunkData> {
     soft_cluster_core::read_chunk(&PathBuf::from(path)).map(ChunkData::from).map_err(|e| js_error(&env, e))
@@ -98,7 +98,7 @@ pub fn read_npy(env: Env, path: String) -> Result<NpyArray> {
     Ok(NpyArray { shape: shape.into_iter().map(|s| s as u32).collect(), data: Float32Array::new(data) })
 }
 
-/// A per-chunk memberships file (SPEC 4) read back.
+/// A per-chunk memberships file (docs/formats.md "Memberships file") read back.
 #[napi(object)]
 pub struct MembershipsFile {
     /// `[nnz, 3]`: (batch, position, cluster).
@@ -132,7 +132,7 @@ pub fn resolve_config(env: Env, config_json: String) -> Result<String> {
     Ok(config.to_json().to_string())
 }
 
-/// Memberships of a batch of tokens (SPEC 2), in dense and sparse form.
+/// Memberships of a batch of tokens (docs/algorithm.md "Memberships"), in dense and sparse form.
 #[napi(object)]
 pub struct TransformOutput {
     /// Dense `[nRows, K]` memberships, one row per real, non-zero token (absent if not asked for).
@@ -312,7 +312,7 @@ impl NativeModel {
         }))
     }
 
-    /// Streams over the chunk files, fits, writes the outputs into `outputDir` (SPEC 3 and 4) and
+    /// Streams over the chunk files, fits, writes the outputs into `outputDir` (docs/algorithm.md "Fitting" and docs/formats.md "Memberships file") and
     /// keeps the fitted model. Runs on the libuv pool; `onProgress` is called after every chunk.
     #[napi(ts_return_type = "Promise<string>")]
     pub fn fit_chunks(
@@ -361,7 +361,7 @@ impl NativeModel {
         }))
     }
 
-    /// Writes the model file (SPEC 6) atomically, off the JS thread.
+    /// Writes the model file (docs/formats.md "Model file") atomically, off the JS thread.
     #[napi(ts_return_type = "Promise<void>")]
     pub fn save(&self, env: Env, path: String) -> Result<AsyncTask<SaveTask>> {
         let model = self.model_or_error(&env)?;

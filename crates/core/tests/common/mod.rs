@@ -1,5 +1,5 @@
 //! Shared helpers of the integration tests: fixture paths, hand-made `.npz` files and the
-//! float64 reference of SPEC 2 that every backend is checked against.
+//! float64 reference of docs/algorithm.md "Memberships" that every backend is checked against.
 #![allow(dead_code)]
 
 use std::io::Write;
@@ -61,7 +61,7 @@ pub fn read_npz_f32(path: &Path, name: &str) -> (Vec<usize>, Vec<f32>) {
     (a.shape().to_vec(), a.iter().copied().collect())
 }
 
-/// SPEC 2 in float64, written the plain way: one row of activations in, one row of memberships out.
+/// The membership formula (docs/algorithm.md "Memberships") in float64, written the plain way: one row of activations in, one row of memberships out.
 pub fn reference_row(a: &[f64], centers: &[f32], k: usize, temperature: f64, min_membership: f64) -> Vec<f64> {
     let d = a.len();
     let norm = a.iter().map(|v| v * v).sum::<f64>().sqrt();
@@ -82,7 +82,7 @@ pub fn reference_row(a: &[f64], centers: &[f32], k: usize, temperature: f64, min
     p.iter().map(|v| v / kept).collect()
 }
 
-/// A reference row is "ambiguous" when float rounding may legitimately flip a decision of SPEC 2:
+/// A reference row is "ambiguous" when float rounding may legitimately flip a decision of the membership formula (docs/algorithm.md "Memberships"):
 /// an entry within `margin` of the threshold, or two cosines tied for the maximum.
 pub fn ambiguous(a: &[f64], centers: &[f32], k: usize, temperature: f64, min_membership: f64) -> bool {
     let unfiltered = reference_row(a, centers, k, temperature, 0.0);
