@@ -1,8 +1,8 @@
 //! Quality metrics of a clustering under fixed centers, over one batch of tokens
-//! (`analyzeSequentialClusters` of SPEC 7) or streamed over chunk files (`soft-cluster analyze`).
+//! (`analyzeSequentialClusters` of README "Use it from TypeScript") or streamed over chunk files (`soft-cluster analyze`).
 //!
 //! Notation: the `N` tokens are the real, non-zero tokens (each has a membership row); `x` is a
-//! token scaled to unit length, `C_k` the unit centers, `p_k(x)` the memberships of SPEC 2 (after
+//! token scaled to unit length, `C_k` the unit centers, `p_k(x)` the memberships of docs/algorithm.md "Memberships" (after
 //! the threshold, so most are 0), `cos(x, C_k) = x . C_k`, `K` the number of clusters.
 //! Per cluster `k`:
 //! - `mass = sum_x p_k(x)`; `hard_count` = tokens whose largest membership is `k` (as the model's

@@ -148,7 +148,7 @@ const FIELDS: &[&str] = &[
 const MAX_SAFE_INTEGER: f64 = 9_007_199_254_740_991.0;
 
 impl ClusteringConfig {
-    /// A config with the SPEC defaults for everything but the two required fields.
+    /// A config with the defaults of docs/algorithm.md "Config" for everything but the two required fields.
     pub fn new(n_clusters: usize, d_model: usize) -> Self {
         ClusteringConfig {
             n_clusters,
@@ -201,7 +201,7 @@ impl ClusteringConfig {
         Ok(c)
     }
 
-    /// Checks every range of SPEC 7; the message names the field.
+    /// Checks every range of docs/algorithm.md "Config"; the message names the field.
     pub fn validate(&self) -> Result<()> {
         if self.n_clusters < 1 { return Err(Error::config("nClusters", "must be at least 1")); }
         if self.d_model < 1 { return Err(Error::config("dModel", "must be at least 1")); }

@@ -7,7 +7,7 @@ pub type Result<T, E = Error> = std::result::Result<T, E>;
 
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
-    /// A chunk file (or one of its arrays) breaks SPEC section 1.
+    /// A chunk file (or one of its arrays) breaks docs/formats.md "Input chunks".
     #[error("{file}: {array}: {problem}")]
     BadChunk { file: String, array: String, problem: String },
 

@@ -1,4 +1,4 @@
-//! Bounded top-k exemplar heaps (SPEC 5): for each cluster, the `nExemplars` real tokens with the
+//! Bounded top-k exemplar heaps (docs/algorithm.md "Exemplars"): for each cluster, the `nExemplars` real tokens with the
 //! largest membership, ties broken by the earliest (chunk, batch, position). Memory is
 //! `K * nExemplars` entries whatever the data size.
 

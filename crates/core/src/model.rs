@@ -1,4 +1,4 @@
-//! The model file (SPEC 6): one safetensors file with the centers, per-cluster statistics and
+//! The model file (docs/formats.md "Model file"): one safetensors file with the centers, per-cluster statistics and
 //! exemplars as tensors, and config / history / chunk list as string metadata.
 
 use crate::config::ClusteringConfig;
@@ -14,7 +14,7 @@ use std::path::Path;
 pub const FORMAT: &str = "soft-cluster-model";
 pub const FORMAT_VERSION: u32 = 1;
 
-/// One iteration of a fit (SPEC 3.5).
+/// One iteration of a fit (docs/algorithm.md "History").
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct HistoryEntry {

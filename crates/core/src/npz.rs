@@ -1,4 +1,4 @@
-//! Reading activation chunks (SPEC 1): `.npz` archives as numpy writes them, stored or deflated.
+//! Reading activation chunks (docs/formats.md "Input chunks"): `.npz` archives as numpy writes them, stored or deflated.
 //!
 //! The zip layer is the `zip` crate, the `.npy` header parser and the element decoders are
 //! `ndarray-npy`'s. float16, which `ndarray-npy` does not decode, is widened through `half`.
@@ -106,7 +106,7 @@ impl Chunk {
         self.batch * self.seq_len
     }
 
-    /// Refuses a chunk whose `D` is not the model's (SPEC 1).
+    /// Refuses a chunk whose `D` is not the model's (docs/formats.md "Input chunks").
     pub fn check_d_model(&self, d_model: usize) -> Result<()> {
         if self.d_model != d_model {
             return Err(Error::BadChunk {
@@ -147,7 +147,7 @@ pub(crate) struct NpyArray {
     pub(crate) elements: Elements,
 }
 
-/// Reads and checks one chunk file (SPEC 1). Errors name the file, the array and the problem.
+/// Reads and checks one chunk file (docs/formats.md "Input chunks"). Errors name the file, the array and the problem.
 pub fn read_chunk(path: &Path) -> Result<Chunk> {
     let file = File::open(path).map_err(|e| Error::io(path, e))?;
     let mut zip = zip::ZipArchive::new(BufReader::new(file))

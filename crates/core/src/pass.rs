@@ -1,8 +1,8 @@
-//! What one streaming pass accumulates (SPEC 3 design note): a single mergeable value. Threads
+//! What one streaming pass accumulates (docs/algorithm.md "Iterations"): a single mergeable value. Threads
 //! merge their partials with `merge`; later, devices and ranks will call the same function.
 
 /// A real token with a low best-cosine to the current centers: where an empty cluster's center
-/// moves (SPEC 3.3). The lowest first; ties go to the earliest (chunk, token).
+/// moves (docs/algorithm.md "Empty clusters"). The lowest first; ties go to the earliest (chunk, token).
 #[derive(Debug, Clone, PartialEq)]
 pub struct Farthest {
     pub best_cos: f32,
@@ -30,7 +30,7 @@ pub struct PassStats {
     pub s: Vec<f64>,
     /// `m_k = sum_x p_k(x)`.
     pub mass: Vec<f64>,
-    /// `sum_x sum_k p_k(x) cos(x, C_k)`; divided by `n_rows` it is SPEC 3.5's objective.
+    /// `sum_x sum_k p_k(x) cos(x, C_k)`; divided by `n_rows` it is the objective of docs/algorithm.md "History".
     pub objective_sum: f64,
     /// Real, non-zero tokens seen.
     pub n_rows: u64,
@@ -83,7 +83,7 @@ impl PassStats {
         self.farthest.truncate(RESEED_CANDIDATES);
     }
 
-    /// `mean_x sum_k p_k cos(x, C_k)` (SPEC 3.5), 0 when no token was seen.
+    /// `mean_x sum_k p_k cos(x, C_k)` (docs/algorithm.md "History"), 0 when no token was seen.
     pub fn objective(&self) -> f64 {
         if self.n_rows == 0 { 0.0 } else { self.objective_sum / self.n_rows as f64 }
     }

@@ -1,4 +1,4 @@
-//! Memberships of new data under fixed centers (the `transform` of SPEC 7).
+//! Memberships of new data under fixed centers (the `transform` of README "Use it from TypeScript").
 
 use crate::config::ClusteringConfig;
 use crate::error::{Error, Result};

@@ -311,7 +311,7 @@ pub(crate) struct RowSummary {
     pub objective: f32,
 }
 
-/// SPEC 2 on one row, in place: `row` holds cosines on entry and memberships on return.
+/// The membership formula (docs/algorithm.md "Memberships") on one row, in place: `row` holds cosines on entry and memberships on return.
 /// `scratch` is a `K`-long buffer. Uses an AVX2+FMA version when the CPU has it (the package is
 /// built for baseline x86-64 so that one binary runs everywhere, hence the runtime check).
 pub(crate) fn fused_softmax(row: &mut [f32], scratch: &mut [f32], inv_t: f32, min_m: f32) -> RowSummary {
@@ -536,7 +536,7 @@ fn dot_f64<T: Element>(a: &[T], c: &[f32]) -> f64 {
     lanes.iter().sum::<f64>() + tail
 }
 
-/// SPEC 2 on one row in float64, for tiny temperatures. `row` holds float32 cosines on entry
+/// The membership formula (docs/algorithm.md "Memberships") on one row in float64, for tiny temperatures. `row` holds float32 cosines on entry
 /// (memberships on return); `cosine(k)` recomputes one exactly. Only the cosines near the
 /// maximum, the ones that decide the result, are recomputed.
 fn softmax_exact(row: &mut [f32], cosine: impl Fn(usize) -> f64, params: MembershipParams) -> RowSummary {

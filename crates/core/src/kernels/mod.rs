@@ -21,7 +21,7 @@ pub struct Centers {
 }
 
 impl Centers {
-    /// Normalizes each row (SPEC 3: `initialCenters` are normalized on entry).
+    /// Normalizes each row (docs/algorithm.md "Init": `initialCenters` are normalized on entry).
     /// A zero, NaN or infinite row has no direction and is refused.
     pub fn from_rows(k: usize, d: usize, mut data: Vec<f32>) -> Result<Self> {
         if k == 0 || d == 0 || data.len() != k * d {
@@ -157,7 +157,7 @@ impl Element for f16 {
 /// Tokens per parallel task of `prepare_rows` (large enough to amortize scheduling).
 const PREPARE_GROUP: usize = 4096;
 
-/// Finds the real tokens, checks them for NaN/Inf (SPEC 1), computes their norms in float64
+/// Finds the real tokens, checks them for NaN/Inf (docs/formats.md "Input chunks"), computes their norms in float64
 /// and counts the all-zero ones as skipped.
 pub fn prepare_rows(tokens: &Tokens) -> Result<PreparedRows> {
     match tokens.activations {
@@ -408,7 +408,7 @@ pub(crate) fn check_shapes(centers: &Centers, tokens: &Tokens) -> Result<()> {
 
 impl PassOutput {
     /// Nonzero memberships as flattened `(batch, position, cluster)` triplets, sorted in that
-    /// order (SPEC 4), for tokens laid out `seq_len` to a sequence.
+    /// order (docs/formats.md "Memberships file"), for tokens laid out `seq_len` to a sequence.
     pub fn coo_indices(&self, seq_len: usize) -> Vec<i64> {
         let Some(sparse) = &self.sparse else { return Vec::new() };
         let seq_len = seq_len.max(1);

@@ -1,4 +1,4 @@
-// The CUDA side of SPEC 2, compiled at run time by NVRTC (no headers: NVRTC ships none by default).
+// The CUDA side of the membership formula (docs/algorithm.md "Memberships"), compiled at run time by NVRTC (no headers: NVRTC ships none by default).
 // Each kernel mirrors a step of `kernels/cpu.rs`; the similarity and `P^T X` products are cuBLAS.
 // Rows are handled one warp each: a row of K values stays in L1/L2 across the few passes the
 // softmax needs, so the N x K matrix goes through device memory once in and once out.
@@ -71,7 +71,7 @@ extern "C" __global__ void normalize_rows_f16(const unsigned short *raw, const d
     for (u32 i = threadIdx.x; i < d; i += blockDim.x) x[r * d + i] = half_to_float(raw[r * d + i]) * s;
 }
 
-// SPEC 2 on each row of `p` in place (cosines in, memberships out), as `fused_softmax_scalar`:
+// The membership formula (docs/algorithm.md "Memberships") on each row of `p` in place (cosines in, memberships out), as `fused_softmax_scalar`:
 // e = exp((c - max) / T); entries with e < min * sum(e) drop, except the largest; the rest are
 // renormalized. Also writes, per row, the argmax, the best cosine, sum_k p_k cos_k and the
 // number of nonzero memberships. One warp per row.
