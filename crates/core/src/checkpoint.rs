@@ -100,8 +100,8 @@ impl Checkpoint {
         if t.dtype() != Dtype::F32 || t.shape() != [config.n_clusters, config.d_model] {
             return Err(bad(format!("tensor `centers` is {:?} {:?}", t.dtype(), t.shape())));
         }
-        let data = t.data().chunks_exact(4).map(|c| f32::from_le_bytes(c.try_into().unwrap())).collect();
-        let centers = Centers::from_rows(config.n_clusters, config.d_model, data).map_err(|e| bad(e.to_string()))?;
+        let data: Vec<f32> = t.data().chunks_exact(4).map(|c| f32::from_le_bytes(c.try_into().unwrap())).collect();
+        let centers = Centers::from_saved(config.n_clusters, config.d_model, data).map_err(|e| bad(e.to_string()))?;
         Ok(Some(Checkpoint { config, centers, history, chunks, iterations_done }))
     }
 

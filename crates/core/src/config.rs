@@ -132,6 +132,8 @@ pub struct ClusteringConfig {
     pub n_exemplars: usize,
     pub context_window: usize,
     pub n_iterations: usize,
+    /// Hard k-means iterations on the init sample after k-means++ (none with `initialCenters`).
+    pub warmup_iterations: usize,
     pub seed: u64,
     pub tol: f64,
     #[serde(serialize_with = "as_string")]
@@ -141,7 +143,7 @@ pub struct ClusteringConfig {
 /// Field names accepted in a config object (`initialCenters` travels separately, as data).
 const FIELDS: &[&str] = &[
     "nClusters", "dModel", "temperature", "temperatureRule", "minMembership", "device", "nExemplars",
-    "contextWindow", "nIterations", "seed", "tol", "precision", "initialCenters",
+    "contextWindow", "nIterations", "warmupIterations", "seed", "tol", "precision", "initialCenters",
 ];
 
 /// Largest integer a JS number holds exactly; bigger "integers" have already lost digits.
@@ -160,6 +162,7 @@ impl ClusteringConfig {
             n_exemplars: 10,
             context_window: 8,
             n_iterations: 10,
+            warmup_iterations: 10,
             seed: 0,
             tol: 1e-7,
             precision: Precision::Float32,
@@ -192,6 +195,7 @@ impl ClusteringConfig {
         if let Some(v) = integer(map, "nExemplars")? { c.n_exemplars = v as usize; }
         if let Some(v) = integer(map, "contextWindow")? { c.context_window = v as usize; }
         if let Some(v) = integer(map, "nIterations")? { c.n_iterations = v as usize; }
+        if let Some(v) = integer(map, "warmupIterations")? { c.warmup_iterations = v as usize; }
         if let Some(v) = integer(map, "seed")? { c.seed = v; }
         if let Some(v) = number(map, "tol")? { c.tol = v; }
         if let Some(v) = map.get("precision") {
@@ -261,7 +265,7 @@ mod tests {
         assert_eq!(c.temperature, Temperature::Auto);
         assert_eq!(c.min_membership, 0.01);
         assert_eq!(c.device, Device::Auto);
-        assert_eq!((c.n_exemplars, c.context_window, c.n_iterations, c.seed), (10, 8, 10, 0));
+        assert_eq!((c.n_exemplars, c.context_window, c.n_iterations, c.warmup_iterations, c.seed), (10, 8, 10, 10, 0));
         assert_eq!(c.tol, 1e-7);
         assert_eq!(c.precision, Precision::Float32);
     }
@@ -281,6 +285,7 @@ mod tests {
         assert_eq!(field_of(json!({"nClusters": 2, "dModel": 4, "device": "tpu"})), "device");
         assert_eq!(field_of(json!({"nClusters": 2, "dModel": 4, "device": "cuda:"})), "device");
         assert_eq!(field_of(json!({"nClusters": 2, "dModel": 4, "nIterations": 1.5})), "nIterations");
+        assert_eq!(field_of(json!({"nClusters": 2, "dModel": 4, "warmupIterations": -1})), "warmupIterations");
         assert_eq!(field_of(json!({"nClusters": 2, "dModel": 4, "clusters": 3})), "clusters");
         assert_eq!(field_of(json!({"nClusters": 2, "dModel": 4, "precision": "fp16"})), "precision");
         assert_eq!(field_of(json!({"nClusters": 2, "dModel": 4, "precision": 32})), "precision");

@@ -7,7 +7,8 @@ use crate::checkpoint::{Checkpoint, ChunkFingerprint};
 use crate::config::ClusteringConfig;
 use crate::error::{Error, Result};
 use crate::exemplars::{self, ExemplarHeaps};
-use crate::init::{kmeans_plus_plus, sample_size};
+use crate::config::Temperature;
+use crate::init::{sample_size, start, suggested_temperature};
 use crate::kernels::{Backend, Centers, MembershipParams, Tokens, Want};
 use crate::memberships_file;
 use crate::model::{HistoryEntry, Model};
@@ -19,6 +20,14 @@ use std::time::Instant;
 
 /// Memberships smaller than this (in tokens' worth) leave a cluster empty.
 const EMPTY_MASS: f64 = 1e-6;
+
+/// Two centers closer than this cosine are twins: one cluster's worth of tokens split in two
+/// (docs/algorithm.md "Twins").
+pub const TWIN_COSINE: f64 = 0.99;
+
+/// A fit whose final mean normalized partition entropy is at least this is collapsed: tokens
+/// belong to nearly every cluster alike.
+pub const COLLAPSED_ENTROPY: f64 = 0.9;
 
 pub struct FitRequest<'a> {
     pub config: &'a ClusteringConfig,
@@ -43,19 +52,23 @@ pub fn fit_chunks(request: FitRequest, backend: &dyn Backend, progress: &mut dyn
     remove_stale_temporaries(output_dir);
 
     let checkpoint = if resume { Checkpoint::load(output_dir)? } else { None };
-    let (mut centers, mut history, mut iterations_done) = match checkpoint {
+    // `config` with the temperature as a number (chosen at init when it is `auto`).
+    let (config, mut centers, mut history, mut iterations_done) = match checkpoint {
         Some(cp) => {
-            cp.check_matches(config, &fingerprints)?;
-            (cp.centers, cp.history, cp.iterations_done)
+            let resumed = match (config.temperature, &cp.config.temperature_rule) {
+                (Temperature::Auto, Some(rule)) => ClusteringConfig { temperature: cp.config.temperature, temperature_rule: Some(rule.clone()), ..config.clone() },
+                _ => config.clone(),
+            };
+            cp.check_matches(&resumed, &fingerprints)?;
+            (resumed, cp.centers, cp.history, cp.iterations_done)
         }
         None => {
-            let centers = match initial_centers {
-                Some(c) => c,
-                None => kmeans_plus_plus(config, chunks, backend, progress)?,
-            };
-            (centers, Vec::new(), false)
+            let start = start(config, initial_centers, chunks, backend, progress)?;
+            let resolved = ClusteringConfig { temperature: Temperature::Fixed(start.temperature), temperature_rule: start.temperature_rule, ..config.clone() };
+            (resolved, start.centers, Vec::new(), false)
         }
     };
+    let config = &config;
 
     let params = MembershipParams::try_from(config)?;
     let mut iteration = history.len();
@@ -72,7 +85,7 @@ pub fn fit_chunks(request: FitRequest, backend: &dyn Backend, progress: &mut dyn
         if stats.n_rows == 0 {
             return Err(Error::invalid_input("chunks", "hold no real, non-zero tokens to cluster"));
         }
-        let (next, reseeds) = updated_centers(&centers, &stats);
+        let (next, reseeds, twins) = updated_centers(&centers, &stats, backend)?;
         let max_shift = (0..centers.k)
             .map(|c| 1.0 - centers.row(c).iter().zip(next.row(c)).map(|(&a, &b)| f64::from(a) * f64::from(b)).sum::<f64>())
             .fold(0.0, f64::max);
@@ -82,6 +95,7 @@ pub fn fit_chunks(request: FitRequest, backend: &dyn Backend, progress: &mut dyn
             max_shift,
             mass: stats.mass.clone(),
             reseeds,
+            twins,
             skipped: stats.skipped,
             seconds: started.elapsed().as_secs_f64(),
         });
@@ -94,14 +108,29 @@ pub fn fit_chunks(request: FitRequest, backend: &dyn Backend, progress: &mut dyn
     let started = Instant::now();
     let mut heaps = ExemplarHeaps::new(config.n_clusters, config.n_exemplars);
     let mut pass = backend.begin_pass(config.n_clusters, config.d_model, false);
+    let mut entropy_sum = 0f64;
     stream_chunks(chunks, config.d_model, |i, chunk| {
         let out = pass.run(&centers, &Tokens::from_chunk(&chunk, i), params, Want { sparse: true, ..Want::default() })?;
+        entropy_sum += out.sparse.as_ref().map_or(0.0, |s| s.value.iter().filter(|&&p| p > 0.0).map(|&p| -f64::from(p) * f64::from(p).ln()).sum());
         exemplars::collect(&mut heaps, &chunk, i, &out, config.context_window);
         memberships_file::write_for_chunk(output_dir, &names[i], &chunk, &out, config.n_clusters)?;
         report(progress, Phase::Output, 0, config.n_iterations, i, chunks.len(), pass.n_rows(), started);
         Ok(())
     })?;
     let stats = pass.finish()?;
+    let entropy = if config.n_clusters > 1 && stats.n_rows > 0 { entropy_sum / stats.n_rows as f64 / (config.n_clusters as f64).ln() } else { 0.0 };
+    let twins = twin_pairs(&centers, backend)?.len();
+    let mut warnings = Vec::new();
+    if twins > 0 || entropy >= COLLAPSED_ENTROPY {
+        let t = params.temperature;
+        let suggestion = match config.temperature_rule {
+            Some(_) => "it was chosen by \"auto\"; try more nIterations or fewer clusters".to_string(),
+            None => format!("temperature \"auto\" would choose {:.3} for this data", suggested_temperature(config, chunks, backend)?),
+        };
+        warnings.push(format!(
+            "the fit ended collapsed at temperature {t}: {twins} twin center pairs above cosine {TWIN_COSINE}, partition entropy {entropy:.3} (1 = every token in every cluster alike); {suggestion}"
+        ));
+    }
 
     let model = Model {
         config: config.clone(),
@@ -111,6 +140,7 @@ pub fn fit_chunks(request: FitRequest, backend: &dyn Backend, progress: &mut dyn
         exemplars: heaps.into_sorted(),
         history,
         chunks: names,
+        warnings,
     };
     model.save(&output_dir.join("model.safetensors"))?;
     // The model is the final state; the checkpoint has done its job.
@@ -145,25 +175,51 @@ fn available_memory() -> Option<u64> {
     Some(kib * 1024)
 }
 
-/// `C_k = S_k / |S_k|`; a cluster left empty moves to the next token of the pass with the lowest
-/// best-cosine (docs/algorithm.md "Empty clusters"). Returns the new centers and the number of reseeds.
-fn updated_centers(old: &Centers, stats: &PassStats) -> (Centers, usize) {
+/// Pairs `(a, b)`, `a < b`, of centers closer than `TWIN_COSINE`.
+fn twin_pairs(centers: &Centers, backend: &dyn Backend) -> Result<Vec<(usize, usize)>> {
+    let k = centers.k;
+    let cosines = backend.cosines(&centers.data, &centers.data, centers.d)?;
+    Ok((0..k).flat_map(|a| (a + 1..k).map(move |b| (a, b))).filter(|&(a, b)| f64::from(cosines[a * k + b]) > TWIN_COSINE).collect())
+}
+
+/// `C_k = S_k / |S_k|`. A cluster left empty, and the later center of each twin pair (unless
+/// most centers are twins: a temperature that collapses everything, where reseeding cannot
+/// help and the fit warns instead), moves to the next token of the pass with the lowest
+/// best-cosine (docs/algorithm.md "Empty clusters and twins"). Returns the new centers, the
+/// number of reseeds and the number of twin pairs found.
+fn updated_centers(old: &Centers, stats: &PassStats, backend: &dyn Backend) -> Result<(Centers, usize, usize)> {
     let (k, d) = (old.k, old.d);
     let mut data = Vec::with_capacity(k * d);
-    let mut candidates = stats.farthest.iter();
-    let mut reseeds = 0;
+    let mut empty = vec![false; k];
     for c in 0..k {
         let s = &stats.s[c * d..(c + 1) * d];
         let norm = s.iter().map(|v| v * v).sum::<f64>().sqrt();
         if stats.mass[c] > EMPTY_MASS && norm > EMPTY_MASS {
             data.extend(s.iter().map(|v| (v / norm) as f32));
-        } else if let Some(token) = candidates.next() {
-            data.extend_from_slice(&token.vector);
-            reseeds += 1;
         } else {
             data.extend_from_slice(old.row(c));
+            empty[c] = true;
         }
     }
-    (Centers { k, d, data }, reseeds)
+    let mut next = Centers { k, d, data };
+    let pairs = twin_pairs(&next, backend)?;
+    let mut twin = vec![false; k];
+    for &(a, b) in &pairs {
+        if !empty[a] && !empty[b] && !twin[a] {
+            twin[b] = true;
+        }
+    }
+    let collapsed = 2 * twin.iter().filter(|&&t| t).count() > k;
+    let mut candidates = stats.farthest.iter();
+    let mut reseeds = 0;
+    for c in 0..k {
+        if empty[c] || (twin[c] && !collapsed) {
+            if let Some(token) = candidates.next() {
+                next.data[c * d..(c + 1) * d].copy_from_slice(&token.vector);
+                reseeds += 1;
+            }
+        }
+    }
+    Ok((next, reseeds, pairs.len()))
 }
 

@@ -1,7 +1,8 @@
-//! Init of a fit (docs/algorithm.md "Init"): a seeded uniform sample of real tokens, spherical
-//! k-means++ over it. Its products go through the backend.
+//! Init of a fit (docs/algorithm.md "Init" and "Temperature"): a seeded uniform sample of real
+//! tokens, spherical k-means++ over it, hard warm-up iterations, and the automatic temperature
+//! chosen from the warmed-up clusters. Its products go through the backend.
 
-use crate::config::ClusteringConfig;
+use crate::config::{ClusteringConfig, Temperature};
 use crate::error::{Error, Result};
 use crate::kernels::{prepare_rows, unit_row, Backend, Centers, Tokens};
 use crate::stream::{report, reservoir_slot, stream_chunks, Phase, Progress};
@@ -15,11 +16,10 @@ pub fn sample_size(k: usize) -> usize {
     (8 * k).clamp(4096, 32768).max(k)
 }
 
-/// Spherical k-means++ (distance `1 - cos`) over a seeded uniform sample of real tokens.
-pub fn kmeans_plus_plus(config: &ClusteringConfig, chunks: &[PathBuf], backend: &dyn Backend, progress: &mut dyn FnMut(&Progress)) -> Result<Centers> {
+/// A seeded uniform sample (reservoir, algorithm R) of the unit vectors of real tokens.
+fn sample_tokens(config: &ClusteringConfig, chunks: &[PathBuf], rng: &mut ChaCha8Rng, progress: &mut dyn FnMut(&Progress)) -> Result<Vec<f32>> {
     let (k, d) = (config.n_clusters, config.d_model);
     let capacity = sample_size(k);
-    let mut rng = ChaCha8Rng::seed_from_u64(config.seed);
     let mut sample: Vec<f32> = Vec::with_capacity(capacity * d);
     let mut seen: u64 = 0;
     let started = Instant::now();
@@ -28,7 +28,7 @@ pub fn kmeans_plus_plus(config: &ClusteringConfig, chunks: &[PathBuf], backend: 
         let tokens = Tokens::from_chunk(&chunk, i);
         let rows = prepare_rows(&tokens)?;
         for (&t, &inv) in rows.token.iter().zip(&rows.inv_norm) {
-            let slot = reservoir_slot(&mut rng, seen, capacity);
+            let slot = reservoir_slot(rng, seen, capacity);
             if slot == Some(sample.len() / d) {
                 sample.resize(sample.len() + d, 0.0);
             }
@@ -47,6 +47,12 @@ pub fn kmeans_plus_plus(config: &ClusteringConfig, chunks: &[PathBuf], backend: 
             format!("hold {n} real, non-zero tokens, fewer than nClusters = {k}"),
         ));
     }
+    Ok(sample)
+}
+
+/// Spherical k-means++ (distance `1 - cos`) over the unit rows of `sample`.
+fn kmeans_plus_plus(sample: &[f32], k: usize, d: usize, rng: &mut ChaCha8Rng, backend: &dyn Backend) -> Result<Centers> {
+    let n = sample.len() / d;
     let row = |i: usize| &sample[i * d..(i + 1) * d];
     // Cosines of every sampled token to each of `candidates`, `[n, t]`.
     let cosines_to = |candidates: &[usize]| -> Result<Vec<f32>> {
@@ -85,4 +91,161 @@ pub fn kmeans_plus_plus(config: &ClusteringConfig, chunks: &[PathBuf], backend: 
     }
     let data = chosen.iter().flat_map(|&i| sample[i * d..(i + 1) * d].iter().copied()).collect();
     Centers::from_rows(k, d, data)
+}
+
+
+/// What init hands the iterations: the starting centers and the temperature to use.
+#[derive(Debug, Clone)]
+pub struct Start {
+    pub centers: Centers,
+    pub temperature: f64,
+    /// How an `auto` temperature was chosen; `None` when the user gave it.
+    pub temperature_rule: Option<String>,
+}
+
+/// Divides the low quantile of the pair merge temperatures (see `auto_temperature`).
+pub const AUTO_MARGIN: f64 = 3.0;
+/// Which quantile of the pair merge temperatures `auto` starts from.
+pub const AUTO_QUANTILE: f64 = 0.1;
+/// Bounds of an `auto` temperature.
+const AUTO_RANGE: (f64, f64) = (1e-3, 1.0);
+
+/// Init of a fit. With `initial` centers and a numeric temperature nothing is read; otherwise
+/// the seeded sample is drawn, k-means++ and the hard warm-up run on it (not with `initial`),
+/// and an `auto` temperature is chosen from the clusters of the sample.
+pub fn start(config: &ClusteringConfig, initial: Option<Centers>, chunks: &[PathBuf], backend: &dyn Backend, progress: &mut dyn FnMut(&Progress)) -> Result<Start> {
+    if let (Some(centers), Temperature::Fixed(t)) = (&initial, config.temperature) {
+        return Ok(Start { centers: centers.clone(), temperature: t, temperature_rule: None });
+    }
+    let (k, d) = (config.n_clusters, config.d_model);
+    let mut rng = ChaCha8Rng::seed_from_u64(config.seed);
+    let sample = sample_tokens(config, chunks, &mut rng, progress)?;
+    let centers = match initial {
+        Some(c) => c,
+        None => {
+            let centers = kmeans_plus_plus(&sample, k, d, &mut rng, backend)?;
+            warm_up(&sample, centers, config.warmup_iterations, backend)?
+        }
+    };
+    match config.temperature {
+        Temperature::Fixed(t) => Ok(Start { centers, temperature: t, temperature_rule: None }),
+        Temperature::Auto => {
+            let (t, rule) = auto_temperature(&sample, &centers, backend)?;
+            Ok(Start { centers, temperature: t, temperature_rule: Some(rule) })
+        }
+    }
+}
+
+/// The temperature `auto` would choose for these chunks (for the collapse warning of a fit run
+/// at a numeric temperature): the same sample, k-means++ and warm-up as `start`.
+pub fn suggested_temperature(config: &ClusteringConfig, chunks: &[PathBuf], backend: &dyn Backend) -> Result<f64> {
+    let auto = ClusteringConfig { temperature: Temperature::Auto, temperature_rule: None, ..config.clone() };
+    start(&auto, None, chunks, backend, &mut |_| {}).map(|s| s.temperature)
+}
+
+/// Index of the best center of each sample row (ties: the lowest index) and its cosine.
+fn assign(sample: &[f32], centers: &Centers, backend: &dyn Backend) -> Result<Vec<(usize, f32)>> {
+    let k = centers.k;
+    let cosines = backend.cosines(sample, &centers.data, centers.d)?;
+    Ok(cosines
+        .chunks_exact(k)
+        .map(|row| row.iter().enumerate().fold((0, f32::NEG_INFINITY), |best, (c, &v)| if v > best.1 { (c, v) } else { best }))
+        .collect())
+}
+
+/// Hard spherical k-means on the sample: each row goes to its nearest center, each center to
+/// the normalized sum of its rows. A center left without rows moves to the sample row worst
+/// covered by the others (lowest best cosine, earliest first). Stops early when nothing moves.
+fn warm_up(sample: &[f32], mut centers: Centers, iterations: usize, backend: &dyn Backend) -> Result<Centers> {
+    let (k, d) = (centers.k, centers.d);
+    let mut previous: Vec<usize> = Vec::new();
+    for _ in 0..iterations {
+        let best = assign(sample, &centers, backend)?;
+        let owner: Vec<usize> = best.iter().map(|b| b.0).collect();
+        if owner == previous {
+            break;
+        }
+        let mut sums = vec![0f64; k * d];
+        for (row, &c) in sample.chunks_exact(d).zip(&owner) {
+            sums[c * d..(c + 1) * d].iter_mut().zip(row).for_each(|(s, &x)| *s += f64::from(x));
+        }
+        let mut worst: Vec<usize> = (0..best.len()).collect();
+        worst.sort_by(|&a, &b| best[a].1.total_cmp(&best[b].1).then(a.cmp(&b)));
+        let mut worst = worst.into_iter();
+        for c in 0..k {
+            let s = &sums[c * d..(c + 1) * d];
+            let norm = s.iter().map(|v| v * v).sum::<f64>().sqrt();
+            let row = &mut centers.data[c * d..(c + 1) * d];
+            if norm > 0.0 {
+                row.iter_mut().zip(s).for_each(|(r, v)| *r = (v / norm) as f32);
+            } else if let Some(i) = worst.next() {
+                row.copy_from_slice(&sample[i * d..(i + 1) * d]);
+            }
+        }
+        previous = owner;
+    }
+    Ok(centers)
+}
+
+/// The `auto` temperature (docs/algorithm.md "Temperature"). Soft k-means keeps two clusters
+/// apart only while the temperature is below the one at which their union would rather be one
+/// cluster: linearizing the update around a single center `m/|m|` shows that center splits
+/// along a unit direction `u` exactly when `T < Var(x . u) / |mean x|` over the union. For each
+/// cluster of the sample and its nearest other center, this merge temperature is measured
+/// along the line joining the two centers; `auto` is a low quantile of them divided by a
+/// margin, so that nearly all neighbouring clusters stay apart.
+pub fn auto_temperature(sample: &[f32], centers: &Centers, backend: &dyn Backend) -> Result<(f64, String)> {
+    let (k, d) = (centers.k, centers.d);
+    let best = assign(sample, centers, backend)?;
+    let center_cos = backend.cosines(&centers.data, &centers.data, d)?;
+    let mut members: Vec<Vec<usize>> = vec![Vec::new(); k];
+    for (i, &(c, _)) in best.iter().enumerate() {
+        members[c].push(i);
+    }
+    let mut merge: Vec<f64> = Vec::new();
+    for a in 0..k {
+        let nearest = (0..k).filter(|&b| b != a).fold(None, |best: Option<usize>, b| match best {
+            Some(x) if center_cos[a * k + x] >= center_cos[a * k + b] => Some(x),
+            _ => Some(b),
+        });
+        let Some(b) = nearest else { continue };
+        let union: Vec<usize> = members[a].iter().chain(&members[b]).copied().collect();
+        if members[a].len() < 2 || members[b].len() < 2 {
+            continue;
+        }
+        let mut u: Vec<f64> = centers.row(a).iter().zip(centers.row(b)).map(|(&x, &y)| f64::from(x) - f64::from(y)).collect();
+        let norm = u.iter().map(|v| v * v).sum::<f64>().sqrt();
+        if norm == 0.0 {
+            continue;
+        }
+        u.iter_mut().for_each(|v| *v /= norm);
+        let mut mean = vec![0f64; d];
+        let (mut sum, mut sum_sq) = (0f64, 0f64);
+        for &i in &union {
+            let row = &sample[i * d..(i + 1) * d];
+            let along: f64 = row.iter().zip(&u).map(|(&x, &v)| f64::from(x) * v).sum();
+            sum += along;
+            sum_sq += along * along;
+            mean.iter_mut().zip(row).for_each(|(m, &x)| *m += f64::from(x));
+        }
+        let n = union.len() as f64;
+        let variance = (sum_sq / n - (sum / n).powi(2)).max(0.0);
+        let mean_norm = mean.iter().map(|v| v * v).sum::<f64>().sqrt() / n;
+        if mean_norm > 0.0 {
+            merge.push(variance / mean_norm);
+        }
+    }
+    if merge.is_empty() {
+        // One cluster, or too few tokens to measure: memberships barely depend on T.
+        return Ok((0.1, "auto: no pair of clusters to measure on the sample; 0.1".into()));
+    }
+    merge.sort_by(f64::total_cmp);
+    let at = merge[((merge.len() - 1) as f64 * AUTO_QUANTILE).floor() as usize];
+    let t = (at / AUTO_MARGIN).clamp(AUTO_RANGE.0, AUTO_RANGE.1);
+    let rule = format!(
+        "auto: {}th percentile of the {} neighbour-pair merge temperatures on the init sample ({at:.4}) / {AUTO_MARGIN}",
+        (AUTO_QUANTILE * 100.0).round(),
+        merge.len()
+    );
+    Ok((t, rule))
 }

