@@ -335,10 +335,14 @@ def run(args):
 
 
 def cli_version():
+    """The commit of the checkout the CLI lives in, `+ changes` when crates/ or ts/ differ from it."""
+    repo = os.path.dirname(os.path.dirname(os.path.abspath(cli_path())))
     try:
-        out = subprocess.run(["git", "-C", os.path.dirname(os.path.dirname(os.path.abspath(cli_path()))), "log", "-1",
-                              "--format=%h %s"], capture_output=True, text=True, timeout=30).stdout.strip()
-        return out[:100] or None
+        head = subprocess.run(["git", "-C", repo, "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
+                              timeout=30).stdout.strip()
+        dirty = subprocess.run(["git", "-C", repo, "status", "--porcelain", "--", "crates", "ts"], capture_output=True,
+                               text=True, timeout=30).stdout.strip()
+        return (head + (" + uncommitted changes in crates/ or ts/" if dirty else "")) or None
     except (OSError, subprocess.SubprocessError):
         return None
 
@@ -474,6 +478,12 @@ def write_block(r, results_path):
             lines += ["", "Targets (ours: hard >= FAISS, no twins > 0.99, no empty cluster): " + "; ".join(verdict) + "."]
         if failed:
             lines += ["", "Could not run:"] + [f"- {LABEL[x['peer']]} (K = {x['k']}): {x['failed']}" for x in failed]
+    ours_rows = [x for d in r["datasets"] for x in d["rows"] if x["peer"] == "ours" and "failed" not in x]
+    if ours_rows:
+        gap = max(max(abs(x["soft_objective"] - x["centers_metrics"]["soft_objective_T"]),
+                      abs(x["entropy"] - x["centers_metrics"]["entropy_T"])) for x in ours_rows)
+        lines += ["", f"Check: ours' memberships files against the softmax recomputed here from its centers at its T and "
+                      f"minMembership: soft objective and entropy agree to {gap:.1e} (largest difference, all rows)."]
     p = r.get("planted")
     if p:
         lines += ["", f"### Planted check (K = {p['k']})", "",
