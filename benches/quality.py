@@ -3,7 +3,7 @@ FAISS spherical k-means and scikit-learn KMeans on real all-MiniLM-L6-v2 hidden 
 planted-data check at K = 64 on the harness's generator.
 
     python3 benches/quality.py run [--layers 1,4,6] [--clusters 48,128,512] [--planted-tokens N]
-        [--no-planted] [--faiss-seeds 0,1,2] [--sklearn-n-init 1] [--timeout S] [--results FILE]
+        [--no-planted] [--faiss-seeds 0,1,2] [--sklearn-n-init 1] [--timeout S] [--results FILE] [--json FILE]
     python3 benches/quality.py data [--layers 1,4,6]     # only make (or check) the datasets
     python3 benches/quality.py faiss   --chunks DIR --clusters K --seeds 0,1,2 --out DIR
     python3 benches/quality.py sklearn --chunks DIR --clusters K --seed S --n-init N --out DIR
@@ -41,8 +41,9 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
 sys.path.insert(0, HERE)
 import fit  # noqa: E402  (the planted generator, chunk loading, memberships_from_sims)
-import harness  # noqa: E402  (the spawner, token loading, the planted data's folder and size)
+import harness  # noqa: E402  (token loading, the planted data's folder and size)
 from results_md import replace_block  # noqa: E402
+from spawner import PeerFailed, Spawner, json_line  # noqa: E402
 
 TEXTS = ["GPL-2", "LGPL-2.1", "LGPL-3", "MPL-1.1", "GFDL-1.3", "GPL-1"]
 LICENSES = "/usr/share/common-licenses"
@@ -225,7 +226,7 @@ def run_peer(ctx, k, peer):
     cmd = [sys.executable, os.path.abspath(__file__), peer, "--chunks", ctx["chunk_dir"], "--clusters", k, "--out", out]
     cmd += ["--seeds", ctx["faiss_seeds"]] if peer == "faiss" else ["--seed", 0, "--n-init", ctx["sklearn_n_init"]]
     res = ctx["spawner"].run(f"{ctx['name']}-{peer}-k{k}", cmd, ctx["timeout"])
-    js = harness.json_line(res, f"quality.py {peer}")
+    js = json_line(res, f"quality.py {peer}")
     row = {"peer": peer, "wall_s": res["wall_s"], "peak_rss_mib": res["peak_rss_mib"], "raw": js}
     runs = []
     for r in js["runs"]:
@@ -301,7 +302,7 @@ def planted(args, spawner, timeout):
                 if "temperature" not in ctx:
                     ctx.update(temperature=fit.TEMPERATURE, min_membership=fit.MIN_MEMBERSHIP)
                 row, c = run_peer(ctx, PLANTED_K, "faiss")
-        except (harness.PeerFailed, OSError, ValueError, KeyError) as e:
+        except (PeerFailed, OSError, ValueError, KeyError) as e:
             rows.append({"peer": peer, "failed": f"{type(e).__name__}: {e}"})
             continue
         best = (truth["directions"] @ c.T).max(axis=1)
@@ -321,14 +322,14 @@ def planted(args, spawner, timeout):
 
 def run(args):
     started = time.perf_counter()
-    spawner = harness.Spawner(os.path.join(OUT, "logs"))   # first, while the driver is small
+    spawner = Spawner(os.path.join(OUT, "logs"))   # first, while the driver is small
     try:
         results = drive(args, spawner)
     finally:
         spawner.close()
     results["wall_seconds"] = time.perf_counter() - started
     results["machine"]["load_average_at_end"] = os.getloadavg()[0]
-    with open(os.path.join(HERE, "quality-results.json"), "w") as fh:
+    with open(args.json, "w") as fh:
         json.dump(results, fh, indent=1)
     write_block(results, args.results)
     print(f"quality: {results['wall_seconds']:.0f} s in all", file=sys.stderr)
@@ -388,7 +389,7 @@ def drive(args, spawner):
                             ctx.update(temperature=fit.TEMPERATURE, min_membership=fit.MIN_MEMBERSHIP)
                         row, _ = run_peer(ctx, k, peer)
                         row["scored_at_temperature"] = ctx["temperature"]
-                except (harness.PeerFailed, OSError, ValueError, KeyError) as e:
+                except (PeerFailed, OSError, ValueError, KeyError) as e:
                     row = {"peer": peer, "failed": f"{type(e).__name__}: {e}"}
                     print(f"  {peer} K={k}: could not run: {row['failed']}", file=sys.stderr, flush=True)
                 row["k"] = k
@@ -522,7 +523,8 @@ def main():
                    help=f"tokens of the planted data, padding included (default {harness.DEFAULT_TOKENS:,}, the harness's)")
     r.add_argument("--no-planted", action="store_true", help="skip the planted check")
     r.add_argument("--timeout", type=float, default=DEFAULT_TIMEOUT, help="seconds per fit process")
-    r.add_argument("--results", default=os.path.join(HERE, "RESULTS.md"))
+    r.add_argument("--results", default=os.path.join(HERE, "RESULTS.md"), help="the markdown file to write the block into")
+    r.add_argument("--json", default=os.path.join(HERE, "quality-results.json"), help="where the raw figures go")
     d = sub.add_parser("data", help="make (or check) the datasets only")
     d.add_argument("--layers", default=",".join(map(str, LAYERS)))
     f = sub.add_parser("faiss", help="FAISS fits (run by the driver)")
