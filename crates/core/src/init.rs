@@ -11,9 +11,10 @@ use rand_chacha::ChaCha8Rng;
 use std::path::PathBuf;
 use std::time::Instant;
 
-/// Tokens sampled for k-means++: enough per cluster, small enough to stay in cache.
+/// Tokens sampled for init: enough per cluster for the warm-up and the temperature rule to see
+/// each cluster's spread (64 per cluster, at least 16384), at most 65536 rows (96 MiB at D = 384).
 pub fn sample_size(k: usize) -> usize {
-    (8 * k).clamp(4096, 32768).max(k)
+    (64 * k).clamp(16384, 65536).max(k)
 }
 
 /// A seeded uniform sample (reservoir, algorithm R) of the unit vectors of real tokens.
