@@ -12,16 +12,22 @@ export declare const __napiBindingTarget: 'native' | 'wasm32-wasi' | 'wasm32-was
 /** A clustering model: config, centers and, once fitted, statistics, exemplars and history. */
 export declare class NativeModel {
   /**
-   * `configJson` is validated (defaults filled in); `initialCenters`, if given, must hold
+   * `config` is validated (defaults filled in); `initialCenters`, if given, must hold
    * `nClusters * dModel` values and is normalized row by row.
    */
-  constructor(configJson: string, initialCenters?: Float32Array | undefined | null)
-  /** The full config as JSON. */
-  get configJson(): string
+  constructor(config: ClusteringConfig, initialCenters?: Float32Array | undefined | null)
+  /**
+   * The config with every default filled in: the fitted or loaded model's (with the
+   * temperature a fit chose for `"auto"`), else the one this instance was made with.
+   */
+  get config(): ResolvedConfig
   /** A copy of the centers `[K * D]`, or null before the model has any. */
   get centers(): Float32Array | null
-  /** Cluster mass, counts, exemplars, history and chunk names as JSON (null before any centers). */
-  summaryJson(): string | null
+  /**
+   * Cluster mass, counts, exemplars, history, chunk names and the device of the last fit
+   * (null before there are centers).
+   */
+  summary(): ModelSummary | null
   /**
    * Memberships of `activations` (`shape` `[B, S, D]` or `[T, D]`) on the calling thread.
    * The typed arrays are read in place, without a copy.
@@ -29,35 +35,37 @@ export declare class NativeModel {
   transform(activations: Float32Array, shape: Array<number>, attentionMask: Uint8Array | undefined | null, dense: boolean): TransformOutput
   /** The same as `transform`, on the libuv thread pool (the arrays are kept alive, not copied). */
   transformAsync(activations: Float32Array, shape: Array<number>, attentionMask: Uint8Array | undefined | null, dense: boolean): Promise<TransformOutput>
-  /** Quality metrics of a batch of tokens (the core's `Analysis` as JSON). */
-  analyzeJson(activations: Float32Array, shape: Array<number>, attentionMask?: Uint8Array | undefined | null, tokenIds?: BigInt64Array | undefined | null, options?: AnalyzeParams | undefined | null): string
-  /** Quality metrics over chunk files, streamed off the JS thread; resolves with the JSON. */
-  analyzeChunks(chunkPaths: Array<string>, options?: AnalyzeParams | undefined | null, onProgress?: ((progress: FitProgress) => void) | undefined | null): Promise<string>
+  /** Quality metrics of a batch of tokens, on the calling thread. */
+  analyze(activations: Float32Array, shape: Array<number>, attentionMask?: Uint8Array | undefined | null, tokenIds?: BigInt64Array | undefined | null, options?: AnalyzeParams | undefined | null): ClusterAnalysis
+  /** Quality metrics over chunk files, streamed on the libuv thread pool. */
+  analyzeChunks(chunkPaths: Array<string>, options?: AnalyzeParams | undefined | null, onProgress?: ((progress: FitProgress) => void) | undefined | null): Promise<ClusterAnalysis>
   /**
-   * Streams over the chunk files, fits, writes the outputs into `outputDir` (docs/algorithm.md "Fitting" and docs/formats.md "Memberships file") and
+   * Streams over the chunk files, fits on the device `choose_backend` picks, writes the outputs
+   * into `outputDir` (docs/algorithm.md "Fitting" and docs/formats.md "Memberships file") and
    * keeps the fitted model. Runs on the libuv pool; `onProgress` is called after every chunk.
+   * Resolves with the history; `summary().device` says where it ran and why.
    */
-  fitChunks(chunkPaths: Array<string>, outputDir: string, onProgress?: ((progress: FitProgress) => void) | undefined | null, resume?: boolean | undefined | null): Promise<string>
+  fitChunks(chunkPaths: Array<string>, outputDir: string, onProgress?: ((progress: FitProgress) => void) | undefined | null, resume?: boolean | undefined | null): Promise<Array<HistoryEntry>>
   /**
    * Writes `<outputDir>/<chunk>.memberships.npz` for every chunk under this model's centers,
-   * off the JS thread. Resolves with the number of token rows written.
+   * on the libuv pool. Resolves with the number of token rows written.
    */
   transformChunks(chunkPaths: Array<string>, outputDir: string, onProgress?: ((progress: FitProgress) => void) | undefined | null): Promise<number>
-  /** Writes the model file (docs/formats.md "Model file") atomically, off the JS thread. */
+  /** Writes the model file (docs/formats.md "Model file") atomically, on the libuv pool. */
   save(path: string): Promise<void>
-  /** Reads a model file, off the JS thread. */
+  /** Reads a model file, on the libuv pool. */
   static load(path: string): Promise<NativeModel>
 }
 
 /** Options of the metrics; absent fields take the core's defaults. */
 export interface AnalyzeParams {
-  /** Token ids listed per cluster (10). */
+  /** How many token ids to list per cluster (default 10). */
   topTokens?: number
-  /** Bins of each cluster's membership histogram (10). */
+  /** Bins of each cluster's membership histogram over (0, 1] (default 10). */
   histogramBins?: number
-  /** Most tokens in the silhouette's sample (2000). */
+  /** Most tokens in the silhouette's seeded sample (default 2000). */
   silhouetteSample?: number
-  /** Seed of the silhouette's sample (0). */
+  /** Seed of that sample (default 0). */
   seed?: number
 }
 
@@ -76,9 +84,116 @@ export interface ChunkData {
 /** `[B, S, D]` of a chunk, from its header alone (no data is read). */
 export declare function chunkShape(path: string): Array<number>
 
-/** Reported after every chunk of a fit. */
+/** Everything `analyze` computes (the core's `Analysis`). */
+export interface ClusterAnalysis {
+  nClusters: number
+  overall: OverallStats
+  clusters: Array<ClusterStats>
+  /** cos(C_j, C_l), `[K][K]`. */
+  centerSimilarity: Array<Array<number>>
+  /** Each center on the first two principal components of the centers. */
+  centerMap: Array<[number, number]>
+  /** Share of the centers' variance along those two components. */
+  centerMapVariance: [number, number]
+}
+
+/**
+ * The config (docs/algorithm.md "Config"). Only `nClusters` and `dModel` are required; the core
+ * fills in the defaults.
+ */
+export interface ClusteringConfig {
+  nClusters: number
+  dModel: number
+  /**
+   * Softmax temperature on cosine similarities: a number > 0, or `"auto"` (the default), which
+   * a fit chooses from the data during init.
+   */
+  temperature?: number | 'auto'
+  /**
+   * How a fit chose `temperature` when it was `"auto"`. Written by the fit (see
+   * `NativeModel.config`), accepted back when a config is loaded; absent when the user gave it.
+   */
+  temperatureRule?: string
+  /** Memberships below this are dropped, except each token's largest (default 0.01). */
+  minMembership?: number
+  /**
+   * Where the work runs: `auto` (default) picks CUDA when a usable GPU and driver are present,
+   * else the CPU.
+   */
+  device?: 'auto' | 'cpu' | 'cuda' | `cuda:${number}`
+  /** Exemplars kept per cluster (default 10). */
+  nExemplars?: number
+  /** Context tokens on each side of an exemplar (default 8). */
+  contextWindow?: number
+  /** Passes over the data (default 10). */
+  nIterations?: number
+  /** Seed of the k-means++ sample (default 0). */
+  seed?: number
+  /** Stop when the largest center shift falls below this; 0 = never stop early (default 1e-7). */
+  tol?: number
+  /**
+   * Matrix products on CUDA: `float32` (default) or `tf32` (tensor cores, several times faster
+   * at large K and D; cosines carry about 1e-3 relative error, memberships about 1e-3 / T).
+   * The CPU always computes in float32.
+   */
+  precision?: 'float32' | 'tf32'
+}
+
+/** Per-cluster metrics. */
+export interface ClusterStats {
+  cluster: number
+  /** `sum_x p_k(x)`. */
+  mass: number
+  /** Tokens whose largest membership is this cluster. */
+  hardCount: number
+  /** Membership-weighted mean cosine between the tokens and the center. */
+  meanCosine: number
+  /** Largest membership of any token. */
+  maxMembership: number
+  /** Mean membership over the tokens where it is nonzero. */
+  meanMembership: number
+  /** Share of the tokens with a nonzero membership. */
+  nonzeroFraction: number
+  /** Nonzero memberships per bin of (0, 1] (`histogramBins` equal bins; the last includes 1). */
+  histogram: Array<number>
+  /** Token ids with the largest summed membership, largest first. */
+  topTokens: Array<TokenWeight>
+  /** The most similar other center (null when K = 1). */
+  nearestCenter: number | null
+  /** Its cosine (null when K = 1). */
+  nearestCenterCosine: number | null
+}
+
+/** Whether a device can be used here, and why (or why not). */
+export interface DeviceProbe {
+  /** The device asked for, as the config spells it (`auto`, `cpu`, `cuda:0`, ...). */
+  device: string
+  /** True when a fit on this device would start. */
+  usable: boolean
+  /** The backend's reason (`cuda:0 (NVIDIA ...)`, `cpu (auto: no usable GPU: ...)`) or the error. */
+  reason: string
+}
+
+/** A token that belongs to a cluster most, with its context (docs/algorithm.md "Exemplars"). */
+export interface Exemplar {
+  /** The token's membership in the cluster. */
+  value: number
+  /** Index into `chunks`. */
+  chunk: number
+  batch: number
+  position: number
+  /**
+   * Token ids of positions `position - w ... position + w` (-1 outside the sequence, at
+   * padding, or when the chunk has no token ids).
+   */
+  tokens: Array<number>
+  /** This cluster's membership at those positions. */
+  contextMemberships: Array<number>
+}
+
+/** Reported after every chunk of a fit, transform or analysis. */
 export interface FitProgress {
-  /** `init` (sampling for k-means++), `iterate` or `output`. */
+  /** `init` (sampling for k-means++), `iterate`, `output` or `analyze`. */
   phase: string
   iteration: number
   nIterations: number
@@ -89,6 +204,22 @@ export interface FitProgress {
   tokensPerS: number
 }
 
+/** One iteration of a fit (docs/algorithm.md "History"). */
+export interface HistoryEntry {
+  /** 1-based. */
+  iteration: number
+  /** `mean_x sum_k p_k cos(x, C_k)` under the centers the pass started with. */
+  objective: number
+  /** `max_k (1 - C_old_k . C_new_k)`. */
+  maxShift: number
+  /** `m_k` of the pass. */
+  mass: Array<number>
+  reseeds: number
+  /** Real tokens skipped in the pass because their vector is all zeros. */
+  skipped: number
+  seconds: number
+}
+
 /** A per-chunk memberships file (docs/formats.md "Memberships file") read back. */
 export interface MembershipsFile {
   /** `[nnz, 3]`: (batch, position, cluster). */
@@ -96,8 +227,32 @@ export interface MembershipsFile {
   values: Float32Array
   totalSequences?: number
   sequenceLength?: number
-  /** The metadata JSON string, if present. */
+  /** The file's own metadata entry (a JSON string, docs/formats.md "Memberships file"), if present. */
   metadata?: string
+}
+
+/**
+ * The memberships file a fit or transform writes into `outputDir` for the chunk at `chunkPath`:
+ * `<outputDir>/<chunk file name without .npz>.memberships.npz`.
+ */
+export declare function membershipsPathFor(outputDir: string, chunkPath: string): string
+
+/** What a fitted (or loaded) model knows besides its centers. */
+export interface ModelSummary {
+  /** `m_k` of the output pass. */
+  clusterMass: Array<number>
+  /** Tokens whose largest membership is k, in the output pass. */
+  clusterCount: Array<number>
+  /** Per cluster, best first. */
+  exemplars: Array<Array<Exemplar>>
+  history: Array<HistoryEntry>
+  /** Chunk file names, in run order. */
+  chunks: Array<string>
+  /**
+   * Where this instance's last fit ran, and why there, e.g. `cpu (auto: no usable GPU: ...)`.
+   * Absent for a model that was loaded or given `initialCenters` and not fitted since.
+   */
+  device?: string
 }
 
 /** A float `.npy` array (e.g. initial centers), as float32. */
@@ -106,20 +261,68 @@ export interface NpyArray {
   data: Float32Array
 }
 
+/** Metrics of the whole partition. */
+export interface OverallStats {
+  nTokens: number
+  /** Real tokens without a direction (all zeros), which have no memberships. */
+  skipped: number
+  /** mean_x (-sum_k p_k ln p_k) / ln K: 0 = hard memberships, 1 = spread evenly. */
+  partitionEntropy: number
+  /** mean_x sum_k p_k^2: 1 = hard, 1/K = spread evenly. */
+  partitionCoefficient: number
+  meanNonzeroPerToken: number
+  /** sum_x sum_k p_k^2 (1 - cos(x, C_k)) / (N min_{j != l} (1 - cos(C_j, C_l))); lower is better. */
+  xieBeni: number | null
+  /** Mean cosine silhouette of a seeded sample, hard assignment = argmax membership. */
+  silhouette: number | null
+  /** Tokens in the silhouette's sample. */
+  silhouetteSample: number
+}
+
+/**
+ * Opens the backend a fit with `device` (default `cuda`) would use, and says whether it worked:
+ * `probeDevice('cuda').usable` is true exactly where a GPU and its libraries are usable.
+ */
+export declare function probeDevice(device?: 'auto' | 'cpu' | 'cuda' | `cuda:${number}`): DeviceProbe
+
 /** Reads one chunk file (docs/formats.md "Input chunks") on the calling thread. */
 export declare function readChunk(path: string): ChunkData
 
 /** Reads one chunk file on the libuv thread pool. */
 export declare function readChunkAsync(path: string): Promise<ChunkData>
 
-/** Reads a `.memberships.npz` written by `fitChunks`. */
+/** Reads a `.memberships.npz` written by `fitChunks` or `transformChunks`. */
 export declare function readMemberships(path: string): MembershipsFile
 
 /** Reads a float16/32/64 `.npy` file as float32. */
 export declare function readNpy(path: string): NpyArray
 
-/** Validates a config (JSON of `ClusteringConfig`) and returns it with the defaults filled in. */
-export declare function resolveConfig(configJson: string): string
+/** Validates a config and returns it with the defaults filled in. */
+export declare function resolveConfig(config: ClusteringConfig): ResolvedConfig
+
+/** The config with every default filled in, as the core resolved it. */
+export interface ResolvedConfig {
+  nClusters: number
+  dModel: number
+  /** `"auto"` until a fit has chosen the number (then `temperatureRule` says how). */
+  temperature: number | 'auto'
+  temperatureRule?: string
+  minMembership: number
+  device: 'auto' | 'cpu' | 'cuda' | `cuda:${number}`
+  nExemplars: number
+  contextWindow: number
+  nIterations: number
+  seed: number
+  tol: number
+  precision: 'float32' | 'tf32'
+}
+
+/** A token id and its summed membership in a cluster. */
+export interface TokenWeight {
+  tokenId: number
+  /** Sum of the cluster's memberships over the occurrences of the token. */
+  weight: number
+}
 
 /** Memberships of a batch of tokens (docs/algorithm.md "Memberships"), in dense and sparse form. */
 export interface TransformOutput {

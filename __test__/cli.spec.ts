@@ -102,7 +102,7 @@ describe('soft-cluster report', () => {
 describe('--json', () => {
   it('fit, transform and report print what they wrote as JSON', () => {
     const flat = fixture('flat_2d_f64.npz') // no token_ids, no mask
-    const fit = run('fit', flat, '--clusters', '3', '--out', join(dir, 'json-fit'), '--json')
+    const fit = run('fit', flat, '--clusters', '3', '--out', join(dir, 'json-fit'), '--temperature', '0.25', '--json')
     expect(fit.status, fit.stderr).toBe(0)
     const f = JSON.parse(fit.stdout)
     expect(f.model).toBe(join(dir, 'json-fit', 'model.safetensors'))

@@ -3,7 +3,7 @@ import { copyFileSync, existsSync, mkdtempSync, readFileSync, writeFileSync } fr
 import { tmpdir } from 'node:os'
 import { join } from 'node:path'
 import { describe, expect, it } from 'vitest'
-import { readChunk, readMemberships, readNpy, SequentialSoftClustering, type FitProgress } from '../ts'
+import { membershipsPathFor, probeDevice, readChunk, readMemberships, readNpy, SequentialSoftClustering, type FitProgress } from '../ts'
 import { expectError, fixture } from './helpers'
 
 const expected = JSON.parse(readFileSync(fixture('planted_expected.json'), 'utf8'))
@@ -95,11 +95,43 @@ describe('fitChunks', () => {
     })
     expect(existsSync(join(out, 'model.safetensors'))).toBe(false)
     await expect(plantedModel().fitChunks([], out)).rejects.toMatchObject({ code: 'ERR_INVALID_INPUT' })
-    // Test machines have no GPU (the CUDA backend is tested by crates/core/tests/cuda.rs on one):
-    // "cuda" must fail with a reason, never crash or fall back silently.
-    await expect(plantedModel({ device: 'cuda' }).fitChunks(planted, out)).rejects.toMatchObject({
-      code: 'ERR_DEVICE', message: expect.stringMatching(/cuda:0: .*(libcuda|GPU|device)/),
-    })
+  })
+
+  // Which branch runs depends on the machine: the binding says whether a GPU is usable here.
+  const cuda = probeDevice('cuda')
+  it(
+    cuda.usable
+      ? `GPU usable (${cuda.reason}): a fit on "cuda" matches the CPU's`
+      : 'no usable GPU: "cuda" fails with ERR_DEVICE saying why, never crashes or falls back silently',
+    async () => {
+      if (!cuda.usable) {
+        expect(cuda.reason).toMatch(/cuda:0: .*(libcuda|GPU|device)/)
+        await expect(plantedModel({ device: 'cuda' }).fitChunks(planted, tmp())).rejects.toMatchObject({
+          code: 'ERR_DEVICE', message: expect.stringMatching(/cuda:0: .*(libcuda|GPU|device)/),
+        })
+        return
+      }
+      const gpu = plantedModel({ device: 'cuda' })
+      const cpu = plantedModel({ device: 'cpu' })
+      const [hg, hc] = [await gpu.fitChunks(planted, tmp()), await cpu.fitChunks(planted, tmp())]
+      expect(gpu.summary!.device).toMatch(/^cuda:0 /)
+      expect(cpu.summary!.device).toBe('cpu (asked for)')
+      expect(hg).toHaveLength(hc.length)
+      hg.forEach((h, i) => expect(Math.abs(h.objective - hc[i]!.objective)).toBeLessThan(1e-5))
+      for (let c = 0; c < 6; c++) expect(1 - dot(gpu.centers!, cpu.centers!, c * 64, c * 64)).toBeLessThan(1e-5)
+    },
+  )
+
+  it('says where it ran and why, and names the memberships files as the core does', async () => {
+    const out = tmp()
+    const model = plantedModel({ device: 'cpu' })
+    expect(model.summary!.device).toBeUndefined() // initialCenters alone: not fitted yet
+    await model.fitChunks(planted, out)
+    expect(model.summary!.device).toBe('cpu (asked for)')
+    expect(membershipsPathFor(out, planted[0]!)).toBe(join(out, 'planted_a_f32.memberships.npz'))
+    expect(existsSync(membershipsPathFor(out, planted[1]!))).toBe(true)
+    const loaded = await SequentialSoftClustering.load(join(out, 'model.safetensors'))
+    expect(loaded.summary!.device).toBeUndefined()
   })
 
   it('recovers the planted directions from k-means++ and is deterministic', async () => {
@@ -129,7 +161,8 @@ describe('save and load', () => {
     expect(readFileSync(path)).toEqual(readFileSync(join(out, 'model.safetensors')))
     const loaded = await SequentialSoftClustering.load(path)
     expect(loaded.config).toEqual(model.config)
-    expect(loaded.summary).toEqual(model.summary)
+    expect(model.summary!.device).toMatch(/^(cpu|cuda:0) \(auto: /)
+    expect(loaded.summary).toEqual({ ...model.summary!, device: undefined }) // a loaded model was not fitted here
     const chunk = readChunk(planted[0]!)
     const a = model.transform(chunk.activations, { shape: chunk.shape, attentionMask: chunk.attentionMask })
     const b = loaded.transform(chunk.activations, { shape: chunk.shape, attentionMask: chunk.attentionMask })

@@ -57,7 +57,7 @@ describe('token decoding', () => {
 
 describe('renderReport', () => {
   it('escapes every string it puts in the page', async () => {
-    const model = new SequentialSoftClustering({ nClusters: 2, dModel: 64, initialCenters: new Float32Array(128).map((_, i) => (i === 0 || i === 65 ? 1 : 0)) })
+    const model = new SequentialSoftClustering({ nClusters: 2, dModel: 64, temperature: 1, initialCenters: new Float32Array(128).map((_, i) => (i === 0 || i === 65 ? 1 : 0)) })
     const chunk = readChunk(fixture('planted_a_f32.npz'))
     const analysis = analyzeSequentialClusters(model, chunk.activations, chunk.tokenIds, { shape: chunk.shape, attentionMask: chunk.attentionMask })
     const evil = '</script><img src=x onerror=alert(1)>'

@@ -74,13 +74,13 @@ describe('transform', () => {
   })
 
   it('keeps only the maximum when nothing else passes the threshold', () => {
-    const model = new SequentialSoftClustering({ nClusters: 3, dModel: 2, minMembership: 0.9, initialCenters: [[1, 0], [0, 1], [-1, 0]] })
+    const model = new SequentialSoftClustering({ nClusters: 3, dModel: 2, temperature: 1, minMembership: 0.9, initialCenters: [[1, 0], [0, 1], [-1, 0]] })
     const out = model.transform(new Float32Array([1, 0.9, -1, 0.1]), { shape: [2, 2] })
     expect(Array.from(out.memberships!)).toEqual([1, 0, 0, 0, 0, 1])
   })
 
   it('gives no row to padding or zero vectors, and counts the zeros', () => {
-    const model = new SequentialSoftClustering({ nClusters: 2, dModel: 2, initialCenters: new Float32Array([1, 0, 0, 1]) })
+    const model = new SequentialSoftClustering({ nClusters: 2, dModel: 2, temperature: 1, initialCenters: new Float32Array([1, 0, 0, 1]) })
     const out = model.transform(new Float32Array([1, 0, 0, 0, 0, 1, 5, 5]), { shape: [1, 4, 2], attentionMask: [true, true, true, false] })
     expect(Array.from(out.rowTokens)).toEqual([0, 2])
     expect(out.skipped).toBe(1)
@@ -98,7 +98,7 @@ describe('transform', () => {
   })
 
   it('refuses misuse with a code and a clear message', async () => {
-    const model = new SequentialSoftClustering({ nClusters: 2, dModel: 3, initialCenters: [[1, 0, 0], [0, 1, 0]] })
+    const model = new SequentialSoftClustering({ nClusters: 2, dModel: 3, temperature: 1, initialCenters: [[1, 0, 0], [0, 1, 0]] })
     expectError(() => model.transform(new Float32Array(7), { shape: [2, 3] }), 'ERR_INVALID_INPUT', 'has 7 values but shape [2.0, 3.0] needs 6')
     expectError(() => model.transform(new Float32Array(6), { shape: [2, -3] }), 'ERR_INVALID_INPUT', 'non-negative integers')
     expectError(() => model.transform(new Float32Array(6), { shape: [3, 2] }), 'ERR_INVALID_INPUT', "D = 2 but the model's dModel is 3")
@@ -117,8 +117,17 @@ describe('transform', () => {
 describe('ClusteringConfig', () => {
   it('fills in the defaults of docs/algorithm.md "Config"', () => {
     expect(resolveConfig({ nClusters: 10, dModel: 768 })).toEqual({
-      nClusters: 10, dModel: 768, temperature: 1, minMembership: 0.01, device: 'auto', nExemplars: 10, contextWindow: 8, nIterations: 10, seed: 0, tol: 1e-7, precision: 'float32',
+      nClusters: 10, dModel: 768, temperature: 'auto', minMembership: 0.01, device: 'auto', nExemplars: 10, contextWindow: 8, nIterations: 10, seed: 0, tol: 1e-7, precision: 'float32',
     })
+  })
+
+  it('takes "auto" or a number as the temperature, and a chosen temperature with its rule back', () => {
+    expect(resolveConfig({ nClusters: 2, dModel: 4, temperature: 'auto' }).temperature).toBe('auto')
+    expect(resolveConfig({ nClusters: 2, dModel: 4, temperature: 0.05 }).temperature).toBe(0.05)
+    expect(resolveConfig({ nClusters: 2, dModel: 4, temperature: 0.05, temperatureRule: 'auto: a rule' })).toMatchObject({ temperature: 0.05, temperatureRule: 'auto: a rule' })
+    expect(resolveConfig({ nClusters: 2, dModel: 4, device: 'cuda:1', precision: 'tf32' })).toMatchObject({ device: 'cuda:1', precision: 'tf32' })
+    const m = new SequentialSoftClustering({ nClusters: 2, dModel: 4, temperature: 0.5, device: undefined, seed: null as never })
+    expect(m.config).toMatchObject({ temperature: 0.5, device: 'auto', seed: 0 })
   })
 
   it.each([
@@ -127,6 +136,11 @@ describe('ClusteringConfig', () => {
     [{ nClusters: 2.5, dModel: 4 }, 'nClusters'],
     [{ nClusters: 2, dModel: 4, temperature: 0 }, 'temperature'],
     [{ nClusters: 2, dModel: 4, temperature: -1 }, 'temperature'],
+    [{ nClusters: 2, dModel: 4, temperature: 'hot' }, 'temperature'],
+    [{ nClusters: 2, dModel: 4, temperature: 0.5, temperatureRule: 7 }, 'temperatureRule'],
+    [{ nClusters: 2, dModel: 4, temperatureRule: 'by hand' }, 'temperatureRule'],
+    [{ nClusters: '2', dModel: 4 }, 'nClusters'],
+    [{ nClusters: 2, dModel: 4, device: 3 }, 'device'],
     [{ nClusters: 2, dModel: 4, minMembership: 1 }, 'minMembership'],
     [{ nClusters: 2, dModel: 4, tol: -1 }, 'tol'],
     [{ nClusters: 2, dModel: 4, device: 'tpu' }, 'device'],

@@ -1,17 +1,10 @@
 // Quality metrics of a clustering. The numbers are computed in the Rust core
-// (crates/core/src/analysis.rs, which defines each metric); this file only types them.
+// (crates/core/src/analysis.rs, which defines each metric); their types come from the binding.
 import { maskArray, type FitProgress, type SequentialSoftClustering } from './clustering'
+import type * as native from './native'
 
-export interface AnalyzeMetricOptions {
-  /** How many token ids to list per cluster (default 10). */
-  topTokens?: number
-  /** Bins of each cluster's membership histogram over (0, 1] (default 10). */
-  histogramBins?: number
-  /** Most tokens in the silhouette's seeded sample (default 2000). */
-  silhouetteSample?: number
-  /** Seed of that sample (default 0). */
-  seed?: number
-}
+/** Options of the metrics: `topTokens`, `histogramBins`, `silhouetteSample`, `seed` (absent: the core's defaults). */
+export type AnalyzeMetricOptions = native.AnalyzeParams
 
 export interface AnalyzeOptions extends AnalyzeMetricOptions {
   /** `[B, S, D]` or `[T, D]`. */
@@ -19,56 +12,14 @@ export interface AnalyzeOptions extends AnalyzeMetricOptions {
   attentionMask?: Uint8Array | ArrayLike<number | boolean>
 }
 
-export interface ClusterStats {
-  cluster: number
-  /** `sum_x p_k(x)`. */
-  mass: number
-  /** Tokens whose largest membership is this cluster. */
-  hardCount: number
-  /** Membership-weighted mean cosine between the tokens and the center. */
-  meanCosine: number
-  /** Largest membership of any token. */
-  maxMembership: number
-  /** Mean membership over the tokens where it is nonzero. */
-  meanMembership: number
-  /** Share of the tokens with a nonzero membership. */
-  nonzeroFraction: number
-  /** Nonzero memberships per bin of (0, 1] (`histogramBins` equal bins; the last includes 1). */
-  histogram: number[]
-  /** Token ids with the largest summed membership, largest first. */
-  topTokens: { tokenId: number; weight: number }[]
-  /** The most similar other center and its cosine (null when K = 1). */
-  nearestCenter: number | null
-  nearestCenterCosine: number | null
-}
+/** Per-cluster metrics: mass, hardCount, meanCosine, ..., nearestCenter (null when K = 1). */
+export type ClusterStats = native.ClusterStats
 
-export interface OverallStats {
-  nTokens: number
-  skipped: number
-  /** mean_x (-sum_k p_k ln p_k) / ln K: 0 = hard memberships, 1 = spread evenly. */
-  partitionEntropy: number
-  /** mean_x sum_k p_k^2: 1 = hard, 1/K = spread evenly. */
-  partitionCoefficient: number
-  meanNonzeroPerToken: number
-  /** sum_x sum_k p_k^2 (1 - cos(x, C_k)) / (N min_{j != l} (1 - cos(C_j, C_l))); lower is better. */
-  xieBeni: number | null
-  /** Mean cosine silhouette of a seeded sample, hard assignment = argmax membership. */
-  silhouette: number | null
-  silhouetteSample: number
-}
+/** Metrics of the whole partition: entropy, coefficient, Xie-Beni, silhouette, ... */
+export type OverallStats = native.OverallStats
 
 /** Everything `analyze` computes (the core's `Analysis`). */
-export interface ClusterAnalysis {
-  nClusters: number
-  overall: OverallStats
-  clusters: ClusterStats[]
-  /** cos(C_j, C_l), `[K][K]`. */
-  centerSimilarity: number[][]
-  /** Each center on the first two principal components of the centers. */
-  centerMap: [number, number][]
-  /** Share of the centers' variance along those two components. */
-  centerMapVariance: [number, number]
-}
+export type ClusterAnalysis = native.ClusterAnalysis
 
 function tokenIdArray(ids: BigInt64Array | ArrayLike<number | bigint> | null | undefined): BigInt64Array | undefined {
   if (ids === undefined || ids === null) return undefined
@@ -87,8 +38,7 @@ export function analyzeSequentialClusters(
   tokenIds: BigInt64Array | ArrayLike<number | bigint> | null | undefined,
   options: AnalyzeOptions,
 ): ClusterAnalysis {
-  const json = model.model.analyzeJson(activations, [...options.shape], maskArray(options.attentionMask), tokenIdArray(tokenIds), metricOptions(options))
-  return JSON.parse(json) as ClusterAnalysis
+  return model.model.analyze(activations, [...options.shape], maskArray(options.attentionMask), tokenIdArray(tokenIds), metricOptions(options))
 }
 
 /** The same metrics over chunk files, streamed off the JS thread one chunk at a time. */
@@ -97,5 +47,5 @@ export async function analyzeChunks(
   chunkPaths: readonly string[],
   options: AnalyzeMetricOptions & { onProgress?: (progress: FitProgress) => void } = {},
 ): Promise<ClusterAnalysis> {
-  return JSON.parse(await model.model.analyzeChunks([...chunkPaths], metricOptions(options), options.onProgress)) as ClusterAnalysis
+  return model.model.analyzeChunks([...chunkPaths], metricOptions(options), options.onProgress)
 }

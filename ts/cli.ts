@@ -13,6 +13,9 @@ const number = (value: string): number => {
   return n
 }
 
+/** `--temperature`: `auto` (the core chooses it from the data) or a number. */
+const temperature = (value: string): number | 'auto' => (value.trim() === 'auto' ? 'auto' : number(value))
+
 const count = (value: string): number => {
   const n = number(value)
   if (!Number.isInteger(n) || n < 0) throw new InvalidArgumentError('not a whole number >= 0.')
@@ -43,7 +46,7 @@ export function main(argv: string[]): void {
     .argument('<chunks...>', 'chunk files, directories (their *.npz, by name) or globs')
     .requiredOption('--clusters <K>', 'number of clusters', number)
     .requiredOption('--out <dir>', 'output folder')
-    .option('--temperature <T>', 'softmax temperature on cosine similarities (1.0)', number)
+    .option('--temperature <T>', 'softmax temperature on cosine similarities: a number, or auto to choose it from the data (auto)', temperature)
     .option('--min-membership <M>', 'memberships below this are dropped (0.01)', number)
     .option('--iterations <N>', 'passes over the data (10)', number)
     .option('--exemplars <E>', 'exemplars kept per cluster (10)', number)

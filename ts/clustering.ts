@@ -1,4 +1,4 @@
-import { centersArray, resolveConfig, type ClusteringConfig, type ResolvedConfig } from './config'
+import { centersArray, withoutCenters, type ClusteringConfig, type ResolvedConfig } from './config'
 import * as native from './native'
 
 export interface TransformOptions {
@@ -42,60 +42,38 @@ export interface FitOptions {
 }
 
 /** One iteration of a fit (docs/algorithm.md "History"). */
-export interface HistoryEntry {
-  iteration: number
-  /** `mean_x sum_k p_k cos(x, C_k)` under the centers the pass started with. */
-  objective: number
-  /** `max_k (1 - C_old_k . C_new_k)`. */
-  maxShift: number
-  mass: number[]
-  reseeds: number
-  skipped: number
-  seconds: number
-}
+export type HistoryEntry = native.HistoryEntry
 
 /** A token that belongs to a cluster most, with its context (docs/algorithm.md "Exemplars"). */
-export interface Exemplar {
-  value: number
-  /** Index into `chunks`. */
-  chunk: number
-  batch: number
-  position: number
-  /** Token ids of positions `position - w ... position + w` (-1 outside the sequence or at padding). */
-  tokens: number[]
-  /** This cluster's membership at those positions. */
-  contextMemberships: number[]
-}
+export type Exemplar = native.Exemplar
 
-/** What a fitted (or loaded) model knows besides its centers. */
-export interface ModelSummary {
-  clusterMass: number[]
-  clusterCount: number[]
-  /** Per cluster, best first. */
-  exemplars: Exemplar[][]
-  history: HistoryEntry[]
-  /** Chunk file names, in run order. */
-  chunks: string[]
-}
+/** What a fitted (or loaded) model knows besides its centers, and where its last fit ran. */
+export type ModelSummary = native.ModelSummary
 
 /** Soft spherical k-means over token activations (README "Use it from TypeScript"). */
 export class SequentialSoftClustering {
   /** @internal */
   readonly model: native.NativeModel
-  readonly config: ResolvedConfig
 
   constructor(config: ClusteringConfig)
   /** @internal */
   constructor(config: ClusteringConfig, model: native.NativeModel)
   constructor(config: ClusteringConfig, model?: native.NativeModel) {
-    this.config = resolveConfig(config)
-    this.model = model ?? new native.NativeModel(JSON.stringify(this.config), centersArray(config.initialCenters))
+    this.model = model ?? new native.NativeModel(withoutCenters(config), centersArray(config.initialCenters))
+  }
+
+  /**
+   * The config with every default filled in: after a fit (or for a loaded model) the fitted
+   * model's, where an `'auto'` temperature has become the number the fit chose.
+   */
+  get config(): ResolvedConfig {
+    return this.model.config
   }
 
   /** Reads a model file written by `save` or `fitChunks`. */
   static async load(path: string): Promise<SequentialSoftClustering> {
     const model = await native.NativeModel.load(path)
-    return new SequentialSoftClustering(JSON.parse(model.configJson) as ResolvedConfig, model)
+    return new SequentialSoftClustering(model.config, model)
   }
 
   /**
@@ -104,8 +82,7 @@ export class SequentialSoftClustering {
    * Runs off the JS thread; resolves with the fit's history.
    */
   async fitChunks(chunkPaths: readonly string[], outputDir: string, options: FitOptions = {}): Promise<HistoryEntry[]> {
-    const history = await this.model.fitChunks([...chunkPaths], outputDir, options.onProgress, options.resume ?? false)
-    return JSON.parse(history) as HistoryEntry[]
+    return this.model.fitChunks([...chunkPaths], outputDir, options.onProgress, options.resume ?? false)
   }
 
   /**
@@ -121,11 +98,9 @@ export class SequentialSoftClustering {
     await this.model.save(path)
   }
 
-  /** Cluster statistics, exemplars, history and chunk names; null before there are centers. */
+  /** Cluster statistics, exemplars, history, chunk names and the device of the last fit; null before there are centers. */
   get summary(): ModelSummary | null {
-    const json = this.model.summaryJson()
-    if (json === null || json === undefined) return null
-    return JSON.parse(json) as ModelSummary
+    return this.model.summary() ?? null
   }
 
   /** The centers, `[K * D]` row-major unit vectors, or null before there are any. */

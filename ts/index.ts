@@ -10,6 +10,7 @@ export {
   type TransformResult,
 } from './clustering'
 export { resolveConfig, type ClusteringConfig, type Device, type ResolvedConfig } from './config'
+import type { Device } from './config'
 import * as native from './native'
 
 export type ChunkData = native.ChunkData
@@ -36,4 +37,16 @@ export type MembershipsFile = native.MembershipsFile
 /** Reads a `<chunk>.memberships.npz` written by `fitChunks` (docs/formats.md "Memberships file"). */
 export function readMemberships(path: string): MembershipsFile {
   return native.readMemberships(path)
+}
+
+/** The memberships file a fit or transform writes into `outputDir` for the chunk at `chunkPath` (named by the core). */
+export function membershipsPathFor(outputDir: string, chunkPath: string): string {
+  return native.membershipsPathFor(outputDir, chunkPath)
+}
+
+export type DeviceProbe = native.DeviceProbe
+
+/** Whether `device` (default `'cuda'`) can be used here, and the reason: what a fit on it would say. */
+export function probeDevice(device?: Device): DeviceProbe {
+  return native.probeDevice(device)
 }

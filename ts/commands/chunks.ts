@@ -1,6 +1,7 @@
 import { existsSync, readdirSync, statSync } from 'node:fs'
-import { basename, join, resolve } from 'node:path'
+import { join, resolve } from 'node:path'
 import { globSync } from 'tinyglobby'
+import * as native from '../native'
 
 /** Our own outputs, never chunks: directories and globs pass over them. */
 const isOutput = (name: string): boolean => name.endsWith('.memberships.npz')
@@ -27,9 +28,9 @@ export function resolveChunks(specs: readonly string[]): string[] {
   return out
 }
 
-/** The memberships file a fit or transform writes for each chunk (docs/formats.md "Memberships file"). */
+/** The memberships file a fit or transform writes for each chunk (docs/formats.md "Memberships file"), named by the core. */
 export const membershipsFiles = (outputDir: string, chunks: readonly string[]): string[] =>
-  chunks.map((c) => join(outputDir, `${basename(c).replace(/\.npz$/, '')}.memberships.npz`))
+  chunks.map((c) => native.membershipsPathFor(outputDir, c))
 
 /** `--json`: one JSON document on stdout, for scripts. */
 export const printJson = (value: unknown): void => {

@@ -8,7 +8,7 @@ import { progressReporter } from './progress'
 export interface FitCommandOptions {
   clusters: number
   out: string
-  temperature?: number
+  temperature?: number | 'auto'
   minMembership?: number
   iterations?: number
   exemplars?: number
@@ -48,12 +48,17 @@ export async function fit(chunkSpecs: string[], options: FitCommandOptions): Pro
     const history = await model.fitChunks(chunks, out, { onProgress: progress.onProgress, resume: options.resume })
     progress.stop()
     const modelPath = resolve(out, 'model.safetensors')
-    if (options.json) return printJson({ outputDir: out, model: modelPath, memberships: membershipsFiles(out, chunks), chunks, history })
+    const device = model.summary?.device
+    const { temperature, temperatureRule } = model.config
+    if (options.json) {
+      return printJson({ outputDir: out, model: modelPath, memberships: membershipsFiles(out, chunks), chunks, device, temperature, temperatureRule, history })
+    }
     const last = history[history.length - 1]
     console.log(
       `fitted ${options.clusters} clusters over ${chunks.length} chunks in ${history.length} iterations` +
         (last ? ` (objective ${last.objective.toFixed(4)}, last shift ${last.maxShift.toExponential(1)})` : ''),
     )
+    console.log(`temperature ${temperature}${temperatureRule ? ` (${temperatureRule})` : ''}, on ${device}`)
     console.log(`wrote ${modelPath} and ${chunks.length} .memberships.npz files into ${out}`)
   } finally {
     progress.stop()
