@@ -127,6 +127,11 @@ export interface ClusteringConfig {
   contextWindow?: number
   /** Passes over the data (default 10). */
   nIterations?: number
+  /**
+   * Hard k-means iterations on the init sample after k-means++ (default 10; none with
+   * `initialCenters`).
+   */
+  warmupIterations?: number
   /** Seed of the k-means++ sample (default 0). */
   seed?: number
   /** Stop when the largest center shift falls below this; 0 = never stop early (default 1e-7). */
@@ -214,7 +219,10 @@ export interface HistoryEntry {
   maxShift: number
   /** `m_k` of the pass. */
   mass: Array<number>
+  /** Empty clusters and twins moved to a token in the update. */
   reseeds: number
+  /** Center pairs above cosine 0.99 after the update, before reseeding. */
+  twins: number
   /** Real tokens skipped in the pass because their vector is all zeros. */
   skipped: number
   seconds: number
@@ -253,6 +261,11 @@ export interface ModelSummary {
    * Absent for a model that was loaded or given `initialCenters` and not fitted since.
    */
   device?: string
+  /**
+   * What the fit found wrong with its result (collapse, twins), one line each
+   * (docs/algorithm.md "Collapse warning"); empty when all is well.
+   */
+  warnings: Array<string>
 }
 
 /** A float `.npy` array (e.g. initial centers), as float32. */
@@ -277,6 +290,11 @@ export interface OverallStats {
   silhouette: number | null
   /** Tokens in the silhouette's sample. */
   silhouetteSample: number
+  /**
+   * Center pairs above cosine 0.99: centers collapsed onto one another (docs/algorithm.md
+   * "Empty clusters and twins").
+   */
+  twins: number
 }
 
 /**
@@ -312,6 +330,7 @@ export interface ResolvedConfig {
   nExemplars: number
   contextWindow: number
   nIterations: number
+  warmupIterations: number
   seed: number
   tol: number
   precision: 'float32' | 'tf32'

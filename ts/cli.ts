@@ -49,6 +49,7 @@ export function main(argv: string[]): void {
     .option('--temperature <T>', 'softmax temperature on cosine similarities: a number, or auto to choose it from the data (auto)', temperature)
     .option('--min-membership <M>', 'memberships below this are dropped (0.01)', number)
     .option('--iterations <N>', 'passes over the data (10)', number)
+    .option('--warmup <N>', 'hard k-means iterations on the init sample after k-means++ (10)', number)
     .option('--exemplars <E>', 'exemplars kept per cluster (10)', number)
     .option('--context <W>', 'context tokens on each side of an exemplar (8)', number)
     .option('--device <D>', 'auto, cpu, cuda or cuda:N (auto)')

@@ -167,6 +167,7 @@ export function renderReport(input: ReportInput): string {
       ['nonzero memberships per token', fmt(o.meanNonzeroPerToken, 2)],
       ['spherical Xie-Beni index', fmt(o.xieBeni, 4)],
       [`cosine silhouette (sample of ${o.silhouetteSample})`, fmt(o.silhouette)],
+      ['twin center pairs (cosine > 0.99)', String(o.twins)],
     )
   } else {
     overview.push(['metrics', 'none: pass CHUNKS to compute them (mass and counts below are the model’s)'])

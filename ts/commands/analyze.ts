@@ -40,6 +40,7 @@ export async function analyzeCommand(chunkSpecs: string[], options: AnalyzeComma
   console.log(`${a.nClusters} clusters over ${chunks.length} chunks, ${o.nTokens} tokens${o.skipped ? ` (${o.skipped} all-zero tokens skipped)` : ''}`)
   console.log(`normalized partition entropy ${f(o.partitionEntropy)}, partition coefficient ${f(o.partitionCoefficient)}, nonzero memberships per token ${f(o.meanNonzeroPerToken, 2)}`)
   console.log(`spherical Xie-Beni ${f(o.xieBeni, 4)}, cosine silhouette ${f(o.silhouette)} (sample of ${o.silhouetteSample} tokens)`)
+  console.log(`twin center pairs (cosine > 0.99): ${o.twins}${o.twins > 0 ? ' -- centers collapsed onto one another; see "Temperature" in the README' : ''}`)
   console.log('')
   console.log('cluster      mass   hard  meanCos    max   mean  nonzero  nearest (cos)  top token ids')
   const order = [...a.clusters].sort((x, y) => y.mass - x.mass || x.cluster - y.cluster)

@@ -21,7 +21,8 @@ export async function demo(options: DemoOptions): Promise<void> {
   const out = resolve(options.out)
   const modelPath = join(out, 'model.safetensors')
   const nClusters = 24
-  const model = new SequentialSoftClustering({ nClusters, dModel: 384, temperature: 0.05, nIterations: 15, nExemplars: 8, contextWindow: 8 })
+  // The defaults, temperature included ("auto"): what a new user gets on their own data.
+  const model = new SequentialSoftClustering({ nClusters, dModel: 384, nExemplars: 8 })
   const say = (line: string) => options.json || console.log(line)
   say(`Fitting ${nClusters} clusters to layer-3 hidden states of all-MiniLM-L6-v2 over ${chunks.length} chunks of English license text...`)
   const progress = progressReporter(options.progress ?? false)
@@ -32,7 +33,8 @@ export async function demo(options: DemoOptions): Promise<void> {
     progress.stop()
   }
   const last = history[history.length - 1]!
-  say(`${history.length} iterations, objective ${history[0]!.objective.toFixed(4)} -> ${last.objective.toFixed(4)}`)
+  say(`${history.length} iterations, objective ${history[0]!.objective.toFixed(4)} -> ${last.objective.toFixed(4)}, temperature ${model.config.temperature} (auto)`)
+  for (const w of model.summary?.warnings ?? []) console.error(`soft-cluster: warning: ${w}`)
   const report = await writeReport(chunks, { model: modelPath, out: join(out, 'report.html'), tokenizer, progress: options.progress })
   if (options.json) return printJson({ outputDir: out, model: modelPath, memberships: membershipsFiles(out, chunks), report, history })
   console.log(`\nWrote into ${out}:`)

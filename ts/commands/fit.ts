@@ -11,6 +11,7 @@ export interface FitCommandOptions {
   temperature?: number | 'auto'
   minMembership?: number
   iterations?: number
+  warmup?: number
   exemplars?: number
   context?: number
   device?: string
@@ -33,6 +34,7 @@ export async function fit(chunkSpecs: string[], options: FitCommandOptions): Pro
     temperature: options.temperature,
     minMembership: options.minMembership,
     nIterations: options.iterations,
+    warmupIterations: options.warmup,
     nExemplars: options.exemplars,
     contextWindow: options.context,
     device: options.device as Device | undefined,
@@ -50,8 +52,11 @@ export async function fit(chunkSpecs: string[], options: FitCommandOptions): Pro
     const modelPath = resolve(out, 'model.safetensors')
     const device = model.summary?.device
     const { temperature, temperatureRule } = model.config
+    const warnings = model.summary?.warnings ?? []
+    // A collapsed fit still writes its outputs, but never passes silently.
+    for (const w of warnings) console.error(`soft-cluster: warning: ${w}`)
     if (options.json) {
-      return printJson({ outputDir: out, model: modelPath, memberships: membershipsFiles(out, chunks), chunks, device, temperature, temperatureRule, history })
+      return printJson({ outputDir: out, model: modelPath, memberships: membershipsFiles(out, chunks), chunks, device, temperature, temperatureRule, warnings, history })
     }
     const last = history[history.length - 1]
     console.log(

@@ -103,6 +103,8 @@ pub struct Overall {
     pub silhouette: Option<f64>,
     /// Tokens in the silhouette's sample.
     pub silhouette_sample: usize,
+    /// Center pairs above cosine `fit::TWIN_COSINE`: centers collapsed onto one another.
+    pub twins: usize,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize)]
@@ -266,6 +268,7 @@ impl<'a> Analyzer<'a> {
                 xie_beni,
                 silhouette: silhouette(&self.sample, &self.sample_label, self.centers.d, k),
                 silhouette_sample: self.sample_label.len(),
+                twins: (0..k).flat_map(|a| (a + 1..k).map(move |b| (a, b))).filter(|&(a, b)| similarity[a][b] > crate::fit::TWIN_COSINE).count(),
             },
             clusters,
             center_similarity: similarity,

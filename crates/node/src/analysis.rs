@@ -82,6 +82,9 @@ pub struct OverallStats {
     pub silhouette: Option<f64>,
     /// Tokens in the silhouette's sample.
     pub silhouette_sample: u32,
+    /// Center pairs above cosine 0.99: centers collapsed onto one another (docs/algorithm.md
+    /// "Empty clusters and twins").
+    pub twins: u32,
 }
 
 /// Everything `analyze` computes (the core's `Analysis`).
@@ -114,6 +117,7 @@ impl From<analysis::Analysis> for ClusterAnalysis {
                 xie_beni: o.xie_beni,
                 silhouette: o.silhouette,
                 silhouette_sample: o.silhouette_sample as u32,
+                twins: o.twins as u32,
             },
             clusters: a.clusters.into_iter().map(ClusterStats::from).collect(),
             center_similarity: a.center_similarity,

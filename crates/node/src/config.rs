@@ -35,6 +35,9 @@ pub struct ClusteringConfig {
     pub context_window: Option<f64>,
     /// Passes over the data (default 10).
     pub n_iterations: Option<f64>,
+    /// Hard k-means iterations on the init sample after k-means++ (default 10; none with
+    /// `initialCenters`).
+    pub warmup_iterations: Option<f64>,
     /// Seed of the k-means++ sample (default 0).
     pub seed: Option<f64>,
     /// Stop when the largest center shift falls below this; 0 = never stop early (default 1e-7).
@@ -61,6 +64,7 @@ pub struct ResolvedConfig {
     pub n_exemplars: f64,
     pub context_window: f64,
     pub n_iterations: f64,
+    pub warmup_iterations: f64,
     pub seed: f64,
     pub tol: f64,
     #[napi(ts_type = "'float32' | 'tf32'")]
@@ -82,6 +86,7 @@ impl From<&CoreConfig> for ResolvedConfig {
             n_exemplars: c.n_exemplars as f64,
             context_window: c.context_window as f64,
             n_iterations: c.n_iterations as f64,
+            warmup_iterations: c.warmup_iterations as f64,
             seed: c.seed as f64,
             tol: c.tol,
             precision: c.precision.to_string(),

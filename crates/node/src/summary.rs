@@ -14,7 +14,10 @@ pub struct HistoryEntry {
     pub max_shift: f64,
     /// `m_k` of the pass.
     pub mass: Vec<f64>,
+    /// Empty clusters and twins moved to a token in the update.
     pub reseeds: u32,
+    /// Center pairs above cosine 0.99 after the update, before reseeding.
+    pub twins: u32,
     /// Real tokens skipped in the pass because their vector is all zeros.
     pub skipped: f64,
     pub seconds: f64,
@@ -28,6 +31,7 @@ impl From<&soft_cluster_core::HistoryEntry> for HistoryEntry {
             max_shift: h.max_shift,
             mass: h.mass.clone(),
             reseeds: h.reseeds as u32,
+            twins: h.twins as u32,
             skipped: h.skipped as f64,
             seconds: h.seconds,
         }
@@ -83,6 +87,9 @@ pub struct ModelSummary {
     /// Where this instance's last fit ran, and why there, e.g. `cpu (auto: no usable GPU: ...)`.
     /// Absent for a model that was loaded or given `initialCenters` and not fitted since.
     pub device: Option<String>,
+    /// What the fit found wrong with its result (collapse, twins), one line each
+    /// (docs/algorithm.md "Collapse warning"); empty when all is well.
+    pub warnings: Vec<String>,
 }
 
 impl ModelSummary {
@@ -94,6 +101,7 @@ impl ModelSummary {
             history: m.history.iter().map(HistoryEntry::from).collect(),
             chunks: m.chunks.clone(),
             device,
+            warnings: m.warnings.clone(),
         }
     }
 }
