@@ -386,3 +386,112 @@ fn zero_iterations_write_the_outputs_of_the_starting_centers() {
     assert_eq!(model.cluster_count.iter().sum::<u64>(), 137);
     assert!(dir.path().join("planted_a_f32.memberships.npz").exists());
 }
+
+/// Unit rows of `per` tokens around each of `truth`'s rows, with Gaussian-ish noise of scale `noise`.
+fn noisy_sample(truth: &[f32], k: usize, d: usize, per: usize, noise: f32, seed: u64) -> Vec<f32> {
+    let jitter = unit_rows(k * per, d, seed);
+    let mut out = Vec::with_capacity(k * per * d);
+    for i in 0..k * per {
+        let c = i % k;
+        let row: Vec<f32> = (0..d).map(|j| truth[c * d + j] + noise * jitter[i * d + j]).collect();
+        let norm = row.iter().map(|v| v * v).sum::<f32>().sqrt();
+        out.extend(row.iter().map(|v| v / norm));
+    }
+    out
+}
+
+#[test]
+fn auto_temperature_is_the_documented_merge_rule() {
+    use soft_cluster_core::init::{auto_temperature, AUTO_MARGIN};
+    let (k, d) = (2, 8);
+    let truth = unit_rows(k, d, 3);
+    let sample = noisy_sample(&truth, k, d, 300, 0.3, 4);
+    let centers = Centers::from_rows(k, d, truth.clone()).unwrap();
+    let (t, rule) = auto_temperature(&sample, &centers, &CpuBackend::default()).unwrap();
+    // By hand: both clusters are each other's nearest, so both merge temperatures are that of the
+    // whole sample along the unit direction joining the centers: Var(x . u) / |mean x|.
+    let u: Vec<f64> = (0..d).map(|j| f64::from(truth[j]) - f64::from(truth[d + j])).collect();
+    let nu = u.iter().map(|v| v * v).sum::<f64>().sqrt();
+    let along: Vec<f64> = sample.chunks(d).map(|x| x.iter().zip(&u).map(|(&a, &b)| f64::from(a) * b / nu).sum()).collect();
+    let n = along.len() as f64;
+    let mean_along = along.iter().sum::<f64>() / n;
+    let var = along.iter().map(|a| (a - mean_along).powi(2)).sum::<f64>() / n;
+    let mean: Vec<f64> = (0..d).map(|j| sample.chunks(d).map(|x| f64::from(x[j])).sum::<f64>() / n).collect();
+    let want = var / mean.iter().map(|v| v * v).sum::<f64>().sqrt() / AUTO_MARGIN;
+    assert!((t - want).abs() < 1e-6 * want, "auto {t} vs hand {want}");
+    assert!(rule.starts_with("auto: 10th percentile of the 2 neighbour-pair merge temperatures"), "{rule}");
+}
+
+#[test]
+fn auto_temperature_follows_how_far_apart_neighbouring_clusters_are() {
+    use soft_cluster_core::init::auto_temperature;
+    let d = 16;
+    let backend = CpuBackend::default();
+    // Two clusters whose centers are at cosine `cos`, with the same small noise.
+    let at_cosine = |cos: f32| {
+        let base = unit_rows(2, d, 31);
+        let (e0, e1) = (&base[..d], &base[d..]);
+        // e1 made orthogonal to e0, then the second center at angle acos(cos) from e0.
+        let dot: f32 = e0.iter().zip(e1).map(|(a, b)| a * b).sum();
+        let mut o: Vec<f32> = e1.iter().zip(e0).map(|(b, a)| b - dot * a).collect();
+        let n = o.iter().map(|v| v * v).sum::<f32>().sqrt();
+        o.iter_mut().for_each(|v| *v /= n);
+        let sin = (1.0 - cos * cos).sqrt();
+        let truth: Vec<f32> = e0.iter().copied().chain(e0.iter().zip(&o).map(|(a, b)| cos * a + sin * b)).collect();
+        let sample = noisy_sample(&truth, 2, d, 200, 0.05, 32);
+        auto_temperature(&sample, &Centers::from_rows(2, d, truth).unwrap(), &backend).unwrap().0
+    };
+    let (near, far) = (at_cosine(0.9), at_cosine(0.3));
+    // The merge temperature is dominated by the squared gap between the two: (1 - cos) / 2.
+    assert!(far > 4.0 * near, "near {near}, far {far}");
+    // More clusters in the same space sit closer together: a lower temperature keeps them apart.
+    let at_k = |k: usize| {
+        let truth = unit_rows(k, d, 11);
+        let sample = noisy_sample(&truth, k, d, 100, 0.1, 12);
+        auto_temperature(&sample, &Centers::from_rows(k, d, truth).unwrap(), &backend).unwrap().0
+    };
+    assert!(at_k(24) < at_k(4), "K = 24: {}, K = 4: {}", at_k(24), at_k(4));
+}
+
+#[test]
+fn default_fit_chooses_and_stores_the_temperature_and_recovers_the_planted_directions() {
+    let dir = tempfile::tempdir().unwrap();
+    let (paths, truth) = planted_chunks(dir.path(), 3, 6, 32, 7);
+    let config = ClusteringConfig::new(6, 32); // temperature "auto"
+    let model = fit(&config, None, &paths, &dir.path().join("out"));
+    let Temperature::Fixed(t) = model.config.temperature else { panic!("a fit stores a number") };
+    assert!(t > 1e-3 && t < 0.5, "{t}");
+    assert!(model.config.temperature_rule.as_deref().is_some_and(|r| r.starts_with("auto: ")));
+    for c in 0..6 {
+        let best = (0..6).map(|j| cosine(&truth[c * 32..(c + 1) * 32], model.centers.row(j))).fold(f64::MIN, f64::max);
+        assert!(best > 0.95, "planted direction {c}: best match {best}");
+    }
+    assert!(model.warnings.is_empty(), "{:?}", model.warnings);
+    // The saved model carries the number and the rule, and transform needs nothing else.
+    let loaded = Model::load(&dir.path().join("out/model.safetensors")).unwrap();
+    assert_eq!(loaded.config, model.config);
+}
+
+#[test]
+fn twin_centers_are_reseeded_and_counted() {
+    let dir = tempfile::tempdir().unwrap();
+    let (k, d) = (4, 16);
+    let (paths, truth) = planted_chunks(dir.path(), 3, k, d, 21);
+    // Start with centers 0 and 1 on the same planted direction: twins from the first update.
+    let mut start = truth.clone();
+    start.copy_within(0..d, d);
+    let mut config = ClusteringConfig::new(k, d);
+    config.temperature = Temperature::Fixed(0.1);
+    config.tol = 0.0;
+    let model = fit(&config, Some(Centers::from_rows(k, d, start).unwrap()), &paths, &dir.path().join("out"));
+    let first = &model.history[0];
+    assert!(first.twins >= 1 && first.reseeds >= 1, "{first:?}");
+    for a in 0..k {
+        for b in a + 1..k {
+            assert!(cosine(model.centers.row(a), model.centers.row(b)) < 0.99, "centers {a} and {b} are still twins");
+        }
+    }
+    // The direction the twin left uncovered is found again.
+    let covered = (0..k).map(|c| (0..k).map(|j| cosine(&truth[c * d..(c + 1) * d], model.centers.row(j))).fold(f64::MIN, f64::max));
+    assert!(covered.clone().all(|b| b > 0.95), "{:?}", covered.collect::<Vec<_>>());
+}
