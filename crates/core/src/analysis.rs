@@ -518,6 +518,7 @@ mod tests {
                 xie_beni: Some(xb / (n * min_sep)),
                 silhouette: Some(s_total / n),
                 silhouette_sample: xs.len(),
+                twins: (0..k).map(|j| (j + 1..k).filter(|&l| sim(j, l) > 0.99).count()).sum(),
             },
             clusters,
             center_similarity: (0..k).map(|j| (0..k).map(|l| sim(j, l)).collect()).collect(),
@@ -547,7 +548,7 @@ mod tests {
             let got = analyze(&CpuBackend::default(), &config, &centers, &tokens, Some(&ids), options).unwrap();
             let want = naive(&acts, &mask, &ids, d, &centers, &config, 7, 5);
             let (g, w) = (&got.overall, &want.overall);
-            assert_eq!((g.n_tokens, g.silhouette_sample), (w.n_tokens, w.silhouette_sample));
+            assert_eq!((g.n_tokens, g.silhouette_sample, g.twins), (w.n_tokens, w.silhouette_sample, w.twins));
             close(g.partition_entropy, w.partition_entropy, "partition entropy");
             close(g.partition_coefficient, w.partition_coefficient, "partition coefficient");
             close(g.mean_nonzero_per_token, w.mean_nonzero_per_token, "nonzero per token");
@@ -572,6 +573,21 @@ mod tests {
                 gr.iter().zip(wr).for_each(|(a, b)| close(*a, *b, "center similarity"));
             }
         }
+    }
+
+    #[test]
+    fn twins_are_the_center_pairs_above_cosine_0_99() {
+        let d = 3;
+        // Centers 0 and 2 at cosine 0.995, 1 apart; 3 at cosine 0.98 of 0 (not a twin).
+        let (c, s) = (0.995f32, (1.0f32 - 0.995 * 0.995).sqrt());
+        let (c3, s3) = (0.98f32, (1.0f32 - 0.98 * 0.98).sqrt());
+        let rows = vec![1.0, 0.0, 0.0, 0.0, 1.0, 0.0, c, 0.0, s, c3, 0.0, -s3];
+        let centers = Centers::from_rows(4, d, rows).unwrap();
+        let config = ClusteringConfig { temperature: Temperature::Fixed(0.1), ..ClusteringConfig::new(4, d) };
+        let acts = [1.0f32, 0.2, 0.1, 0.1, 1.0, 0.0];
+        let tokens = Tokens { source: "a", chunk_index: 0, activations: ActivationsRef::F32(&acts), seq_len: 2, d, mask: None };
+        let a = analyze(&CpuBackend::default(), &config, &centers, &tokens, None, AnalyzeOptions::default()).unwrap();
+        assert_eq!(a.overall.twins, 1);
     }
 
     #[test]
