@@ -25,7 +25,7 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
 sys.path.insert(0, HERE)
 import fit  # noqa: E402  (benches/fit.py: generator, chunk loading, the numpy soft fit)
-from spawner import PeerFailed, Spawner, json_line  # noqa: E402
+from spawner import PeerFailed, Spawner, drive_and_record, json_line  # noqa: E402
 
 DEFAULT_TOKENS, QUICK_TOKENS = 81920, 8192          # tokens per data set, padding included
 DEFAULT_ROWS, QUICK_ROWS = 20000, 2000              # rows given to the npm peers
@@ -356,16 +356,7 @@ def build(args):
 
 
 def run(args):
-    started = time.perf_counter()
-    spawner = Spawner(os.path.join(OUT, "logs"))   # first, while the driver is small
-    try:
-        results = drive(args, spawner)
-    finally:
-        spawner.close()
-    results["wall_seconds"] = time.perf_counter() - started
-    results["machine"]["load_average_at_end"] = os.getloadavg()[0]
-    with open(os.path.join(HERE, "harness-results.json"), "w") as fh:
-        json.dump(results, fh, indent=1)
+    results = drive_and_record(drive, args, os.path.join(OUT, "logs"), os.path.join(HERE, "harness-results.json"))
     write_chart(results, os.path.join(HERE, "harness-throughput.svg"))
     write_block(results, args.results)
     print(f"harness: {results['wall_seconds']:.0f} s in all", file=sys.stderr)

@@ -43,7 +43,7 @@ sys.path.insert(0, HERE)
 import fit  # noqa: E402  (the planted generator, chunk loading, memberships_from_sims)
 import harness  # noqa: E402  (token loading, the planted data's folder and size)
 from results_md import replace_block  # noqa: E402
-from spawner import PeerFailed, Spawner, json_line  # noqa: E402
+from spawner import PeerFailed, Spawner, drive_and_record, json_line  # noqa: E402
 
 TEXTS = ["GPL-2", "LGPL-2.1", "LGPL-3", "MPL-1.1", "GFDL-1.3", "GPL-1"]
 LICENSES = "/usr/share/common-licenses"
@@ -321,16 +321,7 @@ def planted(args, spawner, timeout):
 # run (the driver)
 
 def run(args):
-    started = time.perf_counter()
-    spawner = Spawner(os.path.join(OUT, "logs"))   # first, while the driver is small
-    try:
-        results = drive(args, spawner)
-    finally:
-        spawner.close()
-    results["wall_seconds"] = time.perf_counter() - started
-    results["machine"]["load_average_at_end"] = os.getloadavg()[0]
-    with open(args.json, "w") as fh:
-        json.dump(results, fh, indent=1)
+    results = drive_and_record(drive, args, os.path.join(OUT, "logs"), args.json)
     write_block(results, args.results)
     print(f"quality: {results['wall_seconds']:.0f} s in all", file=sys.stderr)
 

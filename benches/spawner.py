@@ -4,6 +4,7 @@ import json
 import os
 import subprocess
 import sys
+import time
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -85,3 +86,19 @@ def json_line(res, what):
     if not lines:
         raise PeerFailed(f"{what} printed no JSON line")
     return json.loads(lines[-1])
+
+
+def drive_and_record(drive, args, log_dir, json_path):
+    """Runs a benchmark driver `drive(args, spawner)` with a fresh spawner, times it, notes the
+    load at the end and writes its results to `json_path`; returns the results."""
+    started = time.perf_counter()
+    spawner = Spawner(log_dir)   # first, while the driver is small
+    try:
+        results = drive(args, spawner)
+    finally:
+        spawner.close()
+    results["wall_seconds"] = time.perf_counter() - started
+    results["machine"]["load_average_at_end"] = os.getloadavg()[0]
+    with open(json_path, "w") as fh:
+        json.dump(results, fh, indent=1)
+    return results
