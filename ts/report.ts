@@ -155,7 +155,7 @@ export function renderReport(input: ReportInput): string {
   const overview: [string, string][] = [
     ['model', input.modelPath],
     ['clusters × dModel', `${k} × ${config.dModel}`],
-    ['temperature / min membership', `${config.temperature} / ${config.minMembership}`],
+    ['temperature / min membership', `${typeof config.temperature === 'number' ? Number(config.temperature.toPrecision(3)) : config.temperature} / ${config.minMembership}${config.temperatureRule ? ` (temperature ${config.temperatureRule})` : ''}`],
     ['fitted on', `${summary.chunks.length} chunks, ${summary.history.length} iterations${last ? `, final objective ${fmt(last.objective, 4)}` : ''}`],
     ['tokens decoded with', input.decoder.description],
   ]

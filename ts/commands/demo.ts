@@ -33,7 +33,7 @@ export async function demo(options: DemoOptions): Promise<void> {
     progress.stop()
   }
   const last = history[history.length - 1]!
-  say(`${history.length} iterations, objective ${history[0]!.objective.toFixed(4)} -> ${last.objective.toFixed(4)}, temperature ${model.config.temperature} (auto)`)
+  say(`${history.length} iterations, objective ${history[0]!.objective.toFixed(4)} -> ${last.objective.toFixed(4)}, temperature ${Number((model.config.temperature as number).toPrecision(3))} (auto)`)
   for (const w of model.summary?.warnings ?? []) console.error(`soft-cluster: warning: ${w}`)
   const report = await writeReport(chunks, { model: modelPath, out: join(out, 'report.html'), tokenizer, progress: options.progress })
   if (options.json) return printJson({ outputDir: out, model: modelPath, memberships: membershipsFiles(out, chunks), report, history })

@@ -63,7 +63,7 @@ export async function fit(chunkSpecs: string[], options: FitCommandOptions): Pro
       `fitted ${options.clusters} clusters over ${chunks.length} chunks in ${history.length} iterations` +
         (last ? ` (objective ${last.objective.toFixed(4)}, last shift ${last.maxShift.toExponential(1)})` : ''),
     )
-    console.log(`temperature ${temperature}${temperatureRule ? ` (${temperatureRule})` : ''}, on ${device}`)
+    console.log(`temperature ${typeof temperature === 'number' ? Number(temperature.toPrecision(3)) : temperature}${temperatureRule ? ` (${temperatureRule})` : ''}, on ${device}`)
     console.log(`wrote ${modelPath} and ${chunks.length} .memberships.npz files into ${out}`)
   } finally {
     progress.stop()
