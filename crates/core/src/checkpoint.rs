@@ -109,12 +109,13 @@ impl Checkpoint {
     pub fn check_matches(&self, config: &ClusteringConfig, chunks: &[ChunkFingerprint]) -> Result<()> {
         if &self.config != config {
             let (a, b) = (self.config.to_json(), config.to_json());
-            let fields: Vec<String> = b
-                .as_object()
-                .unwrap()
-                .iter()
-                .filter(|(k, v)| a.get(k.as_str()) != Some(v))
-                .map(|(k, v)| format!("{k} = {v} (checkpoint: {})", a[k.as_str()]))
+            let (a, b) = (a.as_object().unwrap(), b.as_object().unwrap());
+            let keys: std::collections::BTreeSet<&String> = a.keys().chain(b.keys()).collect();
+            let shown = |v: Option<&serde_json::Value>| v.map_or("(none)".to_string(), |v| v.to_string());
+            let fields: Vec<String> = keys
+                .into_iter()
+                .filter(|k| a.get(*k) != b.get(*k))
+                .map(|k| format!("{k} = {} (checkpoint: {})", shown(b.get(k)), shown(a.get(k))))
                 .collect();
             return Err(Error::config(
                 fields.first().map(|f| f.split(' ').next().unwrap_or("config")).unwrap_or("config"),

@@ -9,7 +9,7 @@ use crate::error::{Error, Result};
 use crate::exemplars::{self, ExemplarHeaps};
 use crate::config::Temperature;
 use crate::init::{sample_size, start, suggested_temperature};
-use crate::kernels::{Backend, Centers, MembershipParams, Tokens, Want};
+use crate::kernels::{for_each_cosine_row, Backend, Centers, MembershipParams, Tokens, Want, COSINE_BLOCK_BYTES};
 use crate::memberships_file;
 use crate::model::{HistoryEntry, Model};
 use crate::output::remove_stale_temporaries;
@@ -125,7 +125,11 @@ pub fn fit_chunks(request: FitRequest, backend: &dyn Backend, progress: &mut dyn
         let t = params.temperature;
         let suggestion = match config.temperature_rule {
             Some(_) => "it was chosen by \"auto\"; try more nIterations or fewer clusters".to_string(),
-            None => format!("temperature \"auto\" would choose {:.3} for this data", suggested_temperature(config, chunks, backend)?),
+            // Best effort: the suggestion must not fail a fit whose outputs are written.
+            None => match suggested_temperature(config, chunks, backend) {
+                Ok(t) => format!("temperature \"auto\" would choose {t:.3} for this data"),
+                Err(e) => format!("rerun with temperature \"auto\" (its value could not be computed here: {e})"),
+            },
         };
         warnings.push(format!(
             "the fit ended collapsed at temperature {t}: {twins} twin center pairs above cosine {TWIN_COSINE}, partition entropy {entropy:.3} (1 = every token in every cluster alike); {suggestion}"
@@ -151,10 +155,11 @@ pub fn fit_chunks(request: FitRequest, backend: &dyn Backend, progress: &mut dyn
     Ok(model)
 }
 
-/// Refuses, before any work, a fit whose sums and init sample would not fit in memory.
+/// Refuses, before any work, a fit whose sums, init sample and cosine blocks would not fit in
+/// memory.
 fn check_memory(config: &ClusteringConfig, backend: &dyn Backend) -> Result<()> {
     let (k, d) = (config.n_clusters, config.d_model);
-    let needed = backend.host_bytes_for_pass(k, d) + sample_size(k) as f64 * d as f64 * 4.0;
+    let needed = backend.host_bytes_for_pass(k, d) + sample_size(k) as f64 * d as f64 * 4.0 + COSINE_BLOCK_BYTES as f64 + (1024 * k * 4) as f64;
     if let Some(available) = available_memory() {
         if needed > available as f64 {
             return Err(Error::TooLarge {
@@ -177,9 +182,11 @@ fn available_memory() -> Option<u64> {
 
 /// Pairs `(a, b)`, `a < b`, of centers closer than `TWIN_COSINE`.
 fn twin_pairs(centers: &Centers, backend: &dyn Backend) -> Result<Vec<(usize, usize)>> {
-    let k = centers.k;
-    let cosines = backend.cosines(&centers.data, &centers.data, centers.d)?;
-    Ok((0..k).flat_map(|a| (a + 1..k).map(move |b| (a, b))).filter(|&(a, b)| f64::from(cosines[a * k + b]) > TWIN_COSINE).collect())
+    let mut pairs = Vec::new();
+    for_each_cosine_row(backend, &centers.data, &centers.data, centers.d, |a, row| {
+        pairs.extend(row.iter().enumerate().skip(a + 1).filter(|&(_, &c)| f64::from(c) > TWIN_COSINE).map(|(b, _)| (a, b)));
+    })?;
+    Ok(pairs)
 }
 
 /// `C_k = S_k / |S_k|`. A cluster left empty, and the later center of each twin pair (unless
@@ -202,10 +209,11 @@ fn updated_centers(old: &Centers, stats: &PassStats, backend: &dyn Backend) -> R
         }
     }
     let mut next = Centers { k, d, data };
-    let pairs = twin_pairs(&next, backend)?;
+    // Pairs of new centers: a cluster left empty still holds its old row and is not one.
+    let pairs: Vec<(usize, usize)> = twin_pairs(&next, backend)?.into_iter().filter(|&(a, b)| !empty[a] && !empty[b]).collect();
     let mut twin = vec![false; k];
     for &(a, b) in &pairs {
-        if !empty[a] && !empty[b] && !twin[a] {
+        if !twin[a] {
             twin[b] = true;
         }
     }

@@ -4,7 +4,7 @@
 
 use crate::config::{ClusteringConfig, Temperature};
 use crate::error::{Error, Result};
-use crate::kernels::{prepare_rows, unit_row, Backend, Centers, Tokens};
+use crate::kernels::{for_each_cosine_row, prepare_rows, unit_row, Backend, Centers, Tokens};
 use crate::stream::{report, reservoir_slot, stream_chunks, Phase, Progress};
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
@@ -41,13 +41,6 @@ fn sample_tokens(config: &ClusteringConfig, chunks: &[PathBuf], rng: &mut ChaCha
         report(progress, Phase::Init, 0, config.n_iterations, i, chunks.len(), seen, started);
         Ok(())
     })?;
-    let n = sample.len() / d;
-    if n < k {
-        return Err(Error::invalid_input(
-            "chunks",
-            format!("hold {n} real, non-zero tokens, fewer than nClusters = {k}"),
-        ));
-    }
     Ok(sample)
 }
 
@@ -124,6 +117,10 @@ pub fn start(config: &ClusteringConfig, initial: Option<Centers>, chunks: &[Path
     let centers = match initial {
         Some(c) => c,
         None => {
+            let n = sample.len() / d;
+            if n < k {
+                return Err(Error::invalid_input("chunks", format!("hold {n} real, non-zero tokens, fewer than nClusters = {k}")));
+            }
             let centers = kmeans_plus_plus(&sample, k, d, &mut rng, backend)?;
             warm_up(&sample, centers, config.warmup_iterations, backend)?
         }
@@ -146,12 +143,19 @@ pub fn suggested_temperature(config: &ClusteringConfig, chunks: &[PathBuf], back
 
 /// Index of the best center of each sample row (ties: the lowest index) and its cosine.
 fn assign(sample: &[f32], centers: &Centers, backend: &dyn Backend) -> Result<Vec<(usize, f32)>> {
-    let k = centers.k;
-    let cosines = backend.cosines(sample, &centers.data, centers.d)?;
-    Ok(cosines
-        .chunks_exact(k)
-        .map(|row| row.iter().enumerate().fold((0, f32::NEG_INFINITY), |best, (c, &v)| if v > best.1 { (c, v) } else { best }))
-        .collect())
+    nearest(sample, &centers.data, centers.d, false, backend)
+}
+
+/// For each row of `rows`, the row of `others` with the largest cosine (ties: the lowest index)
+/// and that cosine (`usize::MAX` when there is none); `skip_self` leaves out `others[i]` for row
+/// `i` (rows and others the same set).
+fn nearest(rows: &[f32], others: &[f32], d: usize, skip_self: bool, backend: &dyn Backend) -> Result<Vec<(usize, f32)>> {
+    let mut best = Vec::with_capacity(rows.len() / d);
+    for_each_cosine_row(backend, rows, others, d, |i, row| {
+        let pick = row.iter().enumerate().filter(|&(c, _)| !skip_self || c != i);
+        best.push(pick.fold((usize::MAX, f32::NEG_INFINITY), |b, (c, &v)| if v > b.1 || b.0 == usize::MAX { (c, v) } else { b }));
+    })?;
+    Ok(best)
 }
 
 /// Hard spherical k-means on the sample: each row goes to its nearest center, each center to
@@ -198,18 +202,17 @@ fn warm_up(sample: &[f32], mut centers: Centers, iterations: usize, backend: &dy
 pub fn auto_temperature(sample: &[f32], centers: &Centers, backend: &dyn Backend) -> Result<(f64, String)> {
     let (k, d) = (centers.k, centers.d);
     let best = assign(sample, centers, backend)?;
-    let center_cos = backend.cosines(&centers.data, &centers.data, d)?;
+    let neighbour = nearest(&centers.data, &centers.data, d, true, backend)?;
     let mut members: Vec<Vec<usize>> = vec![Vec::new(); k];
     for (i, &(c, _)) in best.iter().enumerate() {
         members[c].push(i);
     }
     let mut merge: Vec<f64> = Vec::new();
     for a in 0..k {
-        let nearest = (0..k).filter(|&b| b != a).fold(None, |best: Option<usize>, b| match best {
-            Some(x) if center_cos[a * k + x] >= center_cos[a * k + b] => Some(x),
-            _ => Some(b),
-        });
-        let Some(b) = nearest else { continue };
+        let b = neighbour[a].0;
+        if b >= k {
+            continue; // K = 1: no other center
+        }
         let union: Vec<usize> = members[a].iter().chain(&members[b]).copied().collect();
         if members[a].len() < 2 || members[b].len() < 2 {
             continue;

@@ -495,3 +495,24 @@ fn twin_centers_are_reseeded_and_counted() {
     let covered = (0..k).map(|c| (0..k).map(|j| cosine(&truth[c * d..(c + 1) * d], model.centers.row(j))).fold(f64::MIN, f64::max));
     assert!(covered.clone().all(|b| b > 0.95), "{:?}", covered.collect::<Vec<_>>());
 }
+
+#[test]
+fn initial_centers_need_no_more_tokens_than_clusters_and_the_warning_never_fails_a_fit() {
+    let dir = tempfile::tempdir().unwrap();
+    // Two real tokens, three clusters.
+    let path = dir.path().join("tiny.npz");
+    write_chunk(&path, 1, 2, 2, &[1.0, 0.0, 0.0, 1.0], None, None);
+    let start = || Some(Centers::from_rows(3, 2, vec![1.0, 0.0, 0.0, 1.0, -1.0, 0.0]).unwrap());
+    // temperature "auto" measures the sample; k-means++ (which needs K tokens) is not run.
+    let auto = fit(&ClusteringConfig::new(3, 2), start(), &[path.clone()], &dir.path().join("auto"));
+    assert!(matches!(auto.config.temperature, Temperature::Fixed(t) if t > 0.0));
+    // A hot numeric temperature: nearly flat memberships, so the fit warns; the value "auto" would
+    // choose cannot be computed on 2 tokens for 3 clusters, and the fit still completes.
+    let mut hot = ClusteringConfig::new(3, 2);
+    hot.temperature = Temperature::Fixed(10.0);
+    hot.n_iterations = 0;
+    let model = fit(&hot, start(), &[path], &dir.path().join("hot"));
+    assert_eq!(model.warnings.len(), 1, "{:?}", model.warnings);
+    assert!(model.warnings[0].contains("temperature 10") && model.warnings[0].contains("could not be computed"), "{}", model.warnings[0]);
+    assert!(dir.path().join("hot/model.safetensors").exists());
+}

@@ -345,6 +345,25 @@ impl<B: Backend + ?Sized> Pass for HostPass<'_, B> {
     }
 }
 
+/// Bytes of the cosine block `for_each_cosine_row` holds at a time.
+pub const COSINE_BLOCK_BYTES: usize = 64 << 20;
+
+/// Calls `visit(i, cosines of row i with every row of others)` for each unit row of `rows`
+/// (`[n, d]`), in order, computing `Backend::cosines` a block of rows at a time so that at most
+/// `COSINE_BLOCK_BYTES` of cosines exist whatever `n` and the number of `others`.
+pub fn for_each_cosine_row(backend: &dyn Backend, rows: &[f32], others: &[f32], d: usize, mut visit: impl FnMut(usize, &[f32])) -> Result<()> {
+    let t = (others.len() / d.max(1)).max(1);
+    // A multiple of the host GEMM's own block, so every row is computed as in one call.
+    let block = (COSINE_BLOCK_BYTES / (4 * t) / 1024 * 1024).max(1024);
+    for (b, rows) in rows.chunks(block * d).enumerate() {
+        let cosines = backend.cosines(rows, others, d)?;
+        for (i, row) in cosines.chunks_exact(t).enumerate() {
+            visit(b * block + i, row);
+        }
+    }
+    Ok(())
+}
+
 /// Writes token `token` of `tokens`, scaled by `inv_norm`, into `out` as float32.
 pub fn unit_row(tokens: &Tokens, token: usize, inv_norm: f64, out: &mut [f32]) {
     let span = token * tokens.d..(token + 1) * tokens.d;
