@@ -11,10 +11,11 @@ use rand_chacha::ChaCha8Rng;
 use std::path::PathBuf;
 use std::time::Instant;
 
-/// Tokens sampled for init: enough per cluster for the warm-up and the temperature rule to see
-/// each cluster's spread (64 per cluster, at least 16384), at most 65536 rows (96 MiB at D = 384).
+/// Tokens sampled for init: enough for the warm-up and the temperature rule to see each
+/// cluster's spread (at least 16384, 16 per cluster), at most 32768 rows: k-means++ and the
+/// warm-up cost `rows x K x D` each, and a fit warned of collapse pays for them once more.
 pub fn sample_size(k: usize) -> usize {
-    (64 * k).clamp(16384, 65536).max(k)
+    (16 * k).clamp(16384, 32768).max(k)
 }
 
 /// A seeded uniform sample (reservoir, algorithm R) of the unit vectors of real tokens.
