@@ -1,10 +1,10 @@
-import { renameSync, rmSync, writeFileSync } from 'node:fs'
+import { realpathSync, renameSync, rmSync, writeFileSync } from 'node:fs'
 import { basename, dirname, join, resolve } from 'node:path'
 import { analyzeSequentialClusters, type ClusterAnalysis } from '../analysis'
 import { idDecoder, tokenizerDecoder, vocabDecoder, type TokenDecoder } from '../decode'
 import { renderReport } from '../report'
 import { analyzeModel } from './analyze'
-import { printJson } from './chunks'
+import { printJson, resolveChunks } from './chunks'
 
 export interface ReportCommandOptions {
   model: string
@@ -27,7 +27,7 @@ export function decoderFor(options: { tokenizer?: string; vocab?: string }): Tok
 
 /** Writes a file under a temporary name, then renames it into place. */
 function writeAtomically(path: string, text: string): void {
-  const tmp = join(dirname(path), `.${basename(path)}.tmp-${process.pid}`)
+  const tmp = join(dirname(path), `.${basename(path)}.soft-cluster-tmp-${process.pid}`)
   try {
     writeFileSync(tmp, text)
     renameSync(tmp, path)
@@ -38,10 +38,29 @@ function writeAtomically(path: string, text: string): void {
   }
 }
 
+/** The file a path names, links followed (the path itself when it does not exist yet). */
+function sameFileKey(path: string): string {
+  try {
+    return realpathSync(path)
+  } catch {
+    return resolve(path)
+  }
+}
+
+/** Refuses an `--out` that is the model or one of the chunks: the report must never replace an input. */
+function checkOutIsNotAnInput(out: string, inputs: readonly string[]): void {
+  const target = sameFileKey(out)
+  const hit = inputs.find((input) => sameFileKey(input) === target)
+  if (hit !== undefined) {
+    throw Object.assign(new Error(`--out ${out}: is the input ${hit}; write the report to another path`), { code: 'ERR_INVALID_INPUT' })
+  }
+}
+
 /** Renders the report and writes it to `options.out`; returns its absolute path. */
 export async function writeReport(chunkSpecs: readonly string[], options: ReportCommandOptions): Promise<string> {
   const decoder = decoderFor(options)
   const out = resolve(options.out)
+  checkOutIsNotAnInput(out, [options.model, ...resolveChunks(chunkSpecs)])
   const { model, chunks, analysis } = await analyzeModel(chunkSpecs, options)
   // Without chunks, an analysis of no tokens still gives the centers' geometry.
   const geometry: ClusterAnalysis = analysis ?? analyzeSequentialClusters(model, new Float32Array(0), null, { shape: [0, model.config.dModel] })

@@ -186,6 +186,14 @@ impl Model {
         let locations = i64s(tensor("exemplar_locations", Dtype::I64, &[k, e, 3])?);
         let tokens = i64s(tensor("exemplar_tokens", Dtype::I64, &[k, e, w])?);
         let context = f32s(tensor("exemplar_context_memberships", Dtype::F32, &[k, e, w])?);
+        // Every later command trusts these numbers: a non-finite one is a broken file, said here.
+        let finite = |name: &str, mut values: Box<dyn Iterator<Item = f64> + '_>| match values.position(|v| !v.is_finite()) {
+            Some(i) => Err(bad(format!("tensor `{name}` holds a non-finite value (at flat index {i})"))),
+            None => Ok(()),
+        };
+        finite("cluster_mass", Box::new(cluster_mass.iter().copied()))?;
+        finite("exemplar_values", Box::new(values.iter().map(|&v| f64::from(v))))?;
+        finite("exemplar_context_memberships", Box::new(context.iter().map(|&v| f64::from(v))))?;
         let mut exemplars = Vec::with_capacity(k);
         for c in 0..k {
             let n = usize::try_from(count[c]).ok().filter(|&n| n <= e).ok_or_else(|| bad(format!("exemplar_count[{c}] = {} is out of range", count[c])))?;
@@ -250,6 +258,21 @@ mod tests {
         let bytes = m.to_bytes().unwrap();
         assert_eq!(bytes, m.to_bytes().unwrap());
         assert_eq!(Model::from_bytes(&bytes, "m").unwrap(), m);
+    }
+
+    #[test]
+    fn refuses_non_finite_statistics() {
+        for (field, at) in [("cluster_mass", 0usize), ("exemplar_values", 1), ("exemplar_context_memberships", 1)] {
+            let mut m = sample();
+            match field {
+                "cluster_mass" => m.cluster_mass[1] = f64::NAN,
+                "exemplar_values" => m.exemplars[1][0].value = f32::INFINITY,
+                _ => m.exemplars[1][0].context_memberships[at] = f32::NAN,
+            }
+            let err = Model::from_bytes(&m.to_bytes().unwrap(), "m.safetensors").unwrap_err();
+            assert_eq!(err.code(), "ERR_BAD_MODEL");
+            assert!(err.to_string().contains(&format!("tensor `{field}` holds a non-finite value")), "{err}");
+        }
     }
 
     #[test]

@@ -6,9 +6,12 @@ use crate::error::{Error, Result};
 use std::io::Write;
 use std::path::{Path, PathBuf};
 
+/// What every temporary of ours carries before its maker's process id: cleanup touches nothing else.
+const TEMPORARY_MARK: &str = ".soft-cluster-tmp-";
+
 fn temporary_name(path: &Path) -> PathBuf {
     let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
-    path.with_file_name(format!(".{name}.tmp-{}", std::process::id()))
+    path.with_file_name(format!(".{name}{TEMPORARY_MARK}{}", std::process::id()))
 }
 
 /// Writes `bytes` to `path` atomically (temporary file, fsync, rename).
@@ -26,14 +29,21 @@ pub fn write_atomically(path: &Path, bytes: &[u8]) -> Result<()> {
     })
 }
 
-/// Removes temporary files that a killed run left behind (`.<name>.tmp-<pid>`): they were never
-/// renamed into place, so nothing refers to them.
+/// Removes temporary files that a killed run of ours left behind (`.<name>.soft-cluster-tmp-<pid>`,
+/// the maker gone): they were never renamed into place, so nothing refers to them.
 pub fn remove_stale_temporaries(output_dir: &Path) {
     let Ok(entries) = std::fs::read_dir(output_dir) else { return };
     for entry in entries.flatten() {
         let name = entry.file_name().to_string_lossy().into_owned();
-        if name.starts_with('.') && name.contains(".tmp-") {
+        let maker = name.strip_prefix('.').and_then(|n| n.rsplit_once(TEMPORARY_MARK)).and_then(|(_, pid)| pid.parse::<u32>().ok());
+        if maker.is_some_and(|pid| pid != std::process::id() && process_is_gone(pid)) {
             let _ = std::fs::remove_file(entry.path());
         }
     }
+}
+
+/// Whether no process `pid` runs now. Only Linux can tell (`/proc`); elsewhere a temporary is
+/// never assumed abandoned.
+fn process_is_gone(pid: u32) -> bool {
+    cfg!(target_os = "linux") && Path::new("/proc/self").exists() && !Path::new(&format!("/proc/{pid}")).exists()
 }

@@ -7,7 +7,7 @@ use rand::Rng;
 use rand_chacha::ChaCha8Rng;
 use serde::Serialize;
 use std::collections::HashSet;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 /// Which part of a fit is running.
@@ -58,16 +58,23 @@ pub fn chunk_names(chunks: &[PathBuf]) -> Result<Vec<String>> {
     if chunks.is_empty() {
         return Err(Error::invalid_input("chunks", "no chunk files were given"));
     }
-    let mut seen = HashSet::new();
+    let (mut outputs, mut files) = (HashSet::new(), HashSet::new());
     chunks
         .iter()
         .map(|p| {
             let name = p.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
-            if !seen.insert(name.clone()) {
+            let output = crate::memberships_file::path_for(Path::new(""), &name);
+            if !outputs.insert(output.clone()) {
                 return Err(Error::invalid_input(
                     &p.display().to_string(),
-                    format!("another chunk is also named {name:?}; output files are named after chunks, so names must differ"),
+                    format!("another chunk also writes {}; output files are named after chunks, so their names (without .npz) must differ", output.display()),
                 ));
+            }
+            // The same file under two names (a link) would be counted twice.
+            if let Ok(real) = p.canonicalize() {
+                if !files.insert(real.clone()) {
+                    return Err(Error::invalid_input(&p.display().to_string(), format!("is the same file as another chunk ({})", real.display())));
+                }
             }
             Ok(name)
         })

@@ -206,7 +206,7 @@ fn failures_name_the_chunk_and_leave_no_model() {
     }
     let chunks = vec![fixture("planted_a_f32.npz"), fixture("planted_a_f32.npz")];
     let err = fit_chunks(FitRequest { config: &config, initial_centers: None, chunks: &chunks, output_dir: dir.path(), resume: false }, &CpuBackend::default(), &mut |_| {}).unwrap_err();
-    assert!(err.to_string().contains("names must differ"), "{err}");
+    assert!(err.to_string().contains("their names (without .npz) must differ"), "{err}");
     let err = fit_chunks(FitRequest { config: &config, initial_centers: None, chunks: &[fixture("bad/all_masked.npz")], output_dir: dir.path(), resume: false }, &CpuBackend::default(), &mut |_| {}).unwrap_err();
     assert!(err.to_string().contains("fewer than nClusters"), "{err}");
 }
@@ -515,4 +515,50 @@ fn initial_centers_need_no_more_tokens_than_clusters_and_the_warning_never_fails
     assert_eq!(model.warnings.len(), 1, "{:?}", model.warnings);
     assert!(model.warnings[0].contains("temperature 10") && model.warnings[0].contains("could not be computed"), "{}", model.warnings[0]);
     assert!(dir.path().join("hot/model.safetensors").exists());
+}
+
+#[test]
+fn cleanup_removes_only_abandoned_temporaries_of_ours() {
+    let dir = tempfile::tempdir().unwrap();
+    let (paths, _) = planted_chunks(dir.path(), 2, 3, 8, 5);
+    let out = dir.path().join("out");
+    std::fs::create_dir_all(&out).unwrap();
+    // An input chunk and a user's file that merely look like temporaries, a temporary of a live
+    // process (pid 1 always runs), and one whose maker cannot exist (beyond any pid_max).
+    let chunk_like = out.join(".c9.tmp-1.npz");
+    std::fs::copy(&paths[0], &chunk_like).unwrap();
+    for name in [".notes.tmp-backup", ".model.safetensors.soft-cluster-tmp-1", ".model.safetensors.soft-cluster-tmp-4294967294"] {
+        std::fs::write(out.join(name), b"x").unwrap();
+    }
+    let mut config = ClusteringConfig::new(3, 8);
+    config.temperature = Temperature::Fixed(0.2);
+    let chunks = vec![paths[1].clone(), chunk_like.clone()];
+    fit(&config, None, &chunks, &out);
+    assert!(chunk_like.exists() && out.join(".notes.tmp-backup").exists());
+    assert!(out.join(".model.safetensors.soft-cluster-tmp-1").exists(), "a running process's temporary is kept");
+    if cfg!(target_os = "linux") {
+        assert!(!out.join(".model.safetensors.soft-cluster-tmp-4294967294").exists(), "an abandoned temporary is removed");
+    }
+}
+
+#[test]
+fn chunks_writing_the_same_output_or_naming_the_same_file_are_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let (paths, _) = planted_chunks(dir.path(), 1, 3, 8, 5);
+    let bare = dir.path().join("sub");
+    std::fs::create_dir_all(&bare).unwrap();
+    // `chunk_000.npz` and `chunk_000` would both write chunk_000.memberships.npz.
+    std::fs::copy(&paths[0], bare.join("chunk_000")).unwrap();
+    let config = ClusteringConfig::new(3, 8);
+    let run = |chunks: &[PathBuf]| fit_chunks(FitRequest { config: &config, initial_centers: None, chunks, output_dir: &dir.path().join("out"), resume: false }, &CpuBackend::default(), &mut |_| {});
+    let err = run(&[paths[0].clone(), bare.join("chunk_000")]).unwrap_err();
+    assert_eq!(err.code(), "ERR_INVALID_INPUT");
+    assert!(err.to_string().contains("also writes chunk_000.memberships.npz"), "{err}");
+    #[cfg(unix)]
+    {
+        let link = dir.path().join("other_name.npz");
+        std::os::unix::fs::symlink(&paths[0], &link).unwrap();
+        let err = run(&[paths[0].clone(), link]).unwrap_err();
+        assert!(err.to_string().contains("is the same file as another chunk"), "{err}");
+    }
 }
