@@ -31,3 +31,31 @@ describe('the report never replaces its inputs', () => {
     expect(readFileSync(chunk).equals(before.chunk)).toBe(true)
   })
 })
+
+describe('API misuse is an error, never a crash or a guess', () => {
+  it('fitChunks, transformChunks and analyzeChunks refuse a lone string instead of reading one file per character', async () => {
+    const { SequentialSoftClustering, analyzeChunks } = await import('../ts')
+    const model = new SequentialSoftClustering({ nClusters: 3, dModel: 64, temperature: 0.25 })
+    const dir = mkdtempSync(join(tmpdir(), 'sc-str-'))
+    for (const call of [
+      () => model.fitChunks('abc' as never, dir),
+      () => model.transformChunks('abc' as never, dir),
+      () => analyzeChunks(model, 'abc' as never),
+    ]) {
+      await expect(call()).rejects.toMatchObject({ code: 'ERR_INVALID_INPUT', message: expect.stringContaining('chunkPaths: must be an array of paths, got the string "abc"') })
+    }
+  })
+
+  it('an onProgress that throws rejects fitChunks with its error; the process lives on', async () => {
+    const { SequentialSoftClustering } = await import('../ts')
+    const model = new SequentialSoftClustering({ nClusters: 3, dModel: 64, temperature: 0.25, nIterations: 2, device: 'cpu' })
+    const out = mkdtempSync(join(tmpdir(), 'sc-throw-'))
+    let calls = 0
+    const boom = new Error('progress handler failed')
+    await expect(model.fitChunks([fixture], out, { onProgress: () => { calls++; throw boom } })).rejects.toBe(boom)
+    expect(calls).toBe(1)
+    // The binding is still usable afterwards.
+    const again = new SequentialSoftClustering({ nClusters: 3, dModel: 64, temperature: 0.25, nIterations: 1, device: 'cpu' })
+    await expect(again.fitChunks([fixture], join(out, 'again'))).resolves.toHaveLength(1)
+  })
+})

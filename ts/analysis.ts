@@ -1,6 +1,6 @@
 // Quality metrics of a clustering. The numbers are computed in the Rust core
 // (crates/core/src/analysis.rs, which defines each metric); their types come from the binding.
-import { maskArray, type FitProgress, type SequentialSoftClustering } from './clustering'
+import { chunkList, maskArray, withProgress, type FitProgress, type SequentialSoftClustering } from './clustering'
 import type * as native from './native'
 
 /** Options of the metrics: `topTokens`, `histogramBins`, `silhouetteSample`, `seed` (absent: the core's defaults). */
@@ -47,5 +47,6 @@ export async function analyzeChunks(
   chunkPaths: readonly string[],
   options: AnalyzeMetricOptions & { onProgress?: (progress: FitProgress) => void } = {},
 ): Promise<ClusterAnalysis> {
-  return model.model.analyzeChunks([...chunkPaths], metricOptions(options), options.onProgress)
+  const chunks = chunkList(chunkPaths)
+  return withProgress(options.onProgress, (cb) => model.model.analyzeChunks(chunks, metricOptions(options), cb))
 }

@@ -25,6 +25,36 @@ export function maskArray(mask: TransformOptions['attentionMask']): Uint8Array |
   return Uint8Array.from(Array.from(mask as ArrayLike<number | boolean>, (v) => (v ? 1 : 0)))
 }
 
+/** The chunk list as the array the core takes; a lone string would be read as one file per character. */
+export function chunkList(chunkPaths: readonly string[]): string[] {
+  if (!Array.isArray(chunkPaths)) {
+    throw Object.assign(new TypeError(`chunkPaths: must be an array of paths, got ${typeof chunkPaths === 'string' ? `the string ${JSON.stringify(chunkPaths)}` : typeof chunkPaths}`), {
+      code: 'ERR_INVALID_INPUT',
+    })
+  }
+  return [...chunkPaths]
+}
+
+/**
+ * Runs native work that reports progress to a user's callback. A callback that throws must not
+ * end the process: it is called no more, the work runs to its end, and the promise rejects with
+ * the callback's error.
+ */
+export async function withProgress<T>(onProgress: ((p: native.FitProgress) => void) | undefined, work: (cb?: (p: native.FitProgress) => void) => Promise<T>): Promise<T> {
+  if (!onProgress) return work(undefined)
+  let thrown: { error: unknown } | undefined
+  const result = await work((p) => {
+    if (thrown) return
+    try {
+      onProgress(p)
+    } catch (error) {
+      thrown = { error }
+    }
+  })
+  if (thrown) throw thrown.error
+  return result
+}
+
 function activationsArray(activations: Float32Array | ArrayLike<number>): Float32Array {
   return activations instanceof Float32Array ? activations : Float32Array.from(activations as ArrayLike<number>)
 }
@@ -32,7 +62,10 @@ function activationsArray(activations: Float32Array | ArrayLike<number>): Float3
 export type FitProgress = native.FitProgress
 
 export interface FitOptions {
-  /** Called after every chunk: phase, iteration, chunk i of n, tokens done and tokens/s. */
+  /**
+   * Called after every chunk: phase, iteration, chunk i of n, tokens done and tokens/s. If it
+   * throws, it is not called again, the work runs to its end, and the promise rejects with its error.
+   */
   onProgress?: (progress: FitProgress) => void
   /**
    * Continue from `outputDir/checkpoint.safetensors` (written after every iteration) if there is
@@ -82,7 +115,8 @@ export class SequentialSoftClustering {
    * Runs off the JS thread; resolves with the fit's history.
    */
   async fitChunks(chunkPaths: readonly string[], outputDir: string, options: FitOptions = {}): Promise<HistoryEntry[]> {
-    return this.model.fitChunks([...chunkPaths], outputDir, options.onProgress, options.resume ?? false)
+    const chunks = chunkList(chunkPaths)
+    return withProgress(options.onProgress, (cb) => this.model.fitChunks(chunks, outputDir, cb, options.resume ?? false))
   }
 
   /**
@@ -90,7 +124,8 @@ export class SequentialSoftClustering {
    * fit's output pass, on other data). Resolves with the number of token rows written.
    */
   async transformChunks(chunkPaths: readonly string[], outputDir: string, options: Pick<FitOptions, 'onProgress'> = {}): Promise<number> {
-    return this.model.transformChunks([...chunkPaths], outputDir, options.onProgress)
+    const chunks = chunkList(chunkPaths)
+    return withProgress(options.onProgress, (cb) => this.model.transformChunks(chunks, outputDir, cb))
   }
 
   /** Writes the model file (safetensors, docs/formats.md "Model file"). */

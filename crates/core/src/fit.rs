@@ -12,7 +12,7 @@ use crate::init::{sample_size, start, suggested_temperature};
 use crate::kernels::{for_each_cosine_row, Backend, Centers, MembershipParams, Tokens, Want, COSINE_BLOCK_BYTES};
 use crate::memberships_file;
 use crate::model::{HistoryEntry, Model};
-use crate::output::remove_stale_temporaries;
+use crate::output::in_output_dir;
 use crate::pass::PassStats;
 use crate::stream::{chunk_names, report, stream_chunks, Phase, Progress};
 use std::path::{Path, PathBuf};
@@ -48,8 +48,12 @@ pub fn fit_chunks(request: FitRequest, backend: &dyn Backend, progress: &mut dyn
     let names = chunk_names(chunks)?;
     check_memory(config, backend)?;
     let fingerprints = chunks.iter().map(|p| ChunkFingerprint::of(p)).collect::<Result<Vec<_>>>()?;
-    std::fs::create_dir_all(output_dir).map_err(|e| Error::io(output_dir, e))?;
-    remove_stale_temporaries(output_dir);
+    in_output_dir(output_dir, || fit_into(config, initial_centers, chunks, &names, &fingerprints, output_dir, resume, backend, progress))
+}
+
+/// `fit_chunks` once its inputs are checked and `output_dir` exists.
+#[allow(clippy::too_many_arguments)]
+fn fit_into(config: &ClusteringConfig, initial_centers: Option<Centers>, chunks: &[PathBuf], names: &[String], fingerprints: &[ChunkFingerprint], output_dir: &Path, resume: bool, backend: &dyn Backend, progress: &mut dyn FnMut(&Progress)) -> Result<Model> {
 
     let checkpoint = if resume { Checkpoint::load(output_dir)? } else { None };
     // `config` with the temperature as a number (chosen at init when it is `auto`).
@@ -143,7 +147,7 @@ pub fn fit_chunks(request: FitRequest, backend: &dyn Backend, progress: &mut dyn
         cluster_count: stats.hard_count,
         exemplars: heaps.into_sorted(),
         history,
-        chunks: names,
+        chunks: names.to_vec(),
         warnings,
     };
     model.save(&output_dir.join("model.safetensors"))?;

@@ -266,6 +266,9 @@ pub fn chunk_shape(path: &Path) -> Result<(usize, usize, usize)> {
     let mut member = zip.by_index(index).map_err(|e| Error::bad_chunk(path, "activations", format!("corrupt archive member: {e}")))?;
     let size = member.size();
     let header = read_header(&mut Counting { inner: &mut member, consumed: 0 }, size, path, "activations")?;
+    if let Some(&big) = header.shape.iter().find(|&&n| n > u32::MAX as usize) {
+        return Err(Error::bad_chunk(path, "activations", format!("declares a dimension of {big}, more than 2^32 - 1")));
+    }
     match header.shape[..] {
         [b, s, d] => Ok((b, s, d)),
         [t, d] => Ok((1, t, d)),

@@ -29,6 +29,20 @@ pub fn write_atomically(path: &Path, bytes: &[u8]) -> Result<()> {
     })
 }
 
+/// Runs `work` with `dir` as its output folder: made if missing (then removed again, if still
+/// empty, when `work` fails: a refused run leaves nothing behind), and cleared of abandoned
+/// temporaries of ours first.
+pub fn in_output_dir<T>(dir: &Path, work: impl FnOnce() -> Result<T>) -> Result<T> {
+    let made = !dir.exists();
+    std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
+    remove_stale_temporaries(dir);
+    let result = work();
+    if made && result.is_err() {
+        let _ = std::fs::remove_dir(dir); // fails, as it should, once anything was written
+    }
+    result
+}
+
 /// Removes temporary files that a killed run of ours left behind (`.<name>.soft-cluster-tmp-<pid>`,
 /// the maker gone): they were never renamed into place, so nothing refers to them.
 pub fn remove_stale_temporaries(output_dir: &Path) {

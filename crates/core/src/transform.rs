@@ -5,7 +5,7 @@ use crate::error::{Error, Result};
 use crate::kernels::{Backend, Centers, MembershipParams, PassOutput, Tokens, Want};
 use crate::memberships_file;
 use crate::model::Model;
-use crate::output::remove_stale_temporaries;
+use crate::output::in_output_dir;
 use crate::stream::{chunk_names, report, stream_chunks, Phase, Progress};
 use std::path::{Path, PathBuf};
 use std::time::Instant;
@@ -46,19 +46,19 @@ pub fn transform(backend: &dyn Backend, config: &ClusteringConfig, centers: &Cen
 /// centers: the output pass of a fit, on new data (`soft-cluster transform`).
 pub fn transform_chunks(model: &Model, chunks: &[PathBuf], output_dir: &Path, backend: &dyn Backend, progress: &mut dyn FnMut(&Progress)) -> Result<u64> {
     let names = chunk_names(chunks)?;
-    std::fs::create_dir_all(output_dir).map_err(|e| Error::io(output_dir, e))?;
-    remove_stale_temporaries(output_dir);
     let params = MembershipParams::try_from(&model.config)?;
-    let started = Instant::now();
-    let mut rows = 0u64;
-    stream_chunks(chunks, model.config.d_model, |i, chunk| {
-        let out = backend.run(&model.centers, &Tokens::from_chunk(&chunk, i), params, Want { sparse: true, ..Want::default() })?;
-        memberships_file::write_for_chunk(output_dir, &names[i], &chunk, &out, model.config.n_clusters)?;
-        rows += out.rows.len() as u64;
-        report(progress, Phase::Output, 0, model.config.n_iterations, i, chunks.len(), rows, started);
-        Ok(())
-    })?;
-    Ok(rows)
+    in_output_dir(output_dir, || {
+        let started = Instant::now();
+        let mut rows = 0u64;
+        stream_chunks(chunks, model.config.d_model, |i, chunk| {
+            let out = backend.run(&model.centers, &Tokens::from_chunk(&chunk, i), params, Want { sparse: true, ..Want::default() })?;
+            memberships_file::write_for_chunk(output_dir, &names[i], &chunk, &out, model.config.n_clusters)?;
+            rows += out.rows.len() as u64;
+            report(progress, Phase::Output, 0, model.config.n_iterations, i, chunks.len(), rows, started);
+            Ok(())
+        })?;
+        Ok(rows)
+    })
 }
 
 #[cfg(test)]

@@ -271,6 +271,12 @@ fn chunk_shape_reads_only_the_header() {
     assert!(chunk_shape(&fixture("bad/missing_activations.npz")).unwrap_err().to_string().contains("missing"));
     assert!(chunk_shape(&fixture("bad/one_dim.npz")).unwrap_err().to_string().contains("rank 1"));
     assert!(chunk_shape(&fixture("bad/not_a_zip.npz")).is_err());
+    // A dimension beyond 32 bits is refused by name, not truncated (it read as D = 1).
+    let dir = tempfile::tempdir().unwrap();
+    let huge = dir.path().join("huge_d.npz");
+    write_npz(&huge, &[("activations", npy_bytes("<f2", false, &[1, (1 << 32) + 1], &[]))], false);
+    let err = chunk_shape(&huge).unwrap_err().to_string();
+    assert!(err.contains("huge_d.npz") && err.contains("4294967297, more than 2^32 - 1"), "{err}");
 }
 
 /// Large uncompressed members take the parallel read; it must give the same arrays as the

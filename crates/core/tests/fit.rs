@@ -562,3 +562,19 @@ fn chunks_writing_the_same_output_or_naming_the_same_file_are_refused() {
         assert!(err.to_string().contains("is the same file as another chunk"), "{err}");
     }
 }
+
+#[test]
+fn a_refused_fit_leaves_no_output_folder_it_made() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = ClusteringConfig::new(6, 64);
+    config.temperature = Temperature::Fixed(0.25);
+    let out = dir.path().join("new/out");
+    let chunks = vec![fixture("planted_a_f32.npz"), fixture("bad/truncated.npz")];
+    let err = fit_chunks(FitRequest { config: &config, initial_centers: None, chunks: &chunks, output_dir: &out, resume: false }, &CpuBackend::default(), &mut |_| {}).unwrap_err();
+    assert_eq!(err.code(), "ERR_BAD_CHUNK", "{err}");
+    assert!(!out.exists(), "the empty folder the fit made is gone");
+    // A folder that was there before stays.
+    std::fs::create_dir_all(&out).unwrap();
+    fit_chunks(FitRequest { config: &config, initial_centers: None, chunks: &chunks, output_dir: &out, resume: false }, &CpuBackend::default(), &mut |_| {}).unwrap_err();
+    assert!(out.exists());
+}
