@@ -33,7 +33,11 @@ export declare class NativeModel {
    * The typed arrays are read in place, without a copy.
    */
   transform(activations: Float32Array, shape: Array<number>, attentionMask: Uint8Array | undefined | null, dense: boolean): TransformOutput
-  /** The same as `transform`, on the libuv thread pool (the arrays are kept alive, not copied). */
+  /**
+   * The same as `transform`, on the libuv thread pool. The arrays are copied here, on the JS
+   * thread, before the work starts: the caller may reuse, change or detach its buffers as soon
+   * as the call returns, without touching the result.
+   */
   transformAsync(activations: Float32Array, shape: Array<number>, attentionMask: Uint8Array | undefined | null, dense: boolean): Promise<TransformOutput>
   /** Quality metrics of a batch of tokens, on the calling thread. */
   analyze(activations: Float32Array, shape: Array<number>, attentionMask?: Uint8Array | undefined | null, tokenIds?: BigInt64Array | undefined | null, options?: AnalyzeParams | undefined | null): ClusterAnalysis

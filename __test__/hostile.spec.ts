@@ -59,3 +59,26 @@ describe('API misuse is an error, never a crash or a guess', () => {
     await expect(again.fitChunks([fixture], join(out, 'again'))).resolves.toHaveLength(1)
   })
 })
+
+describe('transformAsync and the caller\'s buffers', () => {
+  it('reusing the buffer for the next batch before the first promise resolves changes nothing, and detaching it is safe', async () => {
+    const { SequentialSoftClustering, readChunk } = await import('../ts')
+    const chunk = readChunk(fixture)
+    const [b, s, d] = chunk.shape as [number, number, number]
+    const model = new SequentialSoftClustering({ nClusters: 3, dModel: d, temperature: 0.25, device: 'cpu', initialCenters: chunk.activations.slice(0, 3 * d) })
+    const want = model.transform(chunk.activations, { shape: [b, s, d] })
+    const buffer = chunk.activations.slice()
+    const first = model.transformAsync(buffer, { shape: [b, s, d] })
+    buffer.fill(1) // the next batch, written into the same buffer at once
+    const second = model.transformAsync(buffer, { shape: [b, s, d] })
+    expect((await first).values).toEqual(want.values)
+    expect((await second).values).not.toEqual(want.values)
+    // Detaching (transferring) the buffer while the work runs must not crash the process.
+    const detached = new Float32Array(new ArrayBuffer(chunk.activations.byteLength))
+    detached.set(chunk.activations)
+    const pending = model.transformAsync(detached, { shape: [b, s, d] })
+    structuredClone(detached.buffer, { transfer: [detached.buffer] })
+    expect(detached.byteLength).toBe(0)
+    expect((await pending).values).toEqual(want.values)
+  })
+})

@@ -73,4 +73,21 @@ describe('renderReport', () => {
     expect(html).toContain('&lt;/script&gt;&lt;img src=x onerror=alert(1)&gt;')
     expect(html.match(/<section class="cluster"/g)).toHaveLength(2)
   })
+
+  it('isolates the direction of every token, so a right-to-left override cannot reverse the line', () => {
+    const model = new SequentialSoftClustering({ nClusters: 1, dModel: 2, temperature: 1, initialCenters: new Float32Array([1, 0]) })
+    const analysis = analyzeSequentialClusters(model, new Float32Array(0), null, { shape: [0, 2] })
+    const rlo = 'abc\u202Edef'
+    const html = renderReport({
+      modelPath: 'm',
+      config: model.config,
+      summary: { clusterMass: [1], clusterCount: [1], exemplars: [[{ value: 1, chunk: 0, batch: 0, position: 1, tokens: [1, 2, 3], contextMemberships: [0, 1, 0] }]], history: [], chunks: ['c'], warnings: [] },
+      analysis,
+      chunks: ['c'],
+      decoder: { description: 'd', window: (ids) => ids.map(() => ({ text: rlo, missing: false })), token: () => rlo },
+    })
+    expect(html).toMatch(/\.tok\{[^}]*unicode-bidi:isolate/)
+    expect(html).toMatch(/\.ctx\{[^}]*unicode-bidi:isolate/)
+    expect(html).toContain(`>${rlo}</span>`)
+  })
 })

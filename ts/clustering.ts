@@ -150,7 +150,10 @@ export class SequentialSoftClustering {
     )
   }
 
-  /** The same as `transform`, off the JS thread. */
+  /**
+   * The same as `transform`, off the JS thread. The inputs are copied when it is called, so the
+   * caller may reuse or detach its buffers at once.
+   */
   async transformAsync(activations: Float32Array | ArrayLike<number>, options: TransformOptions): Promise<TransformResult> {
     return stripNull(
       await this.model.transformAsync(activationsArray(activations), [...options.shape], maskArray(options.attentionMask), options.dense ?? true),

@@ -92,7 +92,9 @@ table.index{border-collapse:collapse;width:100%} table.index td,table.index th{p
 section.cluster{border-top:1px solid #ddd;padding-top:.5em;margin-top:1.5em}
 ol.exemplars{padding-left:1.5em} ol.exemplars li{margin:.3em 0}
 .val{display:inline-block;width:3.5em;color:#555;font-variant-numeric:tabular-nums}
-.ctx{font-family:ui-monospace,monospace;white-space:pre-wrap} .tok{border-radius:2px}
+.ctx{font-family:ui-monospace,monospace;white-space:pre-wrap;unicode-bidi:isolate} .tok{border-radius:2px;unicode-bidi:isolate}
+/* A token's own direction controls (U+202E ...) stay inside it: isolate every piece of text that comes from the data. */
+code,.where,td{unicode-bidi:isolate}
 .tok.center{outline:2px solid #a33;font-weight:700} .where{color:#888;font-size:85%;margin-left:1em}
 code{background:#f3f3f3;padding:0 3px;border-radius:2px;white-space:pre}
 `

@@ -163,11 +163,16 @@ fn fit_into(config: &ClusteringConfig, initial_centers: Option<Centers>, chunks:
 /// memory.
 fn check_memory(config: &ClusteringConfig, backend: &dyn Backend) -> Result<()> {
     let (k, d) = (config.n_clusters, config.d_model);
-    let needed = backend.host_bytes_for_pass(k, d) + sample_size(k) as f64 * d as f64 * 4.0 + COSINE_BLOCK_BYTES as f64 + (1024 * k * 4) as f64;
+    // Exemplars: the heaps, then the model's [K, E, 2w+1] token ids (8 bytes) and context
+    // memberships (4 bytes), each entry with its bookkeeping; counted in f64 so that absurd
+    // nExemplars or contextWindow values are refused here instead of aborting an allocation.
+    let (e, w) = (config.n_exemplars as f64, 2.0 * config.context_window as f64 + 1.0);
+    let exemplars = 2.0 * k as f64 * e * (w * 12.0 + 64.0);
+    let needed = backend.host_bytes_for_pass(k, d) + sample_size(k) as f64 * d as f64 * 4.0 + COSINE_BLOCK_BYTES as f64 + 1024.0 * k as f64 * 4.0 + exemplars;
     if let Some(available) = available_memory() {
         if needed > available as f64 {
             return Err(Error::TooLarge {
-                what: format!("nClusters x dModel = {k} x {d}"),
+                what: format!("nClusters x dModel = {k} x {d} with nExemplars = {} and contextWindow = {}", config.n_exemplars, config.context_window),
                 needed_gib: needed / (1u64 << 30) as f64,
                 available_gib: available as f64 / (1u64 << 30) as f64,
             });

@@ -357,6 +357,13 @@ fn the_world_failing_gives_clear_errors() {
     assert_eq!(err.code(), "ERR_TOO_LARGE");
     assert!(err.to_string().contains("needs about") && err.to_string().contains("GiB"), "{err}");
     assert!(!dir.path().join("o4").exists(), "refused before creating anything");
+    // So are exemplar buffers no machine holds (they aborted the process after the iterations).
+    for (e, w) in [(1_000_000_000_000usize, 8usize), (10, 1_000_000_000_000_000), (100_000, 100_000)] {
+        let greedy = ClusteringConfig { n_exemplars: e, context_window: w, ..ClusteringConfig::new(3, 8) };
+        let err = run(&greedy, &paths, &dir.path().join("o5")).unwrap_err();
+        assert_eq!(err.code(), "ERR_TOO_LARGE", "{err}");
+        assert!(err.to_string().contains(&format!("nExemplars = {e} and contextWindow = {w}")), "{err}");
+    }
 }
 
 #[test]

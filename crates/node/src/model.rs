@@ -185,7 +185,9 @@ impl NativeModel {
         run_transform(&model, &activations, &shape, attention_mask.as_deref(), dense).map_err(|e| js_error(&env, e))
     }
 
-    /// The same as `transform`, on the libuv thread pool (the arrays are kept alive, not copied).
+    /// The same as `transform`, on the libuv thread pool. The arrays are copied here, on the JS
+    /// thread, before the work starts: the caller may reuse, change or detach its buffers as soon
+    /// as the call returns, without touching the result.
     #[napi(ts_return_type = "Promise<TransformOutput>")]
     pub fn transform_async(
         &self,
@@ -196,6 +198,7 @@ impl NativeModel {
         dense: bool,
     ) -> Result<AsyncTask<Work<TransformOutput>>> {
         let model = self.model_or_error(&env)?;
+        let (activations, attention_mask) = (activations.to_vec(), attention_mask.map(|m| m.to_vec()));
         Ok(Work::new(move || run_transform(&model, &activations, &shape, attention_mask.as_deref(), dense)))
     }
 
