@@ -133,7 +133,7 @@ describe('failures of the world', () => {
   it('K x D too large for memory is refused up front with the amount needed', () => {
     const r = run('fit', fixture('planted_a_f32.npz'), '--clusters', '100000000', '--out', join(tmp(), 'o'))
     expect(r.status).toBe(1)
-    expect(r.stderr).toMatch(/nClusters x dModel = 100000000 x 64: needs about [\d.]+ GiB of memory.*\[ERR_TOO_LARGE\]/)
+    expect(r.stderr).toMatch(/nClusters x dModel = 100000000 x 64 with nExemplars = 10 and contextWindow = 8: needs about [\d.]+ GiB of memory.*\[ERR_TOO_LARGE\]/)
   })
 
   it('a bad flag value names the flag', () => {
