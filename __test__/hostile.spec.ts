@@ -82,3 +82,18 @@ describe('transformAsync and the caller\'s buffers', () => {
     expect((await pending).values).toEqual(want.values)
   })
 })
+
+describe('error texts name what the user gave', () => {
+  it('report --out under a path that is a file names --out, in one line', () => {
+    const dir = mkdtempSync(join(tmpdir(), 'sc-enotdir-'))
+    const chunk = join(dir, 'a.npz')
+    copyFileSync(fixture, chunk)
+    expect(run('fit', chunk, '--clusters', '3', '--out', join(dir, 'out'), '--temperature', '0.25', '--iterations', '1', '--device', 'cpu').status).toBe(0)
+    const out = join(chunk, 'r.html') // a.npz is a file, not a folder
+    const r = run('report', '--model', join(dir, 'out', 'model.safetensors'), '--out', out)
+    expect(r.status).toBe(1)
+    expect(r.stderr.trim().split('\n')).toHaveLength(1)
+    expect(r.stderr).toContain(`--out ${out}: cannot be written (ENOTDIR)`)
+    expect(r.stderr).toContain('[ERR_IO]')
+  })
+})

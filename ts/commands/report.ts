@@ -32,7 +32,11 @@ function writeAtomically(path: string, text: string): void {
     writeFileSync(tmp, text)
     renameSync(tmp, path)
   } catch (e) {
-    rmSync(tmp, { force: true })
+    try {
+      rmSync(tmp, { force: true })
+    } catch {
+      // Nothing was written there (the folder is not one): the first error is the one to report.
+    }
     const err = e as NodeJS.ErrnoException
     throw Object.assign(new Error(`--out ${path}: cannot be written (${err.code ?? err.message})`), { code: 'ERR_IO' })
   }
