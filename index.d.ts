@@ -261,8 +261,8 @@ export interface ModelSummary {
   /** Chunk file names, in run order. */
   chunks: Array<string>
   /**
-   * Where this instance's last fit ran, and why there, e.g. `cpu (auto: no usable GPU: ...)`.
-   * Absent for a model that was loaded or given `initialCenters` and not fitted since.
+   * Where the fit ran, and why there, e.g. `cpu (auto: no usable GPU: ...)` (stored in the
+   * model file). Absent for a model given `initialCenters` and never fitted.
    */
   device?: string
   /**

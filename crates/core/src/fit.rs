@@ -38,23 +38,26 @@ pub struct FitRequest<'a> {
     /// Continue from `<output_dir>/checkpoint.safetensors` if there is one (same config and
     /// unchanged chunk files required); otherwise start from the beginning.
     pub resume: bool,
+    /// Where the fit runs and why (`kernels::Chosen::reason`), recorded in the model;
+    /// `None` records the backend's name.
+    pub device: Option<&'a str>,
 }
 
 /// Runs a whole fit and writes its outputs; returns the fitted model (also saved as
 /// `<output_dir>/model.safetensors`).
 pub fn fit_chunks(request: FitRequest, backend: &dyn Backend, progress: &mut dyn FnMut(&Progress)) -> Result<Model> {
-    let FitRequest { config, initial_centers, chunks, output_dir, resume } = request;
+    let FitRequest { config, initial_centers, chunks, output_dir, resume, device } = request;
+    let device = device.map_or_else(|| backend.name(), String::from);
     config.validate()?;
     let names = chunk_names(chunks)?;
     check_memory(config, backend)?;
     let fingerprints = chunks.iter().map(|p| ChunkFingerprint::of(p)).collect::<Result<Vec<_>>>()?;
-    in_output_dir(output_dir, || fit_into(config, initial_centers, chunks, &names, &fingerprints, output_dir, resume, backend, progress))
+    in_output_dir(output_dir, || fit_into(config, initial_centers, chunks, &names, &fingerprints, output_dir, resume, device, backend, progress))
 }
 
 /// `fit_chunks` once its inputs are checked and `output_dir` exists.
 #[allow(clippy::too_many_arguments)]
-fn fit_into(config: &ClusteringConfig, initial_centers: Option<Centers>, chunks: &[PathBuf], names: &[String], fingerprints: &[ChunkFingerprint], output_dir: &Path, resume: bool, backend: &dyn Backend, progress: &mut dyn FnMut(&Progress)) -> Result<Model> {
-
+fn fit_into(config: &ClusteringConfig, initial_centers: Option<Centers>, chunks: &[PathBuf], names: &[String], fingerprints: &[ChunkFingerprint], output_dir: &Path, resume: bool, device: String, backend: &dyn Backend, progress: &mut dyn FnMut(&Progress)) -> Result<Model> {
     let checkpoint = if resume { Checkpoint::load(output_dir)? } else { None };
     // `config` with the temperature as a number (chosen at init when it is `auto`).
     let (config, mut centers, mut history, mut iterations_done) = match checkpoint {
@@ -149,6 +152,7 @@ fn fit_into(config: &ClusteringConfig, initial_centers: Option<Centers>, chunks:
         history,
         chunks: names.to_vec(),
         warnings,
+        device: Some(device),
     };
     model.save(&output_dir.join("model.safetensors"))?;
     // The model is the final state; the checkpoint has done its job.

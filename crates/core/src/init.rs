@@ -175,16 +175,22 @@ fn warm_up(sample: &[f32], mut centers: Centers, iterations: usize, backend: &dy
         for (row, &c) in sample.chunks_exact(d).zip(&owner) {
             sums[c * d..(c + 1) * d].iter_mut().zip(row).for_each(|(s, &x)| *s += f64::from(x));
         }
-        let mut worst: Vec<usize> = (0..best.len()).collect();
-        worst.sort_by(|&a, &b| best[a].1.total_cmp(&best[b].1).then(a.cmp(&b)));
-        let mut worst = worst.into_iter();
+        // Sample rows by how badly the centers cover them, sorted only if a center needs one.
+        let mut worst: Option<std::vec::IntoIter<usize>> = None;
         for c in 0..k {
             let s = &sums[c * d..(c + 1) * d];
             let norm = s.iter().map(|v| v * v).sum::<f64>().sqrt();
             let row = &mut centers.data[c * d..(c + 1) * d];
             if norm > 0.0 {
                 row.iter_mut().zip(s).for_each(|(r, v)| *r = (v / norm) as f32);
-            } else if let Some(i) = worst.next() {
+                continue;
+            }
+            let order = worst.get_or_insert_with(|| {
+                let mut rows: Vec<usize> = (0..best.len()).collect();
+                rows.sort_by(|&a, &b| best[a].1.total_cmp(&best[b].1).then(a.cmp(&b)));
+                rows.into_iter()
+            });
+            if let Some(i) = order.next() {
                 row.copy_from_slice(&sample[i * d..(i + 1) * d]);
             }
         }

@@ -52,6 +52,9 @@ pub struct Model {
     /// What the fit found wrong with its result (collapse, twins), one line each; saved as the
     /// metadata key `warnings` (JSON list) when there are any.
     pub warnings: Vec<String>,
+    /// Where the fit ran and why (e.g. `cpu (auto: no usable GPU: ...)`); metadata key `device`.
+    /// `None` for a model that was never fitted.
+    pub device: Option<String>,
 }
 
 fn le_bytes<T: Copy, const N: usize>(values: &[T], to: fn(T) -> [u8; N]) -> Vec<u8> {
@@ -71,6 +74,7 @@ impl Model {
             history: Vec::new(),
             chunks: Vec::new(),
             warnings: Vec::new(),
+            device: None,
         }
     }
 
@@ -119,6 +123,7 @@ impl Model {
         ]
         .into_iter()
         .chain(warnings)
+        .chain(self.device.clone().map(|d| ("device", d)))
         .map(|(k, v)| (k.to_string(), v))
         .collect();
         let bytes = safetensors::serialize(views, Some(metadata))
@@ -158,6 +163,7 @@ impl Model {
         let history: Vec<HistoryEntry> =
             serde_json::from_str(field("history")?).map_err(|e| bad(format!("metadata `history`: {e}")))?;
         let chunks: Vec<String> = serde_json::from_str(field("chunks")?).map_err(|e| bad(format!("metadata `chunks`: {e}")))?;
+        let device = meta.get("device").cloned();
         let warnings: Vec<String> = match meta.get("warnings") {
             Some(w) => serde_json::from_str(w).map_err(|e| bad(format!("metadata `warnings`: {e}")))?,
             None => Vec::new(),
@@ -214,7 +220,7 @@ impl Model {
                     .collect(),
             );
         }
-        Ok(Model { config, centers, cluster_mass, cluster_count, exemplars, history, chunks, warnings })
+        Ok(Model { config, centers, cluster_mass, cluster_count, exemplars, history, chunks, warnings, device })
     }
 }
 
@@ -245,6 +251,8 @@ mod tests {
         config.context_window = 1;
         let mut m = Model::new(config, Centers::from_rows(2, 3, vec![1.0, 0.0, 0.0, 0.0, 3.0, 4.0]).unwrap());
         m.cluster_mass = vec![1.5, 2.5];
+        m.device = Some("cpu (auto: no usable GPU)".into());
+        m.warnings = vec!["a warning".into()];
         m.cluster_count = vec![1, 3];
         m.exemplars[1] = vec![Exemplar { value: 0.9, chunk: 1, batch: 2, position: 3, tokens: vec![-1, 7, 8], context_memberships: vec![0.0, 0.9, 0.5] }];
         m.history = vec![HistoryEntry { iteration: 1, objective: 0.5, max_shift: 0.1, mass: vec![1.0, 3.0], reseeds: 0, twins: 0, skipped: 2, seconds: 0.25 }];

@@ -92,8 +92,6 @@ struct State {
     /// Centers from `initialCenters`, the start of the next fit.
     initial: Option<Centers>,
     fitting: bool,
-    /// `choose_backend`'s reason for the last fit on this instance.
-    device: Option<String>,
 }
 
 fn lock(state: &Mutex<State>) -> MutexGuard<'_, State> {
@@ -129,12 +127,12 @@ impl NativeModel {
             .transpose()
             .map_err(|e| js_error(&env, e))?;
         let model = initial.clone().map(|c| Arc::new(Model::new(config.clone(), c)));
-        Ok(NativeModel { config, state: Arc::new(Mutex::new(State { model, initial, fitting: false, device: None })) })
+        Ok(NativeModel { config, state: Arc::new(Mutex::new(State { model, initial, fitting: false })) })
     }
 
     fn from_model(model: Model) -> Self {
         let config = model.config.clone();
-        let state = State { model: Some(Arc::new(model)), initial: None, fitting: false, device: None };
+        let state = State { model: Some(Arc::new(model)), initial: None, fitting: false };
         NativeModel { config, state: Arc::new(Mutex::new(state)) }
     }
 
@@ -159,7 +157,7 @@ impl NativeModel {
     #[napi]
     pub fn summary(&self) -> Option<ModelSummary> {
         let state = lock(&self.state);
-        state.model.as_ref().map(|m| ModelSummary::new(m, state.device.clone()))
+        state.model.as_ref().map(|m| ModelSummary::new(m))
     }
 
     fn model_or_error(&self, env: &Env) -> Result<Arc<Model>> {
@@ -270,12 +268,11 @@ impl NativeModel {
         let resume = resume.unwrap_or(false);
         Ok(Work::new(move || {
             let chosen = choose_backend(&config)?;
-            let request = FitRequest { config: &config, initial_centers: initial, chunks: &chunks, output_dir: &output_dir, resume };
+            let request = FitRequest { config: &config, initial_centers: initial, chunks: &chunks, output_dir: &output_dir, resume, device: Some(&chosen.reason) };
             let model = fit_chunks(request, chosen.backend.as_ref(), &mut progress_reporter(on_progress))?;
             let history = model.history.iter().map(HistoryEntry::from).collect();
             let mut state = lock(&fitting.0);
             state.model = Some(Arc::new(model));
-            state.device = Some(chosen.reason);
             Ok(history)
         }))
     }

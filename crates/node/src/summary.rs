@@ -84,8 +84,8 @@ pub struct ModelSummary {
     pub history: Vec<HistoryEntry>,
     /// Chunk file names, in run order.
     pub chunks: Vec<String>,
-    /// Where this instance's last fit ran, and why there, e.g. `cpu (auto: no usable GPU: ...)`.
-    /// Absent for a model that was loaded or given `initialCenters` and not fitted since.
+    /// Where the fit ran, and why there, e.g. `cpu (auto: no usable GPU: ...)` (stored in the
+    /// model file). Absent for a model given `initialCenters` and never fitted.
     pub device: Option<String>,
     /// What the fit found wrong with its result (collapse, twins), one line each
     /// (docs/algorithm.md "Collapse warning"); empty when all is well.
@@ -93,14 +93,14 @@ pub struct ModelSummary {
 }
 
 impl ModelSummary {
-    pub fn new(m: &Model, device: Option<String>) -> Self {
+    pub fn new(m: &Model) -> Self {
         ModelSummary {
             cluster_mass: m.cluster_mass.clone(),
             cluster_count: m.cluster_count.iter().map(|&c| c as f64).collect(),
             exemplars: m.exemplars.iter().map(|list| list.iter().map(Exemplar::from).collect()).collect(),
             history: m.history.iter().map(HistoryEntry::from).collect(),
             chunks: m.chunks.clone(),
-            device,
+            device: m.device.clone(),
             warnings: m.warnings.clone(),
         }
     }

@@ -47,9 +47,10 @@ impl Centers {
     /// length keep their exact bits (normalizing again can move the last bit, and a resumed or
     /// reloaded model must be the one that was saved).
     pub fn from_saved(k: usize, d: usize, data: Vec<f32>) -> Result<Self> {
-        let normalized = Centers::from_rows(k, d, data.clone())?;
-        let unit = data.chunks_exact(d).all(|r| (r.iter().map(|&x| f64::from(x).powi(2)).sum::<f64>().sqrt() - 1.0).abs() < 1e-5);
-        Ok(if unit { Centers { k, d, data } } else { normalized })
+        let unit = d > 0
+            && data.len() == k * d
+            && data.chunks_exact(d).all(|r| (r.iter().map(|&x| f64::from(x).powi(2)).sum::<f64>().sqrt() - 1.0).abs() < 1e-5);
+        if unit && k > 0 { Ok(Centers { k, d, data }) } else { Centers::from_rows(k, d, data) }
     }
 
     pub fn row(&self, k: usize) -> &[f32] {

@@ -110,7 +110,7 @@ impl Gpu {
         let fail = |what: &str, e: &dyn std::fmt::Debug| device_error(&name, format!("{what}: {e:?}"));
         // SAFETY (the three checks): they only try to dlopen the libraries.
         if !unsafe { cudarc::driver::sys::is_culib_present() } {
-            return Err(device_error(&name, "the NVIDIA driver library (libcuda.so) was not found: no usable GPU"));
+            return Err(device_error(&name, "the NVIDIA driver library (libcuda.so) was not found"));
         }
         if !unsafe { cudarc::cublas::sys::is_culib_present() } {
             return Err(device_error(&name, "cuBLAS (libcublas.so) was not found; install the CUDA toolkit or pip's nvidia-cublas and put its lib folder on LD_LIBRARY_PATH"));
