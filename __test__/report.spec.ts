@@ -72,6 +72,9 @@ describe('renderReport', () => {
     expect(html).not.toContain('<img')
     expect(html).toContain('&lt;/script&gt;&lt;img src=x onerror=alert(1)&gt;')
     expect(html.match(/<section class="cluster"/g)).toHaveLength(2)
+    // The twin pairs of the centers are in the overview (two orthogonal centers: none).
+    expect(html).toContain(`twin center pairs (cosine &gt; 0.99)</th><td>${analysis.overall.twins}</td>`)
+    expect(analysis.overall.twins).toBe(0)
   })
 
   it('isolates the direction of every token, so a right-to-left override cannot reverse the line', () => {
