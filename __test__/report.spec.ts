@@ -1,15 +1,72 @@
 // Token decoding for the report and the page's escaping, without a browser (demo.spec.ts opens it).
-import { mkdtempSync, writeFileSync } from 'node:fs'
+import { spawnSync } from 'node:child_process'
+import { mkdtempSync, readFileSync, writeFileSync } from 'node:fs'
 import { tmpdir } from 'node:os'
 import { join } from 'node:path'
 import { describe, expect, it } from 'vitest'
+import type * as HfTokenizers from '@huggingface/tokenizers' with { 'resolution-mode': 'import' }
 import { analyzeSequentialClusters, readChunk, SequentialSoftClustering } from '../ts'
-import { idDecoder, tokenizerDecoder, vocabDecoder } from '../ts/decode'
+import { DECODE_CONTEXT, idDecoder, mapBack, tokenizerDecoder, vocabDecoder, type TokenPiece } from '../ts/decode'
 import { renderReport } from '../ts/report'
 import { fixture } from './helpers'
 
+// eslint-disable-next-line @typescript-eslint/no-require-imports
+const { Tokenizer } = require('@huggingface/tokenizers') as typeof HfTokenizers
+
 const dir = mkdtempSync(join(tmpdir(), 'sc-report-'))
-const MINILM_TOKENIZER = join(__dirname, '..', 'examples', 'minilm', 'tokenizer.json')
+const MINILM = join(__dirname, '..', 'examples', 'minilm')
+const MINILM_TOKENIZER = join(MINILM, 'tokenizer.json')
+const BIN = join(__dirname, '..', 'bin', 'soft-cluster.js')
+
+/** The real token ids of the MiniLM example chunks, in order (padding dropped). */
+function minilmIds(): number[] {
+  return [0, 1, 2].flatMap((c) => {
+    const chunk = readChunk(join(MINILM, `minilm_00${c}.npz`))
+    return Array.from(chunk.tokenIds!, Number).filter((_, i) => chunk.attentionMask![i] !== 0)
+  })
+}
+
+/** An in-thread decode with a tokenizer.json, as the worker does it. */
+function localDecode(file: string): (ids: number[]) => string {
+  const tokenizer = new Tokenizer(JSON.parse(readFileSync(file, 'utf8')), {})
+  return (ids) => tokenizer.decode(ids, { skip_special_tokens: false, clean_up_tokenization_spaces: false })
+}
+
+/** The rule against the whole window's decode, each prefix decoded (what the report did before it went local: O(n^2)). */
+function wholeWindowMapBack(ids: readonly number[], decode: (ids: number[]) => string): TokenPiece[] {
+  const common = (a: string, b: string) => {
+    let i = 0
+    while (i < a.length && i < b.length && a[i] === b[i]) i++
+    return i
+  }
+  const real = ids.filter((id) => id >= 0)
+  const full = real.length ? decode(real) : ''
+  let settled = 0
+  let n = 0
+  return ids.map((id) => {
+    if (id < 0) return { text: '', missing: true }
+    n++
+    const end = n === real.length ? full.length : Math.max(settled, common(decode(real.slice(0, n)), full))
+    const text = full.slice(settled, end)
+    settled = end
+    return { text, missing: false }
+  })
+}
+
+/**
+ * MiniLM's tokenizer.json turned hostile: its decoder first applies a Replace whose regex
+ * backtracks exponentially on tokens like 'aaaa…ab', and every ordinary token is such a token.
+ */
+function hostileTokenizer(): string {
+  const json = JSON.parse(readFileSync(MINILM_TOKENIZER, 'utf8'))
+  const special = new Set((json.added_tokens as { content: string }[]).map((t) => t.content))
+  const vocab = json.model.vocab as Record<string, number>
+  json.model.vocab = Object.fromEntries(Object.entries(vocab).map(([token, id]) => [special.has(token) ? token : `${'a'.repeat(64)}b${id}`, id]))
+  json.decoder = { type: 'Sequence', decoders: [{ type: 'Replace', pattern: { Regex: '^(a|aa)+$' }, content: '' }, json.decoder] }
+  const file = join(dir, 'hostile.json')
+  writeFileSync(file, JSON.stringify(json))
+  return file
+}
 
 /** A byte-level BPE tokenizer.json (GPT-2's byte-to-character map) with no merges: one token per byte. */
 function byteLevelTokenizer(): string {
@@ -44,6 +101,93 @@ describe('token decoding', () => {
     expect(pieces.map((p) => p.text).join('')).toBe('[CLS] the unaffordable license [SEP]')
     expect(pieces.map((p) => p.text)).toEqual(['[CLS]', ' the', ' una', 'ff', 'ord', 'able', ' license', ' [SEP]'])
     expect(d.token(6105)).toBe('license')
+  })
+
+  it('maps each token against a local decode: the same pieces as against the whole window (MiniLM, byte-level)', () => {
+    // Windows of 2w + 1 > 2 DECODE_CONTEXT + 1 tokens, so several local blocks, padding included.
+    const minilm = localDecode(MINILM_TOKENIZER)
+    const ids = minilmIds()
+    let windows = 0
+    for (const w of [20, 50]) {
+      for (let start = 0; start + 2 * w + 1 <= 1500; start += 83) {
+        const window = ids.slice(start, start + 2 * w + 1).map((id, i) => (i % 29 === 28 ? -1 : id))
+        expect(mapBack(window, minilm, DECODE_CONTEXT)).toEqual(wholeWindowMapBack(window, minilm))
+        windows++
+      }
+    }
+    expect(windows).toBeGreaterThan(20)
+    // Characters of 1 to 4 bytes, so split over up to 4 tokens, wherever the blocks start.
+    const bytes = localDecode(byteLevelTokenizer())
+    const text = [...Array(60).keys()].map((i) => ['a', 'é', '✓', '𝄞', ' ', 'ж', '語', 'z'][(i * 5) % 8]).join('')
+    const all = [...Buffer.from(text)]
+    for (let start = 0; start < 30; start += 3) {
+      const window = all.slice(start, start + 101)
+      const pieces = mapBack(window, bytes, DECODE_CONTEXT)
+      expect(pieces).toEqual(wholeWindowMapBack(window, bytes))
+      expect(pieces.map((p) => p.text).join('')).toBe(bytes(window))
+    }
+    // No real token at all (a chunk without token ids): nothing to decode.
+    expect(mapBack([-1, -1, -1], minilm, DECODE_CONTEXT)).toEqual([-1, -1, -1].map(() => ({ text: '', missing: true })))
+  })
+
+  it('decodes a window in time linear in its length (w = 800 vs w = 50)', () => {
+    const d = tokenizerDecoder(MINILM_TOKENIZER)
+    const ids = minilmIds()
+    // Distinct windows each time (the decoder keeps what it decoded), the best of 3 rounds.
+    let offset = 0
+    const perWindow = (w: number, count: number): number => {
+      let best = Infinity
+      for (let round = 0; round < 3; round++) {
+        const windows = [...Array(count).keys()].map(() => ids.slice((offset += 53), offset + 2 * w + 1))
+        expect(windows.every((window) => window.length === 2 * w + 1)).toBe(true)
+        const began = performance.now()
+        for (const window of windows) d.window(window)
+        best = Math.min(best, (performance.now() - began) / count)
+      }
+      return best
+    }
+    perWindow(50, 2) // warm-up: the worker starts, the code is compiled
+    const t50 = perWindow(50, 16)
+    const t800 = perWindow(800, 3)
+    d.close?.()
+    // 1601 / 101 ≈ 16 times the tokens; linear gives about 16 times the time (a whole-window decode
+    // of every prefix gave about 250 times): 4 times the slack for noise.
+    expect(t800 / t50, `w = 50: ${t50.toFixed(2)} ms, w = 800: ${t800.toFixed(2)} ms per window`).toBeLessThan(4 * 16)
+  })
+
+  it('falls back to the ids when the tokenizer’s decoder takes too long (a hostile regex)', () => {
+    const d = tokenizerDecoder(hostileTokenizer(), { timeout: 1 })
+    expect(d.description).toMatch(/^tokenizer .*hostile\.json$/)
+    const began = performance.now()
+    // Without the time limit, this call never returns.
+    expect(d.window([101, 1996, 2000, -1]).map((p) => p.text)).toEqual(['101', ' 1996', ' 2000', ''])
+    expect(performance.now() - began).toBeLessThan(10_000)
+    expect(d.fallback).toBe("the tokenizer's decoder took over 1 s")
+    expect(d.description).toMatch(/^token ids \(the tokenizer's decoder took over 1 s: .*hostile\.json\)$/)
+    // From then on, ids at once.
+    expect(d.token(2003)).toBe('2003')
+    d.prepare?.([[2001, 102]], [1996])
+    expect(d.window([2001, 102]).map((p) => p.text)).toEqual(['2001', ' 102'])
+    expect(performance.now() - began).toBeLessThan(10_000)
+    d.close?.()
+    expect(() => tokenizerDecoder(MINILM_TOKENIZER, { timeout: 0 })).toThrow(/--decode-timeout 0: must be a number of seconds > 0/)
+  })
+
+  it('soft-cluster report with a hostile tokenizer finishes, shows ids and says why', () => {
+    const model = join(dir, 'fit', 'model.safetensors')
+    const fit = spawnSync(process.execPath, [BIN, 'fit', fixture('planted_a_f32.npz'), '--clusters', '3', '--out', join(dir, 'fit'), '--temperature', '0.25', '--exemplars', '2', '--context', '2'], { encoding: 'utf8' })
+    expect(fit.status, fit.stderr).toBe(0)
+    const out = join(dir, 'hostile.html')
+    const began = performance.now()
+    // Without the time limit this never ends: the spawn's own timeout stops it.
+    const r = spawnSync(process.execPath, [BIN, 'report', '--model', model, fixture('planted_a_f32.npz'), '--tokenizer', hostileTokenizer(), '--decode-timeout', '1', '--out', out], { encoding: 'utf8', timeout: 50_000 })
+    expect(r.status, r.stderr).toBe(0)
+    expect(performance.now() - began).toBeLessThan(30_000)
+    expect(r.stderr.trim().split('\n')).toEqual([expect.stringMatching(/^soft-cluster: warning: --tokenizer .*hostile\.json: the tokenizer's decoder took over 1 s, so the report shows token ids \(--decode-timeout SECONDS gives it longer\)$/)])
+    const html = readFileSync(out, 'utf8')
+    expect(html).toMatch(/<th>tokens decoded with<\/th><td>token ids \(the tokenizer&#39;s decoder took over 1 s: [^<]*hostile\.json\)<\/td>/)
+    // The exemplars show their ids.
+    expect(html).toMatch(/title="token id (\d+), membership [^"]*">(?: )?\1<\/span>/)
   })
 
   it('falls back to a vocabulary list or the ids themselves', () => {

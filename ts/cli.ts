@@ -85,6 +85,7 @@ export function main(argv: string[]): void {
     .requiredOption('--out <file>', 'the HTML file to write')
     .option('--tokenizer <file>', 'a Hugging Face tokenizer.json to decode token ids')
     .option('--vocab <file>', 'a JSON list of token strings, indexed by id, to decode token ids')
+    .option('--decode-timeout <seconds>', "time the tokenizer's decoding may take for the whole report; past it, token ids are shown (30)", number)
     .option('--json', 'print where the report was written as JSON'))
     .action(reportCommand)
   program

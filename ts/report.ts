@@ -139,6 +139,13 @@ export function renderReport(input: ReportInput): string {
   const k = analysis.nClusters
   const mass = hasTokens ? analysis.clusters.map((s) => s.mass) : summary.clusterMass
   const order = mass.map((m, c) => [m, c] as const).sort((a, b) => b[0] - a[0] || a[1] - b[1]).map(([, c]) => c)
+  // Everything the page shows decoded, asked for at once: a tokenizer's decoding runs under a time
+  // limit, and past it the whole page shows ids (and the overview says why), not half of it.
+  const exemplars = summary.exemplars.flat()
+  input.decoder.prepare?.(
+    exemplars.map((e) => e.tokens),
+    [...analysis.clusters.flatMap((s) => s.topTokens.map((t) => t.tokenId)), ...exemplars.map((e) => e.tokens[config.contextWindow] ?? -1)],
+  )
   const topText = (c: number) => analysis.clusters[c]!.topTokens.slice(0, 5).map((t) => input.decoder.token(t.tokenId)).join(' ')
   const exemplarText = (c: number) => (summary.exemplars[c] ?? []).slice(0, 3).map((e) => input.decoder.token(e.tokens[config.contextWindow] ?? -1)).join(' ')
   const hover: string[] = []

@@ -11,6 +11,8 @@ export interface ReportCommandOptions {
   out: string
   tokenizer?: string
   vocab?: string
+  /** Seconds the tokenizer's decoding may take for the whole report (`--decode-timeout`, 30); past them, ids are shown. */
+  decodeTimeout?: number
   topTokens?: number
   sample?: number
   seed?: number
@@ -18,9 +20,9 @@ export interface ReportCommandOptions {
   json?: boolean
 }
 
-export function decoderFor(options: { tokenizer?: string; vocab?: string }): TokenDecoder {
+export function decoderFor(options: { tokenizer?: string; vocab?: string; decodeTimeout?: number }): TokenDecoder {
   if (options.tokenizer && options.vocab) throw Object.assign(new Error('--tokenizer and --vocab: give one of them, not both'), { code: 'ERR_INVALID_INPUT' })
-  if (options.tokenizer) return tokenizerDecoder(options.tokenizer)
+  if (options.tokenizer) return tokenizerDecoder(options.tokenizer, { timeout: options.decodeTimeout })
   if (options.vocab) return vocabDecoder(options.vocab)
   return idDecoder
 }
@@ -63,14 +65,21 @@ function checkOutIsNotAnInput(out: string, inputs: readonly string[]): void {
 /** Renders the report and writes it to `options.out`; returns its absolute path. */
 export async function writeReport(chunkSpecs: readonly string[], options: ReportCommandOptions): Promise<string> {
   const decoder = decoderFor(options)
-  const out = resolve(options.out)
-  checkOutIsNotAnInput(out, [options.model, ...resolveChunks(chunkSpecs)])
-  const { model, chunks, analysis } = await analyzeModel(chunkSpecs, options)
-  // Without chunks, an analysis of no tokens still gives the centers' geometry.
-  const geometry: ClusterAnalysis = analysis ?? analyzeSequentialClusters(model, new Float32Array(0), null, { shape: [0, model.config.dModel] })
-  const html = renderReport({ modelPath: options.model, config: model.config, summary: model.summary!, analysis: geometry, chunks, decoder })
-  writeAtomically(out, html)
-  return out
+  try {
+    const out = resolve(options.out)
+    checkOutIsNotAnInput(out, [options.model, ...resolveChunks(chunkSpecs)])
+    const { model, chunks, analysis } = await analyzeModel(chunkSpecs, options)
+    // Without chunks, an analysis of no tokens still gives the centers' geometry.
+    const geometry: ClusterAnalysis = analysis ?? analyzeSequentialClusters(model, new Float32Array(0), null, { shape: [0, model.config.dModel] })
+    const html = renderReport({ modelPath: options.model, config: model.config, summary: model.summary!, analysis: geometry, chunks, decoder })
+    if (decoder.fallback !== undefined) {
+      console.error(`soft-cluster: warning: --tokenizer ${options.tokenizer}: ${decoder.fallback}, so the report shows token ids (--decode-timeout SECONDS gives it longer)`)
+    }
+    writeAtomically(out, html)
+    return out
+  } finally {
+    decoder.close?.()
+  }
 }
 
 /** `soft-cluster report --model MODEL [CHUNKS...] [--tokenizer tokenizer.json] --out report.html`. */
