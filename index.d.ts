@@ -49,12 +49,12 @@ export declare class NativeModel {
    * keeps the fitted model. Runs on the libuv pool; `onProgress` is called after every chunk.
    * Resolves with the history; `summary().device` says where it ran and why.
    */
-  fitChunks(chunkPaths: Array<string>, outputDir: string, onProgress?: ((progress: FitProgress) => void) | undefined | null, resume?: boolean | undefined | null): Promise<Array<HistoryEntry>>
+  fitChunks(chunkPaths: Array<string>, outputDir: string, onProgress?: ((progress: FitProgress) => void) | undefined | null, resume?: boolean | undefined | null, overwrite?: boolean | undefined | null): Promise<Array<HistoryEntry>>
   /**
    * Writes `<outputDir>/<chunk>.memberships.npz` for every chunk under this model's centers,
    * on the libuv pool. Resolves with the number of token rows written.
    */
-  transformChunks(chunkPaths: Array<string>, outputDir: string, onProgress?: ((progress: FitProgress) => void) | undefined | null): Promise<number>
+  transformChunks(chunkPaths: Array<string>, outputDir: string, onProgress?: ((progress: FitProgress) => void) | undefined | null, overwrite?: boolean | undefined | null): Promise<number>
   /** Writes the model file (docs/formats.md "Model file") atomically, on the libuv pool. */
   save(path: string): Promise<void>
   /** Reads a model file, on the libuv pool. */
@@ -339,6 +339,13 @@ export interface ResolvedConfig {
   tol: number
   precision: 'float32' | 'tf32'
 }
+
+/**
+ * Sets, for the whole process, the most bytes one array of a chunk may decode to (a larger one
+ * is refused before it is read); `null` restores the default, half the available memory
+ * (docs/formats.md "Limits").
+ */
+export declare function setMaxChunkBytes(bytes?: number | undefined | null): void
 
 /** A token id and its summed membership in a cluster. */
 export interface TokenWeight {

@@ -844,3 +844,4 @@ module.exports.readChunkAsync = nativeBinding.readChunkAsync
 module.exports.readMemberships = nativeBinding.readMemberships
 module.exports.readNpy = nativeBinding.readNpy
 module.exports.resolveConfig = nativeBinding.resolveConfig
+module.exports.setMaxChunkBytes = nativeBinding.setMaxChunkBytes

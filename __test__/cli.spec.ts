@@ -43,7 +43,7 @@ describe('soft-cluster fit and transform', () => {
   it('accepts directories and globs as CHUNKS', () => {
     const r = run('transform', '--model', model, fixture('planted_*.npz'), '--out', join(dir, 'glob'))
     expect(r.status, r.stderr).toBe(0)
-    expect(readdirSync(join(dir, 'glob')).sort()).toEqual(['planted_a_f32.memberships.npz', 'planted_b_f16_compressed.memberships.npz'])
+    expect(readdirSync(join(dir, 'glob')).sort()).toEqual(['planted_a_f32.memberships.npz', 'planted_b_f16_compressed.memberships.npz', 'soft-cluster-run.json'])
     const d = mkdtempSync(join(dir, 'chunks-'))
     writeFileSync(join(d, 'x.npz'), readFileSync(a))
     expect(run('transform', '--model', model, d, '--out', join(dir, 'dir')).status).toBe(0)

@@ -32,7 +32,7 @@ describe('soft-cluster demo', () => {
   it('fits the bundled activations and says where the outputs and the report are', () => {
     expect(stdout).toContain(`Fitting ${N_CLUSTERS} clusters`)
     expect(stdout).toContain(`Open ${join(out, 'report.html')} in a browser.`)
-    expect(readdirSync(out).sort()).toEqual(['minilm_000.memberships.npz', 'minilm_001.memberships.npz', 'minilm_002.memberships.npz', 'model.safetensors', 'report.html'])
+    expect(readdirSync(out).sort()).toEqual(['minilm_000.memberships.npz', 'minilm_001.memberships.npz', 'minilm_002.memberships.npz', 'model.safetensors', 'report.html', 'soft-cluster-run.json'])
     console.log(`demo took ${seconds.toFixed(1)} s`)
   })
 

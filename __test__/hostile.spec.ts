@@ -1,5 +1,5 @@
-import { spawnSync } from 'node:child_process'
-import { copyFileSync, mkdtempSync, readFileSync, symlinkSync } from 'node:fs'
+import { spawn, spawnSync } from 'node:child_process'
+import { copyFileSync, existsSync, mkdtempSync, readdirSync, readFileSync, symlinkSync } from 'node:fs'
 import { tmpdir } from 'node:os'
 import { join } from 'node:path'
 import { describe, expect, it } from 'vitest'
@@ -95,5 +95,70 @@ describe('error texts name what the user gave', () => {
     expect(r.stderr.trim().split('\n')).toHaveLength(1)
     expect(r.stderr).toContain(`--out ${out}: cannot be written (ENOTDIR)`)
     expect(r.stderr).toContain('[ERR_IO]')
+  })
+})
+
+describe('one run per output folder, never a mix of two (case 4)', () => {
+  const fitInto = (out: string, k: number, ...more: string[]) => run('fit', fixture, '--clusters', String(k), '--out', out, '--temperature', '0.25', '--iterations', '2', '--device', 'cpu', ...more)
+  const files = (dir: string) => Object.fromEntries(readdirSync(dir).sort().map((n) => [n, readFileSync(join(dir, n)).toString('base64')]))
+
+  it('a second fit into a folder holding a fit is refused and changes nothing; --overwrite replaces it', () => {
+    const out = join(mkdtempSync(join(tmpdir(), 'sc-twice-')), 'out')
+    expect(fitInto(out, 3).status).toBe(0)
+    const before = files(out)
+    expect(Object.keys(before)).toEqual(['model.safetensors', 'planted_a_f32.memberships.npz', 'soft-cluster-run.json'])
+    const again = fitInto(out, 4)
+    expect(again.status).toBe(1)
+    expect(again.stderr).toMatch(/holds the outputs of an earlier fit run .*--overwrite.*\[ERR_OUTPUT_EXISTS\]\n$/)
+    expect(files(out)).toEqual(before)
+    const transform = run('transform', '--model', join(out, 'model.safetensors'), fixture, '--out', out, '--overwrite')
+    expect(transform.stderr).toContain('would replace or delete model.safetensors, which is one of its inputs')
+    expect(files(out)).toEqual(before)
+    const replaced = fitInto(out, 4, '--overwrite', '--json')
+    expect(replaced.status, replaced.stderr).toBe(0)
+    expect(JSON.parse(readFileSync(join(out, 'soft-cluster-run.json'), 'utf8')).files).toEqual(['model.safetensors', 'planted_a_f32.memberships.npz'])
+    expect(files(out)['model.safetensors']).not.toEqual(before['model.safetensors'])
+  })
+
+  it('a run into a folder another run is using is refused at once, naming it; after a kill, --resume goes on', async () => {
+    const out = join(mkdtempSync(join(tmpdir(), 'sc-busy-')), 'out')
+    const long = spawn(process.execPath, [BIN, 'fit', fixture, '--clusters', '3', '--out', out, '--temperature', '0.25', '--iterations', '1000000', '--tol', '0', '--device', 'cpu'])
+    try {
+      const deadline = Date.now() + 20_000
+      while (!existsSync(join(out, 'checkpoint.safetensors')) && Date.now() < deadline) await new Promise((r) => setTimeout(r, 50))
+      const other = fitInto(out, 4, '--overwrite')
+      expect(other.status).toBe(1)
+      expect(other.stderr).toContain(`in use by soft-cluster fit, process ${long.pid}, started`)
+      expect(other.stderr).toContain('[ERR_BUSY]')
+    } finally {
+      long.kill('SIGKILL')
+      await new Promise((r) => long.once('exit', r))
+    }
+    // The killed fit's lock is gone with its process; its checkpoint is resumed (with other
+    // iterations: the config must match, so this is refused naming the difference) or replaced.
+    const resumed = fitInto(out, 3, '--resume')
+    expect(resumed.stderr).toContain('nIterations')
+    const replaced = fitInto(out, 3, '--overwrite')
+    expect(replaced.status, replaced.stderr).toBe(0)
+    expect(readdirSync(out).sort()).toEqual(['model.safetensors', 'planted_a_f32.memberships.npz', 'soft-cluster-run.json'])
+  })
+})
+
+describe('a small hostile file cannot exhaust the machine (case 9)', () => {
+  it('--max-chunk-bytes refuses a larger array before reading it, naming the limit; setMaxChunkBytes does the same in TS', async () => {
+    const out = join(mkdtempSync(join(tmpdir(), 'sc-limit-')), 'out')
+    const r = run('fit', fixture, '--clusters', '3', '--out', out, '--max-chunk-bytes', '1000', '--device', 'cpu')
+    expect(r.status).toBe(1)
+    expect(r.stderr).toMatch(/planted_a_f32\.npz: activations: decodes to \d+ bytes, more than the 1000 bytes one array may take here \(--max-chunk-bytes\) \[ERR_BAD_CHUNK\]\n$/)
+    expect(existsSync(out)).toBe(false)
+    const { readChunk, setMaxChunkBytes } = await import('../ts')
+    setMaxChunkBytes(1000)
+    try {
+      expect(() => readChunk(fixture)).toThrow(/more than the 1000 bytes/)
+    } finally {
+      setMaxChunkBytes(null)
+    }
+    expect(readChunk(fixture).activations.length).toBeGreaterThan(1000 / 4)
+    expect(() => setMaxChunkBytes(0)).toThrow(/maxChunkBytes: must be a whole number of bytes >= 1/)
   })
 })

@@ -6,6 +6,7 @@ import { demo } from './commands/demo'
 import { fit } from './commands/fit'
 import { reportCommand } from './commands/report'
 import { transformCommand } from './commands/transform'
+import { setMaxChunkBytes } from './index'
 
 const number = (value: string): number => {
   const n = Number(value)
@@ -22,9 +23,13 @@ const count = (value: string): number => {
   return n
 }
 
+/** The limits of every command that reads chunks. */
+const withReadOptions = (command: Command): Command =>
+  command.option('--max-chunk-bytes <N>', 'refuse a chunk array that decodes to more bytes than this (half the available memory)', count)
+
 /** The options of the metrics, shared by `analyze` and `report`. */
 const withMetricOptions = (command: Command): Command =>
-  command
+  withReadOptions(command)
     .option('--top-tokens <N>', 'token ids listed per cluster (10)', count)
     .option('--sample <N>', 'tokens in the silhouette sample (2000)', count)
     .option('--seed <S>', 'seed of the silhouette sample (0)', count)
@@ -40,7 +45,12 @@ export function main(argv: string[]): void {
     .version(require('../package.json').version)
     .exitOverride()
     .configureOutput({ outputError: (message, write) => write(message.trim().split('\n')[0] + '\n') })
-  program
+  // Read limits are process-wide: set once, before the command runs.
+  program.hook('preAction', (_program, command) => {
+    const limit = command.opts().maxChunkBytes as number | undefined
+    if (limit !== undefined) setMaxChunkBytes(limit)
+  })
+  withReadOptions(program
     .command('fit')
     .description('learn K clusters by streaming over chunk files; write memberships, exemplars and the model')
     .argument('<chunks...>', 'chunk files, directories (their *.npz, by name) or globs')
@@ -57,18 +67,20 @@ export function main(argv: string[]): void {
     .option('--seed <S>', 'seed of the k-means++ sample (0)', number)
     .option('--init-centers <file.npy>', 'start from these [K, D] centers instead of k-means++')
     .option('--tol <X>', 'stop when the largest center shift is below this; 0 = never (1e-7)', number)
-    .option('--resume', 'continue from the checkpoint in --out, if there is one')
+    .option('--resume', 'continue the unfinished fit whose checkpoint is in --out, if there is one')
+    .option('--overwrite', "replace an earlier run's outputs in --out, once this fit is complete")
     .option('--progress', 'show progress on stderr even when it is not a terminal')
-    .option('--json', 'print what was written, and the history, as JSON')
+    .option('--json', 'print what was written, and the history, as JSON'))
     .action(fit)
-  program
+  withReadOptions(program
     .command('transform')
     .description("write each chunk's memberships under a fitted model")
     .argument('<chunks...>', 'chunk files, directories (their *.npz, by name) or globs')
     .requiredOption('--model <file>', 'a model.safetensors written by fit')
     .requiredOption('--out <dir>', 'output folder')
+    .option('--overwrite', "replace an earlier run's outputs in --out, once this run is complete")
     .option('--progress', 'show progress on stderr even when it is not a terminal')
-    .option('--json', 'print what was written as JSON')
+    .option('--json', 'print what was written as JSON'))
     .action(transformCommand)
   withMetricOptions(program
     .command('analyze')
@@ -91,7 +103,7 @@ export function main(argv: string[]): void {
   program
     .command('demo')
     .description('fit the bundled MiniLM activations, write the outputs and an HTML report, and say where they are')
-    .option('--out <dir>', 'where to write the outputs', 'soft-cluster-demo')
+    .option('--out <dir>', 'where to write the outputs (an earlier demo there is replaced)', 'soft-cluster-demo')
     .option('--progress', 'show progress on stderr even when it is not a terminal')
     .option('--json', 'print what was written as JSON')
     .action(demo)

@@ -72,6 +72,12 @@ export interface FitOptions {
    * one. The config and the chunk files must be the ones it was made with.
    */
   resume?: boolean
+  /**
+   * Replace the outputs of an earlier run (listed in `outputDir/soft-cluster-run.json`, or an
+   * unfinished fit's checkpoint) once this run is complete. Without it, a folder holding them is
+   * refused (`ERR_OUTPUT_EXISTS`). Inputs are never replaced.
+   */
+  overwrite?: boolean
 }
 
 /** One iteration of a fit (docs/algorithm.md "History"). */
@@ -116,16 +122,16 @@ export class SequentialSoftClustering {
    */
   async fitChunks(chunkPaths: readonly string[], outputDir: string, options: FitOptions = {}): Promise<HistoryEntry[]> {
     const chunks = chunkList(chunkPaths)
-    return withProgress(options.onProgress, (cb) => this.model.fitChunks(chunks, outputDir, cb, options.resume ?? false))
+    return withProgress(options.onProgress, (cb) => this.model.fitChunks(chunks, outputDir, cb, options.resume ?? false, options.overwrite ?? false))
   }
 
   /**
    * Writes `<outputDir>/<chunk>.memberships.npz` for every chunk under this model's centers (the
    * fit's output pass, on other data). Resolves with the number of token rows written.
    */
-  async transformChunks(chunkPaths: readonly string[], outputDir: string, options: Pick<FitOptions, 'onProgress'> = {}): Promise<number> {
+  async transformChunks(chunkPaths: readonly string[], outputDir: string, options: Pick<FitOptions, 'onProgress' | 'overwrite'> = {}): Promise<number> {
     const chunks = chunkList(chunkPaths)
-    return withProgress(options.onProgress, (cb) => this.model.transformChunks(chunks, outputDir, cb))
+    return withProgress(options.onProgress, (cb) => this.model.transformChunks(chunks, outputDir, cb, options.overwrite ?? false))
   }
 
   /** Writes the model file (safetensors, docs/formats.md "Model file"). */

@@ -50,3 +50,12 @@ export type DeviceProbe = native.DeviceProbe
 export function probeDevice(device?: Device): DeviceProbe {
   return native.probeDevice(device)
 }
+
+/**
+ * The most bytes one array of a chunk may decode to, for the whole process (a larger one is
+ * refused before it is read, `ERR_BAD_CHUNK`); `null` restores the default, half the available
+ * memory (docs/formats.md "Limits").
+ */
+export function setMaxChunkBytes(bytes: number | null): void {
+  native.setMaxChunkBytes(bytes)
+}

@@ -28,7 +28,8 @@ export async function demo(options: DemoOptions): Promise<void> {
   const progress = progressReporter(options.progress ?? false)
   let history
   try {
-    history = await model.fitChunks(chunks, out, { onProgress: progress.onProgress })
+    // The demo's folder is the demo's: a rerun replaces the last one's outputs.
+    history = await model.fitChunks(chunks, out, { onProgress: progress.onProgress, overwrite: true })
   } finally {
     progress.stop()
   }
@@ -41,5 +42,6 @@ export async function demo(options: DemoOptions): Promise<void> {
   console.log(`  model.safetensors            the centers, statistics and exemplars`)
   console.log(`  <chunk>.memberships.npz      each token's memberships (${chunks.length} files)`)
   console.log(`  report.html                  plots and every cluster with its exemplars, decoded`)
+  console.log(`  soft-cluster-run.json        which files the fit wrote (a rerun replaces them)`)
   console.log(`\nOpen ${report} in a browser.`)
 }

@@ -20,6 +20,7 @@ export interface FitCommandOptions {
   initCenters?: string
   tol?: number
   resume?: boolean
+  overwrite?: boolean
   progress?: boolean
   json?: boolean
 }
@@ -47,7 +48,7 @@ export async function fit(chunkSpecs: string[], options: FitCommandOptions): Pro
   const progress = progressReporter(options.progress ?? false)
   const out = resolve(options.out)
   try {
-    const history = await model.fitChunks(chunks, out, { onProgress: progress.onProgress, resume: options.resume })
+    const history = await model.fitChunks(chunks, out, { onProgress: progress.onProgress, resume: options.resume, overwrite: options.overwrite })
     progress.stop()
     const modelPath = resolve(out, 'model.safetensors')
     const device = model.summary?.device

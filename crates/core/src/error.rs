@@ -35,6 +35,15 @@ pub enum Error {
     #[error("{what}: needs about {needed_gib:.1} GiB of memory, but {available_gib:.1} GiB is available")]
     TooLarge { what: String, needed_gib: f64, available_gib: f64 },
 
+    /// The output folder is held by another run (docs/formats.md "Output folder").
+    #[error("{dir}: in use by {holder}; wait for it to end, or write into another folder")]
+    Busy { dir: String, holder: String },
+
+    /// The output folder holds what this run may not replace (another run's outputs, an
+    /// unfinished fit, an input).
+    #[error("{dir}: {problem}")]
+    OutputExists { dir: String, problem: String },
+
     /// Reading or writing a file failed at the OS level.
     #[error("{file}: {source}")]
     Io { file: String, #[source] source: std::io::Error },
@@ -51,6 +60,8 @@ impl Error {
             Error::BadModel { .. } => "ERR_BAD_MODEL",
             Error::Device { .. } => "ERR_DEVICE",
             Error::TooLarge { .. } => "ERR_TOO_LARGE",
+            Error::Busy { .. } => "ERR_BUSY",
+            Error::OutputExists { .. } => "ERR_OUTPUT_EXISTS",
             Error::Io { .. } => "ERR_IO",
         }
     }

@@ -11,8 +11,9 @@ use crate::config::Temperature;
 use crate::init::{sample_size, start, suggested_temperature};
 use crate::kernels::{for_each_cosine_row, Backend, Centers, MembershipParams, Tokens, Want, COSINE_BLOCK_BYTES};
 use crate::memberships_file;
+use crate::memory::available_memory;
 use crate::model::{HistoryEntry, Model};
-use crate::output::in_output_dir;
+use crate::run_folder::{RunFolder, RunKind, RunOptions};
 use crate::pass::PassStats;
 use crate::stream::{chunk_names, report, stream_chunks, Phase, Progress};
 use std::path::{Path, PathBuf};
@@ -38,6 +39,9 @@ pub struct FitRequest<'a> {
     /// Continue from `<output_dir>/checkpoint.safetensors` if there is one (same config and
     /// unchanged chunk files required); otherwise start from the beginning.
     pub resume: bool,
+    /// Replace another run's outputs in `output_dir` once this fit is complete (otherwise a folder
+    /// holding them is refused: docs/formats.md "Output folder").
+    pub overwrite: bool,
     /// Where the fit runs and why (`kernels::Chosen::reason`), recorded in the model;
     /// `None` records the backend's name.
     pub device: Option<&'a str>,
@@ -46,18 +50,28 @@ pub struct FitRequest<'a> {
 /// Runs a whole fit and writes its outputs; returns the fitted model (also saved as
 /// `<output_dir>/model.safetensors`).
 pub fn fit_chunks(request: FitRequest, backend: &dyn Backend, progress: &mut dyn FnMut(&Progress)) -> Result<Model> {
-    let FitRequest { config, initial_centers, chunks, output_dir, resume, device } = request;
+    let FitRequest { config, initial_centers, chunks, output_dir, resume, overwrite, device } = request;
     let device = device.map_or_else(|| backend.name(), String::from);
     config.validate()?;
     let names = chunk_names(chunks)?;
     check_memory(config, backend)?;
     let fingerprints = chunks.iter().map(|p| ChunkFingerprint::of(p)).collect::<Result<Vec<_>>>()?;
-    in_output_dir(output_dir, || fit_into(config, initial_centers, chunks, &names, &fingerprints, output_dir, resume, device, backend, progress))
+    let mut folder = RunFolder::open(output_dir, RunKind::Fit, chunks, RunOptions { resume, overwrite })?;
+    let model = fit_into(config, initial_centers, chunks, &names, &fingerprints, &mut folder, resume, device, backend, progress)?;
+    folder.commit(chunks)?;
+    // The model is in place; the checkpoint has done its job.
+    match std::fs::remove_file(Checkpoint::path_in(output_dir)) {
+        Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(Error::io(&Checkpoint::path_in(output_dir), e)),
+        _ => {}
+    }
+    Ok(model)
 }
 
-/// `fit_chunks` once its inputs are checked and `output_dir` exists.
+/// `fit_chunks` once its inputs are checked and the output folder is held: writes the outputs
+/// into the folder's staging area.
 #[allow(clippy::too_many_arguments)]
-fn fit_into(config: &ClusteringConfig, initial_centers: Option<Centers>, chunks: &[PathBuf], names: &[String], fingerprints: &[ChunkFingerprint], output_dir: &Path, resume: bool, device: String, backend: &dyn Backend, progress: &mut dyn FnMut(&Progress)) -> Result<Model> {
+fn fit_into(config: &ClusteringConfig, initial_centers: Option<Centers>, chunks: &[PathBuf], names: &[String], fingerprints: &[ChunkFingerprint], folder: &mut RunFolder, resume: bool, device: String, backend: &dyn Backend, progress: &mut dyn FnMut(&Progress)) -> Result<Model> {
+    let output_dir = &folder.dir().to_path_buf();
     let checkpoint = if resume { Checkpoint::load(output_dir)? } else { None };
     // `config` with the temperature as a number (chosen at init when it is `auto`).
     let (config, mut centers, mut history, mut iterations_done) = match checkpoint {
@@ -120,7 +134,7 @@ fn fit_into(config: &ClusteringConfig, initial_centers: Option<Centers>, chunks:
         let out = pass.run(&centers, &Tokens::from_chunk(&chunk, i), params, Want { sparse: true, ..Want::default() })?;
         entropy_sum += out.sparse.as_ref().map_or(0.0, |s| s.value.iter().filter(|&&p| p > 0.0).map(|&p| -f64::from(p) * f64::from(p).ln()).sum());
         exemplars::collect(&mut heaps, &chunk, i, &out, config.context_window);
-        memberships_file::write_for_chunk(output_dir, &names[i], &chunk, &out, config.n_clusters)?;
+        memberships_file::write_for_chunk(&folder.staged(&memberships_file::file_name_for(&names[i])), &names[i], &chunk, &out, config.n_clusters)?;
         report(progress, Phase::Output, 0, config.n_iterations, i, chunks.len(), pass.n_rows(), started);
         Ok(())
     })?;
@@ -154,12 +168,7 @@ fn fit_into(config: &ClusteringConfig, initial_centers: Option<Centers>, chunks:
         warnings,
         device: Some(device),
     };
-    model.save(&output_dir.join("model.safetensors"))?;
-    // The model is the final state; the checkpoint has done its job.
-    match std::fs::remove_file(Checkpoint::path_in(output_dir)) {
-        Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(Error::io(&Checkpoint::path_in(output_dir), e)),
-        _ => {}
-    }
+    model.save(&folder.staged("model.safetensors"))?;
     Ok(model)
 }
 
@@ -183,14 +192,6 @@ fn check_memory(config: &ClusteringConfig, backend: &dyn Backend) -> Result<()> 
         }
     }
     Ok(())
-}
-
-/// `MemAvailable` on Linux; `None` (no check) where it cannot be read.
-fn available_memory() -> Option<u64> {
-    let info = std::fs::read_to_string("/proc/meminfo").ok()?;
-    let line = info.lines().find(|l| l.starts_with("MemAvailable:"))?;
-    let kib: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
-    Some(kib * 1024)
 }
 
 /// Pairs `(a, b)`, `a < b`, of centers closer than `TWIN_COSINE`.

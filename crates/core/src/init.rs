@@ -85,7 +85,8 @@ fn kmeans_plus_plus(sample: &[f32], k: usize, d: usize, rng: &mut ChaCha8Rng, ba
         chosen.push(candidates[best]);
     }
     let data = chosen.iter().flat_map(|&i| sample[i * d..(i + 1) * d].iter().copied()).collect();
-    Centers::from_rows(k, d, data)
+    // Sample rows are unit vectors already; a failure here is ours, not the user's initialCenters.
+    Centers::from_rows(k, d, data).map_err(|e| Error::invalid_input("k-means++ init", format!("a sampled token could not be a center: {e}")))
 }
 
 

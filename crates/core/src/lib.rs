@@ -11,7 +11,8 @@
 //! - `fit`: the iteration loop and the output pass; `transform`: memberships under fixed centers
 //! - `exemplars`: the bounded top-k heaps and what they are offered
 //! - `analysis`: quality metrics; `model` and `checkpoint`: the saved files
-//! - `output`: atomic writes; `error`: the error type and its stable codes
+//! - `memory`: available memory and the per-array read limit
+//! - `output`: atomic writes; `run_folder`: an output folder held by a run (lock, staging, manifest); `error`: the error type and its stable codes
 
 pub mod analysis;
 pub mod checkpoint;
@@ -22,10 +23,12 @@ pub mod fit;
 pub mod init;
 pub mod kernels;
 pub mod memberships_file;
+pub mod memory;
 pub mod model;
 pub mod npz;
 pub mod output;
 pub mod pass;
+pub mod run_folder;
 pub mod stream;
 pub mod transform;
 

@@ -16,14 +16,20 @@ use std::path::{Path, PathBuf};
 /// Version written in each file's metadata.
 pub const FORMAT_VERSION: u32 = 1;
 
-/// `<output_dir>/<chunk file name without .npz>.memberships.npz`: the one place that names it.
-pub fn path_for(output_dir: &Path, chunk_name: &str) -> PathBuf {
+/// `<chunk file name without .npz>.memberships.npz`: the one place that names it.
+pub fn file_name_for(chunk_name: &str) -> String {
     let stem = chunk_name.strip_suffix(".npz").unwrap_or(chunk_name);
-    output_dir.join(format!("{stem}.memberships.npz"))
+    format!("{stem}.memberships.npz")
 }
 
-/// Writes `path_for(output_dir, name)` from a pass's sparse output over `chunk`.
-pub fn write_for_chunk(output_dir: &Path, name: &str, chunk: &Chunk, out: &PassOutput, n_clusters: usize) -> Result<()> {
+/// `<output_dir>/file_name_for(chunk_name)`.
+pub fn path_for(output_dir: &Path, chunk_name: &str) -> PathBuf {
+    output_dir.join(file_name_for(chunk_name))
+}
+
+/// Writes the memberships file of the chunk named `name` to `path` from a pass's sparse output
+/// over `chunk`.
+pub fn write_for_chunk(path: &Path, name: &str, chunk: &Chunk, out: &PassOutput, n_clusters: usize) -> Result<()> {
     let metadata = serde_json::json!({
         "total_sequences": chunk.batch,
         "sequence_length": chunk.seq_len,
@@ -35,7 +41,7 @@ pub fn write_for_chunk(output_dir: &Path, name: &str, chunk: &Chunk, out: &PassO
     });
     let indices = out.coo_indices(chunk.seq_len);
     let values = out.sparse.as_ref().map(|s| s.value.clone()).unwrap_or_default();
-    write(&path_for(output_dir, name), indices, values, chunk.batch, chunk.seq_len, &metadata)
+    write(path, indices, values, chunk.batch, chunk.seq_len, &metadata)
 }
 
 /// Bytes of a 0-d numpy unicode string (`<U{n}`, UTF-32LE) as a `.npy` file.

@@ -133,7 +133,26 @@ impl Model {
 
     /// Writes the file under a temporary name, then renames it into place.
     pub fn save(&self, path: &Path) -> Result<()> {
+        self.check_finite().map_err(|problem| Error::BadModel { file: path.display().to_string(), problem: format!("not written: {problem}") })?;
         crate::output::write_atomically(path, &self.to_bytes()?)
+    }
+
+    /// A model with a NaN or infinite number would be refused on load: it is never written.
+    fn check_finite(&self) -> std::result::Result<(), String> {
+        fn first_bad(values: impl Iterator<Item = f64>) -> Option<usize> {
+            values.enumerate().find(|(_, v)| !v.is_finite()).map(|(i, _)| i)
+        }
+        let checks: [(&str, Option<usize>); 5] = [
+            ("centers", first_bad(self.centers.data.iter().map(|&v| f64::from(v)))),
+            ("cluster_mass", first_bad(self.cluster_mass.iter().copied())),
+            ("exemplar_values", first_bad(self.exemplars.iter().flatten().map(|e| f64::from(e.value)))),
+            ("exemplar_context_memberships", first_bad(self.exemplars.iter().flatten().flat_map(|e| e.context_memberships.iter().map(|&v| f64::from(v))))),
+            ("history", first_bad(self.history.iter().flat_map(|h| [h.objective, h.max_shift]))),
+        ];
+        match checks.iter().find(|(_, at)| at.is_some()) {
+            Some((name, Some(i))) => Err(format!("`{name}` holds a non-finite value (at flat index {i}); the fit went wrong, and this is a bug to report with its input")),
+            _ => Ok(()),
+        }
     }
 
     pub fn load(path: &Path) -> Result<Model> {

@@ -243,6 +243,13 @@ pub fn read_chunk(path: &Path) -> Result<Chunk> {
         }
     };
 
+    if let Some(ids) = &token_ids {
+        check_token_ids(path, ids, attention_mask.as_deref(), seq_len)?;
+    }
+    let mut activations = activations;
+    if let Activations::F64(values) = &mut activations {
+        rescale_extreme_rows(values, d_model);
+    }
     Ok(Chunk {
         source: path.display().to_string(),
         batch,
@@ -252,6 +259,59 @@ pub fn read_chunk(path: &Path) -> Result<Chunk> {
         attention_mask,
         token_ids,
     })
+}
+
+/// The largest token id JavaScript numbers hold exactly (2^53 - 1).
+pub const MAX_TOKEN_ID: i64 = (1 << 53) - 1;
+
+/// A real token's id must be in `0..=MAX_TOKEN_ID` (docs/formats.md "Input chunks"): -1 means
+/// "no token" in the outputs, and larger ids would change on their way to JavaScript.
+fn check_token_ids(path: &Path, ids: &[i64], mask: Option<&[u8]>, seq_len: usize) -> Result<()> {
+    let bad = ids.iter().enumerate().find(|&(t, &id)| !(0..=MAX_TOKEN_ID).contains(&id) && mask.is_none_or(|m| m[t] != 0));
+    match bad {
+        Some((t, &id)) => Err(Error::bad_chunk(
+            path,
+            "token_ids",
+            format!("batch {}, position {}: id {id} is out of range; a real token's id must be between 0 and 2^53 - 1 (padding positions may hold anything)", t / seq_len.max(1), t % seq_len.max(1)),
+        )),
+        None => Ok(()),
+    }
+}
+
+/// float64 rows whose largest value is beyond 2^±500 are scaled by a power of two, which is
+/// exact and keeps their direction (all that memberships depend on), so that their norms, and
+/// the scale that makes them unit length, are finite normal numbers (docs/algorithm.md
+/// "Memberships": tokens at any finite scale).
+fn rescale_extreme_rows(values: &mut [f64], d: usize) {
+    const BIG: f64 = 3.273390607896142e150; // 2^500
+    const SMALL: f64 = 3.054936363499605e-151; // 2^-500
+    for row in values.chunks_exact_mut(d) {
+        let max = row.iter().fold(0.0f64, |m, &x| if x.is_finite() { m.max(x.abs()) } else { m });
+        if max > BIG || (max > 0.0 && max < SMALL) {
+            // max = f * 2^e with f in [0.5, 1); scale by 2^-e in two exact steps (2^1074 is not a float64).
+            let e = exponent(max);
+            let (half, rest) = (-e / 2, -e - (-e / 2));
+            row.iter_mut().for_each(|x| *x = *x * power_of_two(half) * power_of_two(rest));
+        }
+    }
+}
+
+/// `e` such that `x = f * 2^e`, `f` in [0.5, 1), for finite `x > 0` (subnormals included).
+fn exponent(x: f64) -> i32 {
+    let bits = x.to_bits();
+    let biased = ((bits >> 52) & 0x7ff) as i32;
+    if biased == 0 {
+        // Subnormal: 2^-1074 * mantissa.
+        let mantissa = bits & ((1u64 << 52) - 1);
+        -1074 + (64 - mantissa.leading_zeros() as i32)
+    } else {
+        biased - 1022
+    }
+}
+
+/// `2^e` for `e` in [-1022, 1023].
+fn power_of_two(e: i32) -> f64 {
+    f64::from_bits(((e + 1023) as u64) << 52)
 }
 
 /// `(B, S, D)` of a chunk from its `activations` header alone, without reading the data.
@@ -314,6 +374,11 @@ pub(crate) fn read_member<R: Read + Seek>(zip: &mut zip::ZipArchive<R>, path: &P
     };
     if size > most {
         return Err(Error::bad_chunk(path, name, format!("archive member claims {size} bytes from {} compressed bytes", member.compressed_size())));
+    }
+    if let Some((limit, why)) = crate::memory::max_chunk_bytes() {
+        if size > limit {
+            return Err(Error::bad_chunk(path, name, format!("decodes to {size} bytes, more than the {limit} bytes one array may take here ({why})")));
+        }
     }
     if member.compression() == zip::CompressionMethod::Stored && size >= PARALLEL_READ_BYTES {
         let (start, crc) = (member.data_start(), member.crc32());
@@ -456,7 +521,7 @@ fn read_header<R: Read>(reader: &mut Counting<R>, total_size: u64, path: &Path, 
     Header::from_reader(&mut (&prefix[..prefix_len]).chain(reader)).map_err(|e| bad(format!("bad .npy header: {e}")))
 }
 
-fn read_npy_data<R: Read>(mut reader: Counting<R>, header: Header, total_size: u64, path: &Path, name: &str) -> Result<NpyArray> {
+fn read_npy_data<R: Read>(reader: Counting<R>, header: Header, total_size: u64, path: &Path, name: &str) -> Result<NpyArray> {
     let bad = |problem: String| Error::bad_chunk(path, name, problem);
     let descr = match &header.type_descriptor {
         PyValue::String(s) => s.clone(),
@@ -485,6 +550,9 @@ fn read_npy_data<R: Read>(mut reader: Counting<R>, header: Header, total_size: u
             "header declares shape {shape:?} of {descr} ({declared} bytes) but the member holds {available} bytes of data"
         )));
     }
+    // The archive's size field is only a claim: a deflated stream may inflate far beyond it.
+    // Read at most one byte past the declared data, so a lie costs nothing.
+    let mut reader = reader.take(declared + 1);
     let canonical = PyValue::String(format!("{order}{kind}"));
     let read_error = |e: ndarray_npy::ReadDataError| bad(format!("cannot decode data: {e}"));
     let elements = match kind {
@@ -504,6 +572,9 @@ fn read_npy_data<R: Read>(mut reader: Counting<R>, header: Header, total_size: u
             // order if it is not this machine's.
             let mut halves = vec![f16::ZERO; len];
             reader.read_exact(bytemuck::cast_slice_mut(&mut halves)).map_err(|e| bad(format!("cannot decode data: {e}")))?;
+            if reader.read(&mut [0u8]).map_err(|e| bad(format!("cannot decode data: {e}")))? > 0 {
+                return Err(bad("cannot decode data: the member holds more data than its header declares".into()));
+            }
             if (order == ">") != cfg!(target_endian = "big") {
                 halves.iter_mut().for_each(|h| *h = f16::from_bits(h.to_bits().swap_bytes()));
             }
@@ -544,5 +615,26 @@ fn to_c_order(elements: Elements, shape: &[usize]) -> Elements {
         Elements::F16(v) => Elements::F16(reorder(v, shape)),
         Elements::F32(v) => Elements::F32(reorder(v, shape)),
         Elements::F64(v) => Elements::F64(reorder(v, shape)),
+    }
+}
+
+#[cfg(test)]
+mod scale_tests {
+    use super::*;
+
+    #[test]
+    fn extreme_float64_rows_are_scaled_exactly_to_a_normal_range() {
+        for x in [f64::MIN_POSITIVE, 5e-324, 1e-310, 1e-200, 1e200, 1.7e308, f64::MAX, 0.75, 3.0] {
+            let e = exponent(x);
+            let f = x * power_of_two((-e).clamp(-1022, 1023)) * power_of_two((-e - (-e).clamp(-1022, 1023)).clamp(-1022, 1023));
+            assert!((0.5..1.0).contains(&f), "{x}: {e} -> {f}");
+        }
+        let mut rows = vec![1e-310, -2e-310, 0.0, 1.7e308, -1.0e308, 1e300, 1.0, 2.0, 3.0];
+        rescale_extreme_rows(&mut rows, 3);
+        // Directions kept exactly (ratios), magnitudes near 1; the ordinary row untouched.
+        assert_eq!(rows[1] / rows[0], -2.0);
+        assert!(rows[..6].chunks(3).all(|r| (0.5..1.0).contains(&r.iter().fold(0.0f64, |m, v| m.max(v.abs())))), "{rows:?}");
+        assert_eq!(rows[5] / rows[3], 1e300 / 1.7e308, "exact: a power of two scales both");
+        assert_eq!(&rows[6..], &[1.0, 2.0, 3.0]);
     }
 }

@@ -4,19 +4,20 @@
 
 use crate::error::{Error, Result};
 use std::io::Write;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 /// What every temporary of ours carries before its maker's process id: cleanup touches nothing else.
 const TEMPORARY_MARK: &str = ".soft-cluster-tmp-";
 
-fn temporary_name(path: &Path) -> PathBuf {
-    let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
-    path.with_file_name(format!(".{name}{TEMPORARY_MARK}{}", std::process::id()))
+/// `.<name>.soft-cluster-tmp-<pid>`: the name of this process's temporary for `name`.
+pub fn temporary_name(name: &str) -> String {
+    format!(".{name}{TEMPORARY_MARK}{}", std::process::id())
 }
 
 /// Writes `bytes` to `path` atomically (temporary file, fsync, rename).
 pub fn write_atomically(path: &Path, bytes: &[u8]) -> Result<()> {
-    let tmp = temporary_name(path);
+    let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+    let tmp = path.with_file_name(temporary_name(&name));
     let result = (|| {
         let mut file = std::fs::File::create(&tmp)?;
         file.write_all(bytes)?;
@@ -29,29 +30,20 @@ pub fn write_atomically(path: &Path, bytes: &[u8]) -> Result<()> {
     })
 }
 
-/// Runs `work` with `dir` as its output folder: made if missing (then removed again, if still
-/// empty, when `work` fails: a refused run leaves nothing behind), and cleared of abandoned
-/// temporaries of ours first.
-pub fn in_output_dir<T>(dir: &Path, work: impl FnOnce() -> Result<T>) -> Result<T> {
-    let made = !dir.exists();
-    std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
-    remove_stale_temporaries(dir);
-    let result = work();
-    if made && result.is_err() {
-        let _ = std::fs::remove_dir(dir); // fails, as it should, once anything was written
-    }
-    result
-}
-
-/// Removes temporary files that a killed run of ours left behind (`.<name>.soft-cluster-tmp-<pid>`,
-/// the maker gone): they were never renamed into place, so nothing refers to them.
+/// Removes temporaries (files, and a run's staging folder) that a killed run of ours left behind
+/// (`.<name>.soft-cluster-tmp-<pid>`, the maker gone): they were never moved into place, so
+/// nothing refers to them.
 pub fn remove_stale_temporaries(output_dir: &Path) {
     let Ok(entries) = std::fs::read_dir(output_dir) else { return };
     for entry in entries.flatten() {
         let name = entry.file_name().to_string_lossy().into_owned();
         let maker = name.strip_prefix('.').and_then(|n| n.rsplit_once(TEMPORARY_MARK)).and_then(|(_, pid)| pid.parse::<u32>().ok());
         if maker.is_some_and(|pid| pid != std::process::id() && process_is_gone(pid)) {
-            let _ = std::fs::remove_file(entry.path());
+            // `file_type` does not follow links: a link is removed, never what it points to.
+            let _ = match entry.file_type() {
+                Ok(t) if t.is_dir() => std::fs::remove_dir_all(entry.path()),
+                _ => std::fs::remove_file(entry.path()),
+            };
         }
     }
 }

@@ -7,7 +7,7 @@ use rand::Rng;
 use rand_chacha::ChaCha8Rng;
 use serde::Serialize;
 use std::collections::HashSet;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::time::Instant;
 
 /// Which part of a fit is running.
@@ -63,11 +63,11 @@ pub fn chunk_names(chunks: &[PathBuf]) -> Result<Vec<String>> {
         .iter()
         .map(|p| {
             let name = p.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
-            let output = crate::memberships_file::path_for(Path::new(""), &name);
+            let output = crate::memberships_file::file_name_for(&name);
             if !outputs.insert(output.clone()) {
                 return Err(Error::invalid_input(
                     &p.display().to_string(),
-                    format!("another chunk also writes {}; output files are named after chunks, so their names (without .npz) must differ", output.display()),
+                    format!("another chunk also writes {output}; output files are named after chunks, so their names (without .npz) must differ"),
                 ));
             }
             // The same file under two names (a link) would be counted twice.

@@ -5,7 +5,7 @@ use crate::error::{Error, Result};
 use crate::kernels::{Backend, Centers, MembershipParams, PassOutput, Tokens, Want};
 use crate::memberships_file;
 use crate::model::Model;
-use crate::output::in_output_dir;
+use crate::run_folder::{RunFolder, RunKind, RunOptions};
 use crate::stream::{chunk_names, report, stream_chunks, Phase, Progress};
 use std::path::{Path, PathBuf};
 use std::time::Instant;
@@ -42,23 +42,35 @@ pub fn transform(backend: &dyn Backend, config: &ClusteringConfig, centers: &Cen
     backend.run(centers, tokens, MembershipParams::try_from(config)?, Want { dense, sparse: true, ..Want::default() })
 }
 
+/// Where `transform_chunks` writes and what it may replace there.
+pub struct TransformRequest<'a> {
+    pub chunks: &'a [PathBuf],
+    pub output_dir: &'a Path,
+    /// The model's file, if it came from one: an input, never replaced.
+    pub model_file: Option<&'a Path>,
+    /// Replace another run's outputs in `output_dir` once this run is complete.
+    pub overwrite: bool,
+}
+
 /// Writes `<output_dir>/<chunk stem>.memberships.npz` for every chunk under a fitted model's
 /// centers: the output pass of a fit, on new data (`soft-cluster transform`).
-pub fn transform_chunks(model: &Model, chunks: &[PathBuf], output_dir: &Path, backend: &dyn Backend, progress: &mut dyn FnMut(&Progress)) -> Result<u64> {
+pub fn transform_chunks(model: &Model, request: TransformRequest, backend: &dyn Backend, progress: &mut dyn FnMut(&Progress)) -> Result<u64> {
+    let TransformRequest { chunks, output_dir, model_file, overwrite } = request;
     let names = chunk_names(chunks)?;
     let params = MembershipParams::try_from(&model.config)?;
-    in_output_dir(output_dir, || {
-        let started = Instant::now();
-        let mut rows = 0u64;
-        stream_chunks(chunks, model.config.d_model, |i, chunk| {
-            let out = backend.run(&model.centers, &Tokens::from_chunk(&chunk, i), params, Want { sparse: true, ..Want::default() })?;
-            memberships_file::write_for_chunk(output_dir, &names[i], &chunk, &out, model.config.n_clusters)?;
-            rows += out.rows.len() as u64;
-            report(progress, Phase::Output, 0, model.config.n_iterations, i, chunks.len(), rows, started);
-            Ok(())
-        })?;
-        Ok(rows)
-    })
+    let inputs: Vec<PathBuf> = chunks.iter().cloned().chain(model_file.map(Path::to_path_buf)).collect();
+    let mut folder = RunFolder::open(output_dir, RunKind::Transform, &inputs, RunOptions { resume: false, overwrite })?;
+    let started = Instant::now();
+    let mut rows = 0u64;
+    stream_chunks(chunks, model.config.d_model, |i, chunk| {
+        let out = backend.run(&model.centers, &Tokens::from_chunk(&chunk, i), params, Want { sparse: true, ..Want::default() })?;
+        memberships_file::write_for_chunk(&folder.staged(&memberships_file::file_name_for(&names[i])), &names[i], &chunk, &out, model.config.n_clusters)?;
+        rows += out.rows.len() as u64;
+        report(progress, Phase::Output, 0, model.config.n_iterations, i, chunks.len(), rows, started);
+        Ok(())
+    })?;
+    folder.commit(chunks)?;
+    Ok(rows)
 }
 
 #[cfg(test)]

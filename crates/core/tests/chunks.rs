@@ -314,3 +314,27 @@ fn large_stored_members_read_in_parallel_match_and_are_crc_checked() {
         assert!(msg.contains("CRC-32") && msg.contains("activations") && msg.contains(corrupt.to_str().unwrap()), "{descr}: {msg}");
     }
 }
+
+/// Issue 20 case 14: ids beyond 2^53 - 1 changed on their way to JavaScript (2^63 - 1 showed
+/// as 9223372036854776000) and a negative id read as "no token": a real token's id out of
+/// 0..=2^53-1 is refused, naming where; padding may hold anything.
+#[test]
+fn token_ids_out_of_the_exact_range_are_refused_at_real_tokens_only() {
+    let dir = tempfile::tempdir().unwrap();
+    let acts = vec![0.5f32; 2 * 3 * 4];
+    let mask = [1u8, 1, 0, 1, 1, 1];
+    let path = dir.path().join("ids.npz");
+    let mut ids = vec![1i64, 2, i64::MIN, 4, 5, 6];
+    write_chunk(&path, 2, 3, 4, &acts, Some(&mask), Some(&ids));
+    assert_eq!(read_chunk(&path).unwrap().token_ids.unwrap()[2], i64::MIN, "padding may hold anything");
+    for (bad, at) in [(i64::MAX, "batch 1, position 1: id 9223372036854775807"), ((1 << 53), "batch 1, position 1: id 9007199254740992"), (-1, "batch 1, position 1: id -1")] {
+        ids[4] = bad;
+        write_chunk(&path, 2, 3, 4, &acts, Some(&mask), Some(&ids));
+        let err = read_chunk(&path).unwrap_err();
+        assert_eq!(err.code(), "ERR_BAD_CHUNK");
+        assert!(err.to_string().contains(&format!("token_ids: {at} is out of range")), "{err}");
+    }
+    ids[4] = (1 << 53) - 1;
+    write_chunk(&path, 2, 3, 4, &acts, Some(&mask), Some(&ids));
+    assert_eq!(read_chunk(&path).unwrap().token_ids.unwrap()[4], (1 << 53) - 1);
+}

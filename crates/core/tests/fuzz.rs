@@ -182,3 +182,67 @@ fn model_loader_survives_mutated_files() {
         }
     });
 }
+
+#[test]
+fn npy_reader_survives_mutated_files() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("mutant.npy");
+    fuzz("npy", corpus(&["fixtures"], "npy"), 1500, false, |bytes| {
+        std::fs::write(&path, bytes).unwrap();
+        match soft_cluster_core::npz::read_npy_f32(&path) {
+            Ok((shape, data)) => {
+                assert_eq!(shape.iter().product::<usize>(), data.len());
+                true
+            }
+            Err(e) => {
+                assert!(e.to_string().contains("mutant.npy"), "errors name the file: {e}");
+                false
+            }
+        }
+    });
+}
+
+#[test]
+fn memberships_reader_survives_mutated_files() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("mutant.memberships.npz");
+    let seeds = vec![std::fs::read(root().join("fixtures/planted_a_f32.expected.memberships.npz")).unwrap()];
+    fuzz("memberships", seeds, 1000, true, |bytes| {
+        std::fs::write(&path, bytes).unwrap();
+        match soft_cluster_core::memberships_file::read(&path) {
+            Ok(_) => true,
+            Err(e) => {
+                assert!(e.to_string().contains("mutant.memberships.npz"), "errors name the file: {e}");
+                false
+            }
+        }
+    });
+}
+
+#[test]
+fn checkpoint_loader_survives_mutated_files() {
+    use soft_cluster_core::checkpoint::{Checkpoint, ChunkFingerprint};
+    use soft_cluster_core::{Centers, ClusteringConfig};
+    // A seed written by the code itself: 3 centers of 8, two history-less chunks.
+    let seed_dir = tempfile::tempdir().unwrap();
+    let config = ClusteringConfig::new(3, 8);
+    let centers = Centers::from_rows(3, 8, (0..24).map(|i| (i % 5) as f32 - 2.0).collect()).unwrap();
+    let chunks = [ChunkFingerprint { path: "a.npz".into(), size: 10, modified_ns: "1".into() }];
+    Checkpoint::write(seed_dir.path(), &config, &centers, &[], &chunks, false).unwrap();
+    let seeds = vec![std::fs::read(Checkpoint::path_in(seed_dir.path())).unwrap()];
+    let dir = tempfile::tempdir().unwrap();
+    fuzz("checkpoint", seeds, 1000, false, |bytes| {
+        std::fs::write(Checkpoint::path_in(dir.path()), bytes).unwrap();
+        match Checkpoint::load(dir.path()) {
+            Ok(cp) => {
+                let cp = cp.expect("the file is there");
+                assert_eq!(cp.centers.data.len(), cp.centers.k * cp.centers.d);
+                true
+            }
+            Err(e) => {
+                assert!(e.to_string().contains("checkpoint.safetensors"), "errors name the file: {e}");
+                false
+            }
+        }
+    });
+}

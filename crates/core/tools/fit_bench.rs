@@ -50,7 +50,7 @@ fn main() {
     });
     let out = PathBuf::from(get("out"));
     let started = Instant::now();
-    let request = FitRequest { config: &config, initial_centers: init, chunks: &chunks, output_dir: &out, resume: false, device: None };
+    let request = FitRequest { config: &config, initial_centers: init, chunks: &chunks, output_dir: &out, resume: false, overwrite: true, device: None };
     let model = fit_chunks(request, backend.as_ref(), &mut |_| {}).unwrap_or_else(|e| {
         eprintln!("fit-bench: {e}");
         std::process::exit(1)

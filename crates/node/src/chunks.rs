@@ -99,3 +99,17 @@ pub fn memberships_path_for(output_dir: String, chunk_path: String) -> String {
     let name = chunk.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
     soft_cluster_core::memberships_file::path_for(Path::new(&output_dir), &name).to_string_lossy().into_owned()
 }
+
+/// Sets, for the whole process, the most bytes one array of a chunk may decode to (a larger one
+/// is refused before it is read); `null` restores the default, half the available memory
+/// (docs/formats.md "Limits").
+#[napi]
+pub fn set_max_chunk_bytes(env: Env, bytes: Option<f64>) -> Result<()> {
+    let limit = match bytes {
+        None => None,
+        Some(b) if b >= 1.0 && b.fract() == 0.0 && b <= 2f64.powi(63) => Some(b as u64),
+        Some(b) => return Err(js_error(&env, crate::errors::invalid_input("maxChunkBytes", &format!("must be a whole number of bytes >= 1, got {b}")))),
+    };
+    soft_cluster_core::memory::set_max_chunk_bytes(limit);
+    Ok(())
+}

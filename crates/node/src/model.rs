@@ -13,7 +13,7 @@ use napi_derive::napi;
 use soft_cluster_core::analysis::{analyze, analyze_chunks};
 use soft_cluster_core::fit::{fit_chunks, FitRequest};
 use soft_cluster_core::kernels::{backend_for, choose_backend};
-use soft_cluster_core::transform::{layout_of, transform, transform_chunks};
+use soft_cluster_core::transform::{layout_of, transform, transform_chunks, TransformRequest};
 use soft_cluster_core::{ActivationsRef, Centers, ClusteringConfig, Model, PassOutput, Tokens};
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -92,6 +92,9 @@ struct State {
     /// Centers from `initialCenters`, the start of the next fit.
     initial: Option<Centers>,
     fitting: bool,
+    /// The file the model was loaded from, saved to, or fitted into: an input that a
+    /// `transformChunks` never replaces.
+    file: Option<PathBuf>,
 }
 
 fn lock(state: &Mutex<State>) -> MutexGuard<'_, State> {
@@ -127,12 +130,12 @@ impl NativeModel {
             .transpose()
             .map_err(|e| js_error(&env, e))?;
         let model = initial.clone().map(|c| Arc::new(Model::new(config.clone(), c)));
-        Ok(NativeModel { config, state: Arc::new(Mutex::new(State { model, initial, fitting: false })) })
+        Ok(NativeModel { config, state: Arc::new(Mutex::new(State { model, initial, fitting: false, file: None })) })
     }
 
-    fn from_model(model: Model) -> Self {
+    fn from_model(model: Model, file: PathBuf) -> Self {
         let config = model.config.clone();
-        let state = State { model: Some(Arc::new(model)), initial: None, fitting: false };
+        let state = State { model: Some(Arc::new(model)), initial: None, fitting: false, file: Some(file) };
         NativeModel { config, state: Arc::new(Mutex::new(state)) }
     }
 
@@ -252,6 +255,7 @@ impl NativeModel {
         output_dir: String,
         #[napi(ts_arg_type = "((progress: FitProgress) => void) | undefined | null")] on_progress: Option<ProgressCallback>,
         resume: Option<bool>,
+        overwrite: Option<bool>,
     ) -> Result<AsyncTask<Work<Vec<HistoryEntry>>>> {
         let initial = {
             let mut state = lock(&self.state);
@@ -265,14 +269,15 @@ impl NativeModel {
         let config = self.config.clone();
         let chunks: Vec<PathBuf> = chunk_paths.into_iter().map(PathBuf::from).collect();
         let output_dir = PathBuf::from(output_dir);
-        let resume = resume.unwrap_or(false);
+        let (resume, overwrite) = (resume.unwrap_or(false), overwrite.unwrap_or(false));
         Ok(Work::new(move || {
             let chosen = choose_backend(&config)?;
-            let request = FitRequest { config: &config, initial_centers: initial, chunks: &chunks, output_dir: &output_dir, resume, device: Some(&chosen.reason) };
+            let request = FitRequest { config: &config, initial_centers: initial, chunks: &chunks, output_dir: &output_dir, resume, overwrite, device: Some(&chosen.reason) };
             let model = fit_chunks(request, chosen.backend.as_ref(), &mut progress_reporter(on_progress))?;
             let history = model.history.iter().map(HistoryEntry::from).collect();
             let mut state = lock(&fitting.0);
             state.model = Some(Arc::new(model));
+            state.file = Some(output_dir.join("model.safetensors"));
             Ok(history)
         }))
     }
@@ -286,13 +291,16 @@ impl NativeModel {
         chunk_paths: Vec<String>,
         output_dir: String,
         #[napi(ts_arg_type = "((progress: FitProgress) => void) | undefined | null")] on_progress: Option<ProgressCallback>,
+        overwrite: Option<bool>,
     ) -> Result<AsyncTask<Work<f64>>> {
         let model = self.model_or_error(&env)?;
+        let model_file = lock(&self.state).file.clone();
         let chunks: Vec<PathBuf> = chunk_paths.into_iter().map(PathBuf::from).collect();
         let output_dir = PathBuf::from(output_dir);
         Ok(Work::new(move || {
             let backend = backend_for(&model.config)?;
-            transform_chunks(&model, &chunks, &output_dir, backend.as_ref(), &mut progress_reporter(on_progress)).map(|rows| rows as f64)
+            let request = TransformRequest { chunks: &chunks, output_dir: &output_dir, model_file: model_file.as_deref(), overwrite: overwrite.unwrap_or(false) };
+            transform_chunks(&model, request, backend.as_ref(), &mut progress_reporter(on_progress)).map(|rows| rows as f64)
         }))
     }
 
@@ -300,13 +308,22 @@ impl NativeModel {
     #[napi(ts_return_type = "Promise<void>")]
     pub fn save(&self, env: Env, path: String) -> Result<AsyncTask<Work<()>>> {
         let model = self.model_or_error(&env)?;
-        Ok(Work::new(move || model.save(&PathBuf::from(path))))
+        let state = self.state.clone();
+        Ok(Work::new(move || {
+            let path = PathBuf::from(path);
+            model.save(&path)?;
+            lock(&state).file = Some(path);
+            Ok(())
+        }))
     }
 
     /// Reads a model file, on the libuv pool.
     #[napi(ts_return_type = "Promise<NativeModel>")]
     pub fn load(path: String) -> AsyncTask<Work<NativeModel>> {
-        Work::new(move || Model::load(&PathBuf::from(path)).map(NativeModel::from_model))
+        Work::new(move || {
+            let path = PathBuf::from(path);
+            Model::load(&path).map(|m| NativeModel::from_model(m, path))
+        })
     }
 }
 

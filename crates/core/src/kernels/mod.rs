@@ -138,8 +138,14 @@ impl Element for f32 {
         f64::from(self)
     }
     fn scale_into(src: &[f32], scale: f64, dst: &mut [f32]) {
-        let scale = scale as f32;
-        dst.iter_mut().zip(src).for_each(|(d, &s)| *d = s * scale);
+        let narrow = scale as f32;
+        if narrow.is_normal() {
+            dst.iter_mut().zip(src).for_each(|(d, &s)| *d = s * narrow);
+        } else {
+            // The scale of a row of subnormals (or of huge values) is beyond float32's range:
+            // multiply in float64 and narrow the unit-scale result.
+            dst.iter_mut().zip(src).for_each(|(d, &s)| *d = (f64::from(s) * scale) as f32);
+        }
     }
 }
 

@@ -134,3 +134,27 @@ pub fn planted_config() -> soft_cluster_core::ClusteringConfig {
     c.tol = 0.0;
     c
 }
+
+/// Planted directions of uneven sizes in `n_chunks` files; returns the chunk paths and directions.
+pub fn planted_chunks(dir: &Path, n_chunks: usize, k: usize, d: usize, seed: u64) -> (Vec<PathBuf>, Vec<f32>) {
+    let truth = unit_rows(k, d, seed);
+    let noise = unit_rows(n_chunks * 4 * 64, d, seed + 1);
+    let mut paths = Vec::new();
+    for c in 0..n_chunks {
+        let (b, s) = (4, 64);
+        let mut acts = Vec::with_capacity(b * s * d);
+        let mut mask = Vec::with_capacity(b * s);
+        for t in 0..b * s {
+            let g = c * b * s + t;
+            let cluster = [0, 0, 0, 1, 1, 2, 3, 4, 5, 0, 1, 2][g % 12] % k; // uneven sizes
+            let norm = 0.1 + (g % 17) as f32; // norms over two orders of magnitude
+            acts.extend((0..d).map(|j| norm * (truth[cluster * d + j] + 0.35 * noise[g * d + j])));
+            mask.push(u8::from(t % 64 < 56)); // padding at the end of each sequence
+        }
+        let ids: Vec<i64> = (0..b * s).map(|t| (t * 31 % 1000) as i64).collect();
+        let p = dir.join(format!("chunk_{c:03}.npz"));
+        write_chunk(&p, b, s, d, &acts, Some(&mask), Some(&ids));
+        paths.push(p);
+    }
+    (paths, truth)
+}

@@ -60,8 +60,14 @@ __device__ __forceinline__ void warp_argmax_d(double &v, u32 &i) {
 extern "C" __global__ void normalize_rows_f32(const float *raw, const double *inv_norm, float *x, u32 n_rows, u32 d) {
     u64 r = blockIdx.x;
     if (r >= n_rows) return;
-    float s = (float)inv_norm[r];
-    for (u32 i = threadIdx.x; i < d; i += blockDim.x) x[r * d + i] = raw[r * d + i] * s;
+    double scale = inv_norm[r];
+    float s = (float)scale;
+    if (s >= 1.17549435e-38f && s <= 3.40282347e38f) { // a normal float32 (inv_norm > 0)
+        for (u32 i = threadIdx.x; i < d; i += blockDim.x) x[r * d + i] = raw[r * d + i] * s;
+    } else {
+        // A row of subnormals (or huge values): its scale is beyond float32's range.
+        for (u32 i = threadIdx.x; i < d; i += blockDim.x) x[r * d + i] = (float)((double)raw[r * d + i] * scale);
+    }
 }
 
 extern "C" __global__ void normalize_rows_f16(const unsigned short *raw, const double *inv_norm, float *x, u32 n_rows, u32 d) {
