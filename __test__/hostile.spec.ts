@@ -1,5 +1,5 @@
 import { spawn, spawnSync } from 'node:child_process'
-import { copyFileSync, existsSync, mkdtempSync, readdirSync, readFileSync, symlinkSync } from 'node:fs'
+import { copyFileSync, existsSync, mkdirSync, mkdtempSync, readdirSync, readFileSync, symlinkSync, writeFileSync } from 'node:fs'
 import { tmpdir } from 'node:os'
 import { join } from 'node:path'
 import { describe, expect, it } from 'vitest'
@@ -160,5 +160,58 @@ describe('a small hostile file cannot exhaust the machine (case 9)', () => {
     }
     expect(readChunk(fixture).activations.length).toBeGreaterThan(1000 / 4)
     expect(() => setMaxChunkBytes(0)).toThrow(/maxChunkBytes: must be a whole number of bytes >= 1/)
+  })
+})
+
+describe('wrong error texts (case 16)', () => {
+  it('a chunk whose file name is not valid UTF-8 is named as such, not as a missing file', () => {
+    const dir = mkdtempSync(join(tmpdir(), 'sc-utf8-'))
+    // "b\xff.npz": a Latin-1 name, as an old archive may hold.
+    writeFileSync(Buffer.concat([Buffer.from(join(dir, 'b')), Buffer.from([0xff]), Buffer.from('.npz')]), readFileSync(fixture))
+    const r = run('fit', dir, '--clusters', '3', '--out', join(dir, 'out'), '--device', 'cpu')
+    expect(r.status).toBe(1)
+    expect(r.stderr).toContain(`${join(dir, 'b\uFFFD.npz')}: the file name is not valid UTF-8`)
+    expect(r.stderr).toContain('[ERR_INVALID_INPUT]')
+  })
+})
+
+// What the attack found sound stays sound.
+describe('the attack’s passing cases', () => {
+  it('a fit killed by SIGTERM resumes to the model of an uninterrupted fit', async () => {
+    const { SequentialSoftClustering } = await import('../ts')
+    const dir = mkdtempSync(join(tmpdir(), 'sc-term-'))
+    const args = (out: string) => ['fit', fixture, '--clusters', '4', '--out', out, '--temperature', '0.1', '--iterations', '400', '--tol', '0', '--device', 'cpu']
+    expect(run(...args(join(dir, 'whole'))).status).toBe(0)
+    const out = join(dir, 'cut')
+    const child = spawn(process.execPath, [BIN, ...args(out)])
+    const deadline = Date.now() + 20_000
+    while (!existsSync(join(out, 'checkpoint.safetensors')) && Date.now() < deadline) await new Promise((r) => setTimeout(r, 20))
+    child.kill('SIGTERM')
+    await new Promise((r) => child.once('exit', r))
+    expect(existsSync(join(out, 'model.safetensors')), 'killed before it finished').toBe(false)
+    const resumed = run(...args(out), '--resume')
+    expect(resumed.status, resumed.stderr).toBe(0)
+    const [a, b] = await Promise.all([SequentialSoftClustering.load(join(dir, 'whole', 'model.safetensors')), SequentialSoftClustering.load(join(out, 'model.safetensors'))])
+    expect(Buffer.from(b.centers!.buffer).equals(Buffer.from(a.centers!.buffer))).toBe(true)
+  })
+
+  it('a thousand chunk files under ulimit -n 64: files are opened one or two at a time', () => {
+    const dir = mkdtempSync(join(tmpdir(), 'sc-many-'))
+    const chunks = join(dir, 'chunks')
+    mkdirSync(chunks)
+    const bytes = readFileSync(fixture)
+    for (let i = 0; i < 1000; i++) writeFileSync(join(chunks, `c${String(i).padStart(4, '0')}.npz`), bytes)
+    const out = join(dir, 'out')
+    const r = spawnSync('bash', ['-c', `ulimit -n 64; exec "${process.execPath}" "${BIN}" fit "${chunks}" --clusters 3 --out "${out}" --iterations 1 --temperature 0.25 --device cpu`], { encoding: 'utf8' })
+    expect(r.status, r.stderr).toBe(0)
+    expect(readdirSync(out).filter((n) => n.endsWith('.memberships.npz'))).toHaveLength(1000)
+  }, 120_000)
+
+  it('3000 concurrent transformAsync calls each get their own memberships', async () => {
+    const { SequentialSoftClustering } = await import('../ts')
+    const model = new SequentialSoftClustering({ nClusters: 4, dModel: 8, temperature: 0.2, initialCenters: Float32Array.from({ length: 32 }, (_, i) => Math.sin(i + 1)) })
+    const inputs = Array.from({ length: 3000 }, (_, c) => Float32Array.from({ length: 16 }, (_, i) => Math.cos(c * 16 + i)))
+    const results = await Promise.all(inputs.map((a) => model.transformAsync(a, { shape: [2, 8] })))
+    results.forEach((r, c) => expect(Array.from(r.memberships!)).toEqual(Array.from(model.transform(inputs[c]!, { shape: [2, 8] }).memberships!)))
   })
 })
