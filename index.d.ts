@@ -85,6 +85,9 @@ export interface ChunkData {
   tokenIds?: BigInt64Array
 }
 
+/** Extensions of the chunk files a folder is searched for (docs/formats.md "Input chunks"). */
+export declare function chunkExtensions(): Array<string>
+
 /** `[B, S, D]` of a chunk, from its header alone (no data is read). */
 export declare function chunkShape(path: string): Array<number>
 
@@ -339,6 +342,12 @@ export interface ResolvedConfig {
   tol: number
   precision: 'float32' | 'tf32'
 }
+
+/**
+ * Sets, for the whole process, the name of the activations tensor in safetensors chunks;
+ * `null` restores the default (`activations`, or the file's only float tensor of rank 2 or 3).
+ */
+export declare function setActivationsKey(key?: string | undefined | null): void
 
 /**
  * Sets, for the whole process, the most bytes one array of a chunk may decode to (a larger one

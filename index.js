@@ -836,6 +836,7 @@ function __napiStampBindingTarget(exportsObject, target) {
 module.exports.__napiBindingTarget = __napiStampBindingTarget(nativeBinding, __napiLoadedBindingTarget)
 module.exports = nativeBinding
 module.exports.NativeModel = nativeBinding.NativeModel
+module.exports.chunkExtensions = nativeBinding.chunkExtensions
 module.exports.chunkShape = nativeBinding.chunkShape
 module.exports.membershipsPathFor = nativeBinding.membershipsPathFor
 module.exports.probeDevice = nativeBinding.probeDevice
@@ -844,4 +845,5 @@ module.exports.readChunkAsync = nativeBinding.readChunkAsync
 module.exports.readMemberships = nativeBinding.readMemberships
 module.exports.readNpy = nativeBinding.readNpy
 module.exports.resolveConfig = nativeBinding.resolveConfig
+module.exports.setActivationsKey = nativeBinding.setActivationsKey
 module.exports.setMaxChunkBytes = nativeBinding.setMaxChunkBytes

@@ -1,5 +1,9 @@
+import { execFileSync, spawnSync } from 'node:child_process'
+import { mkdtempSync, writeFileSync } from 'node:fs'
+import { tmpdir } from 'node:os'
+import { join } from 'node:path'
 import { describe, expect, it } from 'vitest'
-import { readChunk, readChunkAsync, readNpy } from '../ts'
+import { readChunk, readChunkAsync, readMemberships, readNpy } from '../ts'
 import { expectError, fixture } from './helpers'
 
 describe('readChunk', () => {
@@ -53,5 +57,46 @@ describe('readChunk', () => {
     const c = readNpy(fixture('planted_init_centers.npy'))
     expect(c.shape).toEqual([6, 64])
     expect(c.data.length).toBe(6 * 64)
+  })
+})
+
+describe('chunks in other formats, written by the Python libraries users have (issue 14)', () => {
+  const python = process.env.SOFT_CLUSTER_PYTHON ?? 'python3'
+  const hasLibraries = spawnSync(python, ['-c', 'import numpy, safetensors'], { encoding: 'utf8' }).status === 0
+  // CI installs numpy and safetensors (SOFT_CLUSTER_PYTHON): there the test must run.
+  it.skipIf(!hasLibraries && !process.env.SOFT_CLUSTER_PYTHON)('safetensors (safetensors.numpy) and .npy (numpy.save) fit like the .npz they came from', async () => {
+    const { SequentialSoftClustering } = await import('../ts')
+    const dir = mkdtempSync(join(tmpdir(), 'sc-formats-'))
+    const source = join(__dirname, '..', 'examples', 'minilm', 'minilm_000.npz')
+    execFileSync(python, [join(__dirname, '..', 'scripts', 'write_formats.py'), source, dir])
+    const bin = join(__dirname, '..', 'bin', 'soft-cluster.js')
+    const fitOne = (chunk: string, out: string, ...more: string[]) => {
+      const r = spawnSync(process.execPath, [bin, 'fit', chunk, '--clusters', '6', '--out', out, '--temperature', '0.05', '--device', 'cpu', '--json', ...more], { encoding: 'utf8' })
+      expect(r.status, r.stderr).toBe(0)
+      return JSON.parse(r.stdout) as { model: string; memberships: string[] }
+    }
+    const centers = async (model: string) => (await SequentialSoftClustering.load(model)).centers!
+    const ref = fitOne(source, join(dir, 'o_npz'))
+    const want = await centers(ref.model)
+    const wantValues = readMemberships(ref.memberships[0]!).values
+    // The folder holds minilm_000.safetensors, minilm_000_hook.safetensors (two float tensors
+    // would be ambiguous across files: fitted one by one here) and minilm_000.npy.
+    for (const [file, more] of [['minilm_000.safetensors', []], ['minilm_000_hook.safetensors', ['--key', 'blocks.3.hook_resid_post']]] as const) {
+      const got = fitOne(join(dir, file), join(dir, `o_${file}`), ...more)
+      const c = await centers(got.model)
+      expect(Math.max(...Array.from(c, (v, i) => Math.abs(v - want[i]!)))).toBeLessThan(1e-5)
+      const values = readMemberships(got.memberships[0]!).values
+      expect(values.length).toBe(wantValues.length)
+      expect(Math.max(...Array.from(values, (v, i) => Math.abs(v - wantValues[i]!)))).toBeLessThan(1e-4)
+    }
+    // .npy holds no mask: compared with the same tokens all real (the demo chunks have no padding).
+    const npy = fitOne(join(dir, 'minilm_000.npy'), join(dir, 'o_npy'))
+    const c = await centers(npy.model)
+    expect(Math.max(...Array.from(c, (v, i) => Math.abs(v - want[i]!)))).toBeLessThan(1e-5)
+    // A pickled file is refused with how to convert it.
+    writeFileSync(join(dir, 'acts.pt'), 'not really a pickle')
+    const r = spawnSync(process.execPath, [bin, 'fit', join(dir, 'acts.pt'), '--clusters', '6', '--out', join(dir, 'o_pt')], { encoding: 'utf8' })
+    expect(r.status).toBe(1)
+    expect(r.stderr).toContain('never loads (unpickling can run code); convert it with `from safetensors.torch import save_file')
   })
 })

@@ -6,7 +6,7 @@ import { demo } from './commands/demo'
 import { fit } from './commands/fit'
 import { reportCommand } from './commands/report'
 import { transformCommand } from './commands/transform'
-import { setMaxChunkBytes } from './index'
+import { setActivationsKey, setMaxChunkBytes } from './index'
 
 const number = (value: string): number => {
   const n = Number(value)
@@ -25,7 +25,9 @@ const count = (value: string): number => {
 
 /** The limits of every command that reads chunks. */
 const withReadOptions = (command: Command): Command =>
-  command.option('--max-chunk-bytes <N>', 'refuse a chunk array that decodes to more bytes than this (half the available memory)', count)
+  command
+    .option('--max-chunk-bytes <N>', 'refuse a chunk array that decodes to more bytes than this (half the available memory)', count)
+    .option('--key <name>', 'the activations tensor of safetensors chunks (activations, or the only float tensor)')
 
 /** The options of the metrics, shared by `analyze` and `report`. */
 const withMetricOptions = (command: Command): Command =>
@@ -47,13 +49,14 @@ export function main(argv: string[]): void {
     .configureOutput({ outputError: (message, write) => write(message.trim().split('\n')[0] + '\n') })
   // Read limits are process-wide: set once, before the command runs.
   program.hook('preAction', (_program, command) => {
-    const limit = command.opts().maxChunkBytes as number | undefined
-    if (limit !== undefined) setMaxChunkBytes(limit)
+    const { maxChunkBytes, key } = command.opts() as { maxChunkBytes?: number; key?: string }
+    if (maxChunkBytes !== undefined) setMaxChunkBytes(maxChunkBytes)
+    if (key !== undefined) setActivationsKey(key)
   })
   withReadOptions(program
     .command('fit')
     .description('learn K clusters by streaming over chunk files; write memberships, exemplars and the model')
-    .argument('<chunks...>', 'chunk files, directories (their *.npz, by name) or globs')
+    .argument('<chunks...>', 'chunk files (.npz, .safetensors, .npy), directories (their chunk files, by name) or globs')
     .requiredOption('--clusters <K>', 'number of clusters', number)
     .requiredOption('--out <dir>', 'output folder')
     .option('--temperature <T>', 'softmax temperature on cosine similarities: a number, or auto to choose it from the data (auto)', temperature)
@@ -75,7 +78,7 @@ export function main(argv: string[]): void {
   withReadOptions(program
     .command('transform')
     .description("write each chunk's memberships under a fitted model")
-    .argument('<chunks...>', 'chunk files, directories (their *.npz, by name) or globs')
+    .argument('<chunks...>', 'chunk files (.npz, .safetensors, .npy), directories (their chunk files, by name) or globs')
     .requiredOption('--model <file>', 'a model.safetensors written by fit')
     .requiredOption('--out <dir>', 'output folder')
     .option('--overwrite', "replace an earlier run's outputs in --out, once this run is complete")
@@ -85,7 +88,7 @@ export function main(argv: string[]): void {
   withMetricOptions(program
     .command('analyze')
     .description('quality metrics of a fitted model over chunk files: per cluster and overall')
-    .argument('<chunks...>', 'chunk files, directories (their *.npz, by name) or globs')
+    .argument('<chunks...>', 'chunk files (.npz, .safetensors, .npy), directories (their chunk files, by name) or globs')
     .requiredOption('--model <file>', 'a model.safetensors written by fit')
     .option('--json', 'print the metrics as JSON'))
     .action(analyzeCommand)

@@ -59,3 +59,11 @@ export function probeDevice(device?: Device): DeviceProbe {
 export function setMaxChunkBytes(bytes: number | null): void {
   native.setMaxChunkBytes(bytes)
 }
+
+/**
+ * The name of the activations tensor in safetensors chunks, for the whole process; `null`
+ * restores the default: `activations`, or else the file's only float tensor of rank 2 or 3.
+ */
+export function setActivationsKey(key: string | null): void {
+  native.setActivationsKey(key)
+}

@@ -399,7 +399,7 @@ mod tests {
     use super::*;
     use crate::kernels::cpu::CpuBackend;
     use crate::config::Temperature;
-    use crate::npz::ActivationsRef;
+    use crate::chunk::ActivationsRef;
     use rand::Rng;
 
     #[test]

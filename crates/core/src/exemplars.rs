@@ -3,7 +3,7 @@
 //! `K * nExemplars` entries whatever the data size.
 
 use crate::kernels::PassOutput;
-use crate::npz::Chunk;
+use crate::chunk::Chunk;
 use serde::{Deserialize, Serialize};
 use std::cmp::Ordering;
 use std::collections::BinaryHeap;

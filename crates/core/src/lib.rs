@@ -3,7 +3,8 @@
 //! Pure Rust, no Node types. One module per concept (docs/formats.md and docs/algorithm.md say
 //! what the files and the algorithm are):
 //! - `config`: the config, its defaults and validation, `Device`, `Precision`, `Temperature`
-//! - `npz`: reading input chunks; `memberships_file`: the per-chunk output file, both ways
+//! - `chunk`: a chunk as every reader hands it over; `sources`: which reader a file needs;
+//!   `npz` (.npz, .npy) and `safetensors_chunk` (.safetensors): the readers; `memberships_file`: the per-chunk output file, both ways
 //! - `stream`: visiting chunks with read-ahead, chunk names, progress, reservoir sampling
 //! - `kernels`: the membership step on a `Backend` (`cpu`, `cuda`), and a streaming `Pass`
 //! - `pass`: what a pass accumulates, merged in one place
@@ -16,6 +17,7 @@
 
 pub mod analysis;
 pub mod checkpoint;
+pub mod chunk;
 pub mod config;
 pub mod error;
 pub mod exemplars;
@@ -29,6 +31,8 @@ pub mod npz;
 pub mod output;
 pub mod pass;
 pub mod run_folder;
+pub mod safetensors_chunk;
+pub mod sources;
 pub mod stream;
 pub mod transform;
 
@@ -36,5 +40,6 @@ pub use config::{ClusteringConfig, Device, Precision, Temperature};
 pub use model::{HistoryEntry, Model};
 pub use error::{Error, Result};
 pub use kernels::{Backend, Centers, MembershipParams, Pass, PassOutput, PreparedRows, SparseRows, Tokens, Want};
-pub use npz::{read_chunk, Activations, ActivationsRef, Chunk};
+pub use chunk::{Activations, ActivationsRef, Chunk};
+pub use sources::read_chunk;
 pub use pass::PassStats;

@@ -3,8 +3,10 @@
 
 use crate::error::{Error, Result};
 use crate::kernels::PassOutput;
-use crate::npz::{read_member, Chunk, Elements, NpyArray};
+use crate::chunk::Chunk;
+use crate::npz::{read_member, Elements, NpyArray};
 use crate::output::write_atomically;
+use crate::sources::CHUNK_EXTENSIONS;
 use ndarray::{arr0, Array1, Array2};
 use ndarray_npy::npy::header::Header;
 use ndarray_npy::WriteNpyExt;
@@ -16,9 +18,10 @@ use std::path::{Path, PathBuf};
 /// Version written in each file's metadata.
 pub const FORMAT_VERSION: u32 = 1;
 
-/// `<chunk file name without .npz>.memberships.npz`: the one place that names it.
+/// `<chunk file name without its extension>.memberships.npz` (`.npz`, `.safetensors`, `.npy`;
+/// any other name whole): the one place that names it.
 pub fn file_name_for(chunk_name: &str) -> String {
-    let stem = chunk_name.strip_suffix(".npz").unwrap_or(chunk_name);
+    let stem = CHUNK_EXTENSIONS.iter().find_map(|ext| chunk_name.strip_suffix(&format!(".{ext}"))).unwrap_or(chunk_name);
     format!("{stem}.memberships.npz")
 }
 

@@ -2,7 +2,8 @@
 //! reservoir slot that samples a stream. Shared by the fit, transform and analysis.
 
 use crate::error::{Error, Result};
-use crate::npz::{read_chunk, Chunk};
+use crate::chunk::Chunk;
+use crate::sources::read_chunk;
 use rand::Rng;
 use rand_chacha::ChaCha8Rng;
 use serde::Serialize;

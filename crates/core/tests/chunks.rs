@@ -264,7 +264,7 @@ fn two_dimensional_chunks_accept_flat_masks_and_refuse_other_dtypes() {
 
 #[test]
 fn chunk_shape_reads_only_the_header() {
-    use soft_cluster_core::npz::chunk_shape;
+    use soft_cluster_core::sources::chunk_shape;
     assert_eq!(chunk_shape(&fixture("planted_a_f32.npz")).unwrap(), (5, 32, 64));
     assert_eq!(chunk_shape(&fixture("flat_2d_f64.npz")).unwrap(), (1, 32, 64));
     assert_eq!(chunk_shape(&fixture("planted_b_f16_compressed.npz")).unwrap(), (3, 32, 64));

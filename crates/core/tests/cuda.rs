@@ -10,7 +10,8 @@ use soft_cluster_core::fit::{fit_chunks, FitRequest};
 use soft_cluster_core::kernels::cpu::CpuBackend;
 use soft_cluster_core::kernels::cuda::{CudaBackend, MatmulPrecision};
 use soft_cluster_core::kernels::{backend_for, Backend, MembershipParams, PassOutput, Tokens, Want};
-use soft_cluster_core::npz::{read_npy_f32, ActivationsRef};
+use soft_cluster_core::npz::read_npy_f32;
+use soft_cluster_core::ActivationsRef;
 use soft_cluster_core::{Centers, ClusteringConfig, Device, Error, Model};
 use std::path::{Path, PathBuf};
 
@@ -135,10 +136,11 @@ fn memberships_and_statistics_match_the_cpu() {
         let dat = data(n, 16.min(n), d, k, n as u64);
         let centers = Centers::from_rows(k, d, unit_rows(k, d, 99 + k as u64)).unwrap();
         let as_f16: Vec<f16> = dat.acts.iter().map(|&v| f16::from_f32(v)).collect();
+        let as_bf16: Vec<half::bf16> = dat.acts.iter().map(|&v| half::bf16::from_f32(v)).collect();
         let as_f64: Vec<f64> = dat.acts.iter().map(|&v| f64::from(v)).collect();
         for &(t, m) in &[(1.0, 0.01), (0.1, 0.0), (0.05, 0.3), (0.01, 0.01), (1e-4, 0.01)] {
             let params = MembershipParams { temperature: t, min_membership: m };
-            for (name, acts) in [("f32", ActivationsRef::F32(&dat.acts)), ("f16", ActivationsRef::F16(&as_f16)), ("f64", ActivationsRef::F64(&as_f64))] {
+            for (name, acts) in [("f32", ActivationsRef::F32(&dat.acts)), ("f16", ActivationsRef::F16(&as_f16)), ("bf16", ActivationsRef::BF16(&as_bf16)), ("f64", ActivationsRef::F64(&as_f64))] {
                 let what = format!("n={n} d={d} k={k} T={t} min={m} {name}");
                 let c = run(&cpu, &centers, acts, &dat, params);
                 // Small blocks too: the two-slot pipeline, with blocks that do not divide n.

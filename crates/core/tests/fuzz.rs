@@ -246,3 +246,57 @@ fn checkpoint_loader_survives_mutated_files() {
         }
     });
 }
+
+#[test]
+fn safetensors_chunk_reader_survives_mutated_files() {
+    use safetensors::tensor::TensorView;
+    use safetensors::Dtype;
+    // Seeds written by the safetensors crate: bfloat16 and float32 activations, with a mask and ids.
+    let acts: Vec<u8> = (0..2 * 5 * 8).flat_map(|i| half::bf16::from_f32((i as f32 * 0.37).sin()).to_le_bytes()).collect();
+    let acts32: Vec<u8> = (0..2 * 5 * 8).flat_map(|i| ((i as f32 * 0.37).sin()).to_le_bytes()).collect();
+    let mask = vec![1u8, 1, 1, 0, 0, 1, 1, 1, 1, 0];
+    let ids: Vec<u8> = (0..10i64).flat_map(|i| i.to_le_bytes()).collect();
+    let seed = |dtype, data: &[u8]| {
+        let tensors = vec![
+            ("activations", TensorView::new(dtype, vec![2, 5, 8], data).unwrap()),
+            ("attention_mask", TensorView::new(Dtype::BOOL, vec![2, 5], &mask).unwrap()),
+            ("token_ids", TensorView::new(Dtype::I64, vec![2, 5], &ids).unwrap()),
+        ];
+        safetensors::serialize(tensors, None).unwrap()
+    };
+    let seeds = vec![seed(Dtype::BF16, &acts), seed(Dtype::F32, &acts32)];
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("mutant.safetensors");
+    fuzz("safetensors", seeds, 1500, false, |bytes| {
+        std::fs::write(&path, bytes).unwrap();
+        match read_chunk(&path) {
+            Ok(chunk) => {
+                assert_eq!(chunk.activations.len(), chunk.n_tokens() * chunk.d_model);
+                true
+            }
+            Err(e) => {
+                assert!(e.to_string().contains("mutant.safetensors"), "errors name the file: {e}");
+                false
+            }
+        }
+    });
+}
+
+#[test]
+fn npy_chunk_reader_survives_mutated_files() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("mutant.npy");
+    fuzz("npy-chunk", corpus(&["fixtures"], "npy"), 1500, false, |bytes| {
+        std::fs::write(&path, bytes).unwrap();
+        match read_chunk(&path) {
+            Ok(chunk) => {
+                assert_eq!(chunk.activations.len(), chunk.n_tokens() * chunk.d_model);
+                true
+            }
+            Err(e) => {
+                assert!(e.to_string().contains("mutant.npy"), "errors name the file: {e}");
+                false
+            }
+        }
+    });
+}

@@ -17,6 +17,7 @@ const ALL: Want = Want { dense: true, sparse: true, stats: true, sums: true };
 
 fn as_f64(a: &Activations) -> Vec<f64> {
     match a {
+        Activations::BF16(v) => v.iter().map(|x| x.to_f64()).collect(),
         Activations::F16(v) => v.iter().map(|x| x.to_f64()).collect(),
         Activations::F32(v) => v.iter().map(|&x| f64::from(x)).collect(),
         Activations::F64(v) => v.clone(),

@@ -48,7 +48,7 @@ pub fn read_chunk_async(path: String) -> AsyncTask<Work<ChunkData>> {
 /// `[B, S, D]` of a chunk, from its header alone (no data is read).
 #[napi]
 pub fn chunk_shape(env: Env, path: String) -> Result<Vec<u32>> {
-    let (b, s, d) = soft_cluster_core::npz::chunk_shape(Path::new(&path)).map_err(|e| js_error(&env, e))?;
+    let (b, s, d) = soft_cluster_core::sources::chunk_shape(Path::new(&path)).map_err(|e| js_error(&env, e))?;
     Ok(vec![b as u32, s as u32, d as u32])
 }
 
@@ -112,4 +112,17 @@ pub fn set_max_chunk_bytes(env: Env, bytes: Option<f64>) -> Result<()> {
     };
     soft_cluster_core::memory::set_max_chunk_bytes(limit);
     Ok(())
+}
+
+/// Extensions of the chunk files a folder is searched for (docs/formats.md "Input chunks").
+#[napi]
+pub fn chunk_extensions() -> Vec<String> {
+    soft_cluster_core::sources::CHUNK_EXTENSIONS.iter().map(|e| e.to_string()).collect()
+}
+
+/// Sets, for the whole process, the name of the activations tensor in safetensors chunks;
+/// `null` restores the default (`activations`, or the file's only float tensor of rank 2 or 3).
+#[napi]
+pub fn set_activations_key(key: Option<String>) {
+    soft_cluster_core::safetensors_chunk::set_activations_key(key);
 }

@@ -5,7 +5,7 @@
 
 use super::{check_shapes, prepare_rows, Backend, Centers, Element, MembershipParams, PassOutput, SparseRows, Tokens, Want};
 use crate::error::Result;
-use crate::npz::ActivationsRef;
+use crate::chunk::ActivationsRef;
 use crate::pass::{Farthest, PassStats, RESEED_CANDIDATES};
 use rayon::prelude::*;
 
@@ -83,6 +83,7 @@ impl Backend for CpuBackend {
             .map(|(range, dense_out)| {
                 let (tok, inv) = (&rows.token[range.clone()], &rows.inv_norm[range]);
                 match tokens.activations {
+                    ActivationsRef::BF16(a) => job.run_range(a, tok, inv, dense_out),
                     ActivationsRef::F16(a) => job.run_range(a, tok, inv, dense_out),
                     ActivationsRef::F32(a) => job.run_range(a, tok, inv, dense_out),
                     ActivationsRef::F64(a) => job.run_range(a, tok, inv, dense_out),

@@ -7,9 +7,9 @@ pub mod cuda;
 
 use crate::config::{ClusteringConfig, Device, Precision};
 use crate::error::{Error, Result};
-use crate::npz::{ActivationsRef, Chunk};
+use crate::chunk::{ActivationsRef, Chunk};
 use crate::pass::PassStats;
-use half::f16;
+use half::{bf16, f16};
 use rayon::prelude::*;
 
 /// Unit-length cluster directions, row-major `[K, D]`.
@@ -158,6 +158,18 @@ impl Element for f64 {
     }
 }
 
+impl Element for bf16 {
+    fn to_f64(self) -> f64 {
+        f64::from(self)
+    }
+    fn scale_into(src: &[bf16], scale: f64, dst: &mut [f32]) {
+        use half::slice::HalfFloatSliceExt;
+        src.convert_to_f32_slice(dst); // a 16-bit shift per value, vectorized by the compiler
+        let scale = scale as f32;
+        dst.iter_mut().for_each(|d| *d *= scale);
+    }
+}
+
 impl Element for f16 {
     fn to_f64(self) -> f64 {
         f64::from(self)
@@ -177,6 +189,7 @@ const PREPARE_GROUP: usize = 4096;
 /// and counts the all-zero ones as skipped.
 pub fn prepare_rows(tokens: &Tokens) -> Result<PreparedRows> {
     match tokens.activations {
+        ActivationsRef::BF16(a) => prepare_typed(tokens, a),
         ActivationsRef::F16(a) => prepare_typed(tokens, a),
         ActivationsRef::F32(a) => prepare_typed(tokens, a),
         ActivationsRef::F64(a) => prepare_typed(tokens, a),
@@ -375,6 +388,7 @@ pub fn for_each_cosine_row(backend: &dyn Backend, rows: &[f32], others: &[f32], 
 pub fn unit_row(tokens: &Tokens, token: usize, inv_norm: f64, out: &mut [f32]) {
     let span = token * tokens.d..(token + 1) * tokens.d;
     match tokens.activations {
+        ActivationsRef::BF16(a) => Element::scale_into(&a[span], inv_norm, out),
         ActivationsRef::F16(a) => Element::scale_into(&a[span], inv_norm, out),
         ActivationsRef::F32(a) => Element::scale_into(&a[span], inv_norm, out),
         ActivationsRef::F64(a) => Element::scale_into(&a[span], inv_norm, out),

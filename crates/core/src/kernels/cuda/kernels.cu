@@ -21,8 +21,13 @@ __device__ __forceinline__ float exp_nonpositive(float x) {
     return x < -87.0f ? 0.0f : expf(x);
 }
 
+// bfloat16 bits: the upper half of a float32. A struct, so that overloads tell it from float16.
+struct bf16_bits { unsigned short bits; };
+__device__ __forceinline__ float bf16_to_float(bf16_bits h) { return __uint_as_float(((u32)h.bits) << 16); }
+
 __device__ __forceinline__ float load_raw(const float *a, u32 i) { return a[i]; }
 __device__ __forceinline__ float load_raw(const unsigned short *a, u32 i) { return half_to_float(a[i]); }
+__device__ __forceinline__ float load_raw(const bf16_bits *a, u32 i) { return bf16_to_float(a[i]); }
 
 __device__ __forceinline__ float warp_sum(float v) {
     for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(FULL_MASK, v, o);
@@ -75,6 +80,13 @@ extern "C" __global__ void normalize_rows_f16(const unsigned short *raw, const d
     if (r >= n_rows) return;
     float s = (float)inv_norm[r];
     for (u32 i = threadIdx.x; i < d; i += blockDim.x) x[r * d + i] = half_to_float(raw[r * d + i]) * s;
+}
+
+extern "C" __global__ void normalize_rows_bf16(const bf16_bits *raw, const double *inv_norm, float *x, u32 n_rows, u32 d) {
+    u64 r = blockIdx.x;
+    if (r >= n_rows) return;
+    float s = (float)inv_norm[r];
+    for (u32 i = threadIdx.x; i < d; i += blockDim.x) x[r * d + i] = bf16_to_float(raw[r * d + i]) * s;
 }
 
 // The membership formula (docs/algorithm.md "Memberships") on each row of `p` in place (cosines in, memberships out), as `fused_softmax_scalar`:
@@ -214,6 +226,12 @@ extern "C" __global__ void softmax_rows_exact_f32(float *p, const float *raw, co
 extern "C" __global__ void softmax_rows_exact_f16(float *p, const unsigned short *raw, const float *centers, const double *inv_norm,
                                                   double *cos, u32 n_rows, u32 k, u32 d, double temperature, double min_m,
                                                   double window, u32 *argmax_out, float *best_out, float *objective_out, u32 *nnz_out) {
+    softmax_rows_exact(p, raw, centers, inv_norm, cos, n_rows, k, d, temperature, min_m, window, argmax_out, best_out, objective_out, nnz_out);
+}
+
+extern "C" __global__ void softmax_rows_exact_bf16(float *p, const bf16_bits *raw, const float *centers, const double *inv_norm,
+                                                   double *cos, u32 n_rows, u32 k, u32 d, double temperature, double min_m,
+                                                   double window, u32 *argmax_out, float *best_out, float *objective_out, u32 *nnz_out) {
     softmax_rows_exact(p, raw, centers, inv_norm, cos, n_rows, k, d, temperature, min_m, window, argmax_out, best_out, objective_out, nnz_out);
 }
 

@@ -14,7 +14,7 @@
 use super::cpu::{EXACT_BELOW_TEMPERATURE, EXACT_WINDOW};
 use super::{check_shapes, prepare_rows, unit_row, Backend, Centers, MembershipParams, Pass, PassOutput, PreparedRows, SparseRows, Tokens, Want};
 use crate::error::{Error, Result};
-use crate::npz::ActivationsRef;
+use crate::chunk::ActivationsRef;
 use crate::pass::{Farthest, PassStats, RESEED_CANDIDATES};
 use cudarc::cublas::{sys as blas_sys, CudaBlas, Gemm, GemmConfig};
 use cudarc::driver::{CudaContext, CudaFunction, CudaModule, CudaSlice, CudaStream, LaunchConfig, PinnedHostSlice, PushKernelArg};
@@ -51,9 +51,11 @@ macro_rules! kernels {
 kernels! {
     normalize_f32 = "normalize_rows_f32",
     normalize_f16 = "normalize_rows_f16",
+    normalize_bf16 = "normalize_rows_bf16",
     softmax = "softmax_rows",
     softmax_exact_f32 = "softmax_rows_exact_f32",
     softmax_exact_f16 = "softmax_rows_exact_f16",
+    softmax_exact_bf16 = "softmax_rows_exact_bf16",
     column_sums = "column_sums",
     compact = "compact_rows",
     accumulate_f32 = "accumulate_f32",
@@ -421,7 +423,7 @@ struct Job<'a> {
     rows: &'a PreparedRows,
     params: MembershipParams,
     want: Want,
-    half: bool,
+    raw: RawKind,
     /// The tiny-temperature path (float64 cosines near each row's maximum).
     exact: bool,
     block: usize,
@@ -443,12 +445,38 @@ impl Drop for Job<'_> {
     }
 }
 
+/// How a block's activations go up to the device: 16-bit floats as their bits (widened by the
+/// normalize kernel), float32 as is, float64 narrowed on the host.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum RawKind {
+    BF16,
+    F16,
+    F32,
+}
+
+impl RawKind {
+    fn of(activations: &ActivationsRef) -> Self {
+        match activations {
+            ActivationsRef::BF16(_) => RawKind::BF16,
+            ActivationsRef::F16(_) => RawKind::F16,
+            ActivationsRef::F32(_) | ActivationsRef::F64(_) => RawKind::F32,
+        }
+    }
+
+    fn bytes(self) -> usize {
+        match self {
+            RawKind::BF16 | RawKind::F16 => 2,
+            RawKind::F32 => 4,
+        }
+    }
+}
+
 impl<'a> Job<'a> {
     fn new(gpu: &'a mut Gpu, precision: MatmulPrecision, block_rows: Option<usize>, pass: Option<&'a mut PassSums>, centers: &'a Centers, tokens: &'a Tokens<'a>, rows: &'a PreparedRows, params: MembershipParams, want: Want) -> JobResult<Self> {
         let (n, k, d) = (rows.len(), centers.k, centers.d);
-        let half = matches!(tokens.activations, ActivationsRef::F16(_));
+        let raw = RawKind::of(&tokens.activations);
         let exact = params.temperature < EXACT_BELOW_TEMPERATURE;
-        let elem = if half { 2 } else { 4 };
+        let elem = raw.bytes();
         let per_row = d * elem + d * 4 + k * 4 + if exact { k * 8 } else { 0 } + 32;
         let block = block_rows.unwrap_or(SLOT_BYTES / per_row).clamp(1, n.max(1)).min(i32::MAX as usize / k.max(d));
         let mode = match precision {
@@ -526,7 +554,7 @@ impl<'a> Job<'a> {
             rows,
             params,
             want,
-            half,
+            raw,
             exact,
             block,
             n_slots,
@@ -566,14 +594,17 @@ impl<'a> Job<'a> {
         self.gpu.copy.synchronize().ctx("waiting for the copy stream")?;
         let staging = self.gpu.staging[slot].as_mut().expect("staging allocated for every slot");
         let bytes = staging.as_mut_slice().ctx("waiting for the pinned buffer")?;
+        // 16-bit floats go up as their bits and are widened on the device.
+        let bits16 = |a: &[u16], bytes: &mut [u8]| {
+            let dst: &mut [u16] = bytemuck::cast_slice_mut(&mut bytes[..tokens.len() * d * 2]);
+            dst.par_chunks_mut(d).zip(tokens.par_iter()).for_each(|(out, &t)| {
+                let t = t as usize;
+                out.copy_from_slice(&a[t * d..(t + 1) * d]);
+            });
+        };
         match self.tokens.activations {
-            ActivationsRef::F16(a) => {
-                let dst: &mut [u16] = bytemuck::cast_slice_mut(&mut bytes[..tokens.len() * d * 2]);
-                dst.par_chunks_mut(d).zip(tokens.par_iter()).for_each(|(out, &t)| {
-                    let t = t as usize;
-                    out.copy_from_slice(bytemuck::cast_slice(&a[t * d..(t + 1) * d]));
-                });
-            }
+            ActivationsRef::BF16(a) => bits16(bytemuck::cast_slice(a), bytes),
+            ActivationsRef::F16(a) => bits16(bytemuck::cast_slice(a), bytes),
             ActivationsRef::F32(a) => {
                 let dst: &mut [f32] = bytemuck::cast_slice_mut(&mut bytes[..tokens.len() * d * 4]);
                 dst.par_chunks_mut(d).zip(tokens.par_iter()).for_each(|(out, &t)| {
@@ -590,7 +621,7 @@ impl<'a> Job<'a> {
             }
         }
         let copy = self.gpu.copy.clone();
-        let elem = if self.half { 2 } else { 4 };
+        let elem = self.raw.bytes();
         let staging = self.gpu.staging[slot].as_ref().expect("staging allocated");
         let host = &staging.as_slice().ctx("reading the pinned buffer")?[..tokens.len() * d * elem];
         let s = &mut self.ws.slots[slot];
@@ -611,7 +642,11 @@ impl<'a> Job<'a> {
         let s = &mut slots[slot];
         let warp_rows = LaunchConfig { grid_dim: (n.div_ceil(ROWS_PER_BLOCK), 1, 1), block_dim: (32 * ROWS_PER_BLOCK, 1, 1), shared_mem_bytes: 0 };
 
-        let normalize = if self.half { &f.normalize_f16 } else { &f.normalize_f32 };
+        let normalize = match self.raw {
+            RawKind::BF16 => &f.normalize_bf16,
+            RawKind::F16 => &f.normalize_f16,
+            RawKind::F32 => &f.normalize_f32,
+        };
         let cfg = LaunchConfig { grid_dim: (n, 1, 1), block_dim: (256, 1, 1), shared_mem_bytes: 0 };
         // SAFETY: argument types match the kernel's signature; buffers hold `rows` rows.
         unsafe { stream.launch_builder(normalize).arg(&s.raw).arg(&s.inv_norm).arg(&mut s.x).arg(&n).arg(&d).launch(cfg) }.ctx("normalize_rows")?;
@@ -639,7 +674,11 @@ impl<'a> Job<'a> {
             .ctx("softmax_rows")
             .map(|_| ())?,
             (true, Some(cos)) => {
-                let kernel = if self.half { &f.softmax_exact_f16 } else { &f.softmax_exact_f32 };
+                let kernel = match self.raw {
+                    RawKind::BF16 => &f.softmax_exact_bf16,
+                    RawKind::F16 => &f.softmax_exact_f16,
+                    RawKind::F32 => &f.softmax_exact_f32,
+                };
                 let (t, m) = (self.params.temperature, self.params.min_membership);
                 let window = EXACT_WINDOW * t + 1e-5;
                 unsafe {

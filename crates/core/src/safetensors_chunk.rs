@@ -1,0 +1,169 @@
+//! Chunks from safetensors files (docs/formats.md "Input chunks"), as PyTorch and
+//! `safetensors.numpy` write them: `activations` `[B, S, D]` or `[T, D]` in bfloat16, float16,
+//! float32 or float64 (another name: `set_activations_key`), optional `attention_mask` and
+//! `token_ids`. The file is memory-mapped and its header checked by the `safetensors` crate
+//! (offsets inside the file, sizes matching shapes) before any tensor is read.
+
+use crate::chunk::{Activations, Chunk};
+use crate::error::{Error, Result};
+use half::{bf16, f16};
+use safetensors::tensor::TensorView;
+use safetensors::{Dtype, SafeTensors};
+use std::fs::File;
+use std::path::Path;
+use std::sync::RwLock;
+
+/// The tensor read as activations when no other name is set.
+pub const DEFAULT_KEY: &str = "activations";
+
+static KEY: RwLock<Option<String>> = RwLock::new(None);
+
+/// Sets, for the whole process, the name of the activations tensor in safetensors files (the
+/// CLI's `--key`); `None` restores the default: `activations`, or else the file's only float
+/// tensor of rank 2 or 3.
+pub fn set_activations_key(key: Option<String>) {
+    *KEY.write().unwrap_or_else(|p| p.into_inner()) = key;
+}
+
+fn activations_key() -> Option<String> {
+    KEY.read().unwrap_or_else(|p| p.into_inner()).clone()
+}
+
+/// The memory map of a safetensors file and its parsed header.
+struct Mapped {
+    map: memmap2::Mmap,
+}
+
+impl Mapped {
+    fn open(path: &Path) -> Result<Self> {
+        let file = File::open(path).map_err(|e| Error::io(path, e))?;
+        // SAFETY: the map is read-only; a file changed under it by another process can give
+        // wrong numbers (as any reader would see), not unsafety in our code, since every read
+        // goes through bounds-checked slices of the map.
+        let map = unsafe { memmap2::Mmap::map(&file) }.map_err(|e| Error::io(path, e))?;
+        Ok(Mapped { map })
+    }
+
+    fn tensors(&self, path: &Path) -> Result<SafeTensors<'_>> {
+        SafeTensors::deserialize(&self.map).map_err(|e| Error::bad_chunk(path, "(header)", format!("not a readable safetensors file: {e}")))
+    }
+}
+
+const FLOATS: [Dtype; 4] = [Dtype::BF16, Dtype::F16, Dtype::F32, Dtype::F64];
+
+/// The name of the activations tensor of `st`: the key set, else `activations`, else the only
+/// float tensor of rank 2 or 3.
+fn choose_key(st: &SafeTensors, path: &Path) -> Result<String> {
+    let names = st.names();
+    if let Some(key) = activations_key() {
+        return if names.contains(&key.as_str()) {
+            Ok(key)
+        } else {
+            Err(Error::bad_chunk(path, &key, format!("missing (the file holds {})", list(&names))))
+        };
+    }
+    if names.contains(&DEFAULT_KEY) {
+        return Ok(DEFAULT_KEY.to_string());
+    }
+    let floats: Vec<&str> = names
+        .iter()
+        .filter(|n| st.tensor(n).is_ok_and(|t| FLOATS.contains(&t.dtype()) && (2..=3).contains(&t.shape().len())))
+        .copied()
+        .collect();
+    match floats[..] {
+        [one] => Ok(one.to_string()),
+        [] => Err(Error::bad_chunk(path, DEFAULT_KEY, format!("missing, and no other float tensor of rank 2 or 3 (the file holds {})", list(&names)))),
+        _ => Err(Error::bad_chunk(path, DEFAULT_KEY, format!("missing, and several float tensors could be the activations ({}); choose one with --key NAME (activationsKey)", floats.join(", ")))),
+    }
+}
+
+fn list(names: &[&str]) -> String {
+    if names.is_empty() {
+        return "no tensors".into();
+    }
+    let mut sorted = names.to_vec();
+    sorted.sort();
+    sorted.join(", ")
+}
+
+/// `(B, S, D)` from the header alone.
+pub fn safetensors_chunk_shape(path: &Path) -> Result<(usize, usize, usize)> {
+    let mapped = Mapped::open(path)?;
+    let st = mapped.tensors(path)?;
+    let key = choose_key(&st, path)?;
+    let t = st.tensor(&key).map_err(|e| Error::bad_chunk(path, &key, e.to_string()))?;
+    layout(path, &key, t.shape())
+}
+
+fn layout(path: &Path, key: &str, shape: &[usize]) -> Result<(usize, usize, usize)> {
+    let (b, s, d) = match shape {
+        [b, s, d] => (*b, *s, *d),
+        [t, d] => (1, *t, *d),
+        _ => return Err(Error::bad_chunk(path, key, format!("has rank {} (shape {shape:?}); expected [B, S, D] or [T, D]", shape.len()))),
+    };
+    if d == 0 {
+        return Err(Error::bad_chunk(path, key, "has D = 0 (no features)"));
+    }
+    Ok((b, s, d))
+}
+
+/// Reads and checks one safetensors chunk.
+pub fn read_safetensors_chunk(path: &Path) -> Result<Chunk> {
+    let mapped = Mapped::open(path)?;
+    let st = mapped.tensors(path)?;
+    let key = choose_key(&st, path)?;
+    let view = st.tensor(&key).map_err(|e| Error::bad_chunk(path, &key, e.to_string()))?;
+    let (batch, seq_len, d_model) = layout(path, &key, view.shape())?;
+    let rank3 = view.shape().len() == 3;
+    if let Some((limit, why)) = crate::memory::max_chunk_bytes() {
+        let size = view.data().len() as u64;
+        if size > limit {
+            return Err(Error::bad_chunk(path, &key, format!("decodes to {size} bytes, more than the {limit} bytes one array may take here ({why})")));
+        }
+    }
+    let activations = match view.dtype() {
+        Dtype::BF16 => Activations::BF16(elements(&view, bf16::from_le_bytes)),
+        Dtype::F16 => Activations::F16(elements(&view, f16::from_le_bytes)),
+        Dtype::F32 => Activations::F32(elements(&view, f32::from_le_bytes)),
+        Dtype::F64 => Activations::F64(elements(&view, f64::from_le_bytes)),
+        other => return Err(Error::bad_chunk(path, &key, format!("has dtype {other:?}; expected BF16, F16, F32 or F64"))),
+    };
+    let per_token = |name: &str| -> Result<Option<TensorView<'_>>> {
+        let Ok(t) = st.tensor(name) else { return Ok(None) };
+        let shape_ok = t.shape() == [batch, seq_len] || (!rank3 && t.shape() == [seq_len]);
+        if !shape_ok {
+            return Err(Error::bad_chunk(path, name, format!("has shape {:?}; expected [B, S] = [{batch}, {seq_len}] to match {key}", t.shape())));
+        }
+        Ok(Some(t))
+    };
+    let attention_mask = match per_token("attention_mask")? {
+        None => None,
+        Some(t) => Some(match t.dtype() {
+            Dtype::BOOL | Dtype::U8 | Dtype::I8 => t.data().iter().map(|&b| u8::from(b != 0)).collect(),
+            Dtype::I16 | Dtype::U16 => nonzero(t.data(), 2),
+            Dtype::I32 | Dtype::U32 => nonzero(t.data(), 4),
+            Dtype::I64 | Dtype::U64 => nonzero(t.data(), 8),
+            other => return Err(Error::bad_chunk(path, "attention_mask", format!("has dtype {other:?}; expected BOOL or an integer type"))),
+        }),
+    };
+    let token_ids = match per_token("token_ids")? {
+        None => None,
+        Some(t) => Some(match t.dtype() {
+            Dtype::I32 => elements(&t, i32::from_le_bytes).into_iter().map(i64::from).collect(),
+            Dtype::I64 => elements(&t, i64::from_le_bytes),
+            Dtype::U16 => elements(&t, u16::from_le_bytes).into_iter().map(i64::from).collect(),
+            Dtype::U32 => elements(&t, u32::from_le_bytes).into_iter().map(i64::from).collect(),
+            other => return Err(Error::bad_chunk(path, "token_ids", format!("has dtype {other:?}; expected I32, I64, U16 or U32"))),
+        }),
+    };
+    Chunk { source: path.display().to_string(), batch, seq_len, d_model, activations, attention_mask, token_ids }.finished()
+}
+
+/// A tensor's little-endian elements (safetensors stores little-endian, possibly unaligned).
+fn elements<T, const N: usize>(view: &TensorView, from_le: fn([u8; N]) -> T) -> Vec<T> {
+    view.data().chunks_exact(N).map(|c| from_le(c.try_into().expect("exact chunks"))).collect()
+}
+
+fn nonzero(data: &[u8], width: usize) -> Vec<u8> {
+    data.chunks_exact(width).map(|c| u8::from(c.iter().any(|&b| b != 0))).collect()
+}
