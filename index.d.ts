@@ -344,7 +344,8 @@ export interface ResolvedConfig {
 }
 
 /**
- * Sets, for the whole process, the name of the activations tensor in safetensors chunks;
+ * Sets, for the whole process, the name of the activations tensor (safetensors) or column
+ * (Arrow) of chunks;
  * `null` restores the default (`activations`, or the file's only float tensor of rank 2 or 3).
  */
 export declare function setActivationsKey(key?: string | undefined | null): void

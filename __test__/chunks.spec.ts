@@ -99,4 +99,29 @@ describe('chunks in other formats, written by the Python libraries users have (i
     expect(r.status).toBe(1)
     expect(r.stderr).toContain('never loads (unpickling can run code); convert it with `from safetensors.torch import save_file')
   })
+
+  const hasDatasets = spawnSync(python, ['-c', 'import datasets'], { encoding: 'utf8' }).status === 0
+  it.skipIf(!hasDatasets && !process.env.SOFT_CLUSTER_PYTHON)('a Hugging Face datasets folder as SAELens caches it (save_to_disk, Array2D, two shards) fits like the .npz', async () => {
+    const { SequentialSoftClustering } = await import('../ts')
+    const dir = mkdtempSync(join(tmpdir(), 'sc-arrow-'))
+    const source = join(__dirname, '..', 'examples', 'minilm', 'minilm_000.npz')
+    execFileSync(python, [join(__dirname, '..', 'scripts', 'write_formats.py'), source, dir], { stdio: ['ignore', 'ignore', 'pipe'] })
+    const bin = join(__dirname, '..', 'bin', 'soft-cluster.js')
+    const fitOne = (chunk: string, out: string) => {
+      const r = spawnSync(process.execPath, [bin, 'fit', chunk, '--clusters', '6', '--out', out, '--temperature', '0.05', '--device', 'cpu', '--json'], { encoding: 'utf8' })
+      expect(r.status, r.stderr).toBe(0)
+      return JSON.parse(r.stdout) as { model: string; memberships: string[]; chunks: string[] }
+    }
+    const ref = fitOne(source, join(dir, 'o_npz'))
+    const got = fitOne(join(dir, 'minilm_000_dataset'), join(dir, 'o_arrow'))
+    expect(got.chunks.map((c) => c.split('/').pop())).toEqual(['data-00000-of-00002.arrow', 'data-00001-of-00002.arrow'])
+    const [a, b] = await Promise.all([SequentialSoftClustering.load(ref.model), SequentialSoftClustering.load(got.model)])
+    expect(Math.max(...Array.from(b.centers!, (v, i) => Math.abs(v - a.centers![i]!)))).toBeLessThan(1e-5)
+    const want = readMemberships(ref.memberships[0]!).values
+    const values = got.memberships.flatMap((m) => Array.from(readMemberships(m).values))
+    expect(values.length).toBe(want.length)
+    expect(Math.max(...values.map((v, i) => Math.abs(v - want[i]!)))).toBeLessThan(1e-4)
+    // The exemplars carry the dataset's token ids.
+    expect(b.summary!.exemplars.flat().map((e) => e.tokens)).toEqual(a.summary!.exemplars.flat().map((e) => e.tokens))
+  })
 })

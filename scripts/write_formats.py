@@ -22,3 +22,17 @@ save_file(tensors, str(out / f"{chunk.stem}.safetensors"))
 # A hook-named copy, as SAELens-style dumps name their tensors.
 save_file({"blocks.3.hook_resid_post": acts}, str(out / f"{chunk.stem}_hook.safetensors"))
 np.save(out / f"{chunk.stem}.npy", acts)
+
+# A Hugging Face datasets folder as SAELens's CacheActivationsRunner writes it (save_to_disk,
+# features Array2D [S, D] float32 named after the hook, token_ids a fixed-length int32 sequence),
+# in two shards. Skipped where `datasets` is not installed.
+try:
+    from datasets import Array2D, Dataset, Features, Sequence, Value
+except ImportError:
+    sys.exit(0)
+b, s, d = acts.shape
+hook = "blocks.3.hook_resid_post"
+features = Features({hook: Array2D(shape=(s, d), dtype="float32"), "token_ids": Sequence(Value("int32"), length=s)})
+ids = tensors.get("token_ids", np.zeros((b, s), dtype=np.int64)).astype(np.int32)
+dataset = Dataset.from_dict({hook: acts.astype(np.float32), "token_ids": ids}, features=features)
+dataset.save_to_disk(str(out / f"{chunk.stem}_dataset"), num_shards=2)

@@ -27,7 +27,7 @@ const count = (value: string): number => {
 const withReadOptions = (command: Command): Command =>
   command
     .option('--max-chunk-bytes <N>', 'refuse a chunk array that decodes to more bytes than this (half the available memory)', count)
-    .option('--key <name>', 'the activations tensor of safetensors chunks (activations, or the only float tensor)')
+    .option('--key <name>', 'the activations tensor (safetensors) or column (Arrow) of chunks (activations, or the only float one)')
 
 /** The options of the metrics, shared by `analyze` and `report`. */
 const withMetricOptions = (command: Command): Command =>
@@ -56,7 +56,7 @@ export function main(argv: string[]): void {
   withReadOptions(program
     .command('fit')
     .description('learn K clusters by streaming over chunk files; write memberships, exemplars and the model')
-    .argument('<chunks...>', 'chunk files (.npz, .safetensors, .npy), directories (their chunk files, by name) or globs')
+    .argument('<chunks...>', 'chunk files (.npz, .safetensors, .npy, .arrow), directories (their chunk files, by name) or globs')
     .requiredOption('--clusters <K>', 'number of clusters', number)
     .requiredOption('--out <dir>', 'output folder')
     .option('--temperature <T>', 'softmax temperature on cosine similarities: a number, or auto to choose it from the data (auto)', temperature)
@@ -78,7 +78,7 @@ export function main(argv: string[]): void {
   withReadOptions(program
     .command('transform')
     .description("write each chunk's memberships under a fitted model")
-    .argument('<chunks...>', 'chunk files (.npz, .safetensors, .npy), directories (their chunk files, by name) or globs')
+    .argument('<chunks...>', 'chunk files (.npz, .safetensors, .npy, .arrow), directories (their chunk files, by name) or globs')
     .requiredOption('--model <file>', 'a model.safetensors written by fit')
     .requiredOption('--out <dir>', 'output folder')
     .option('--overwrite', "replace an earlier run's outputs in --out, once this run is complete")
@@ -88,7 +88,7 @@ export function main(argv: string[]): void {
   withMetricOptions(program
     .command('analyze')
     .description('quality metrics of a fitted model over chunk files: per cluster and overall')
-    .argument('<chunks...>', 'chunk files (.npz, .safetensors, .npy), directories (their chunk files, by name) or globs')
+    .argument('<chunks...>', 'chunk files (.npz, .safetensors, .npy, .arrow), directories (their chunk files, by name) or globs')
     .requiredOption('--model <file>', 'a model.safetensors written by fit')
     .option('--json', 'print the metrics as JSON'))
     .action(analyzeCommand)

@@ -1,10 +1,24 @@
 //! A chunk as every reader hands it over (docs/formats.md "Input chunks"): `B` sequences of `S`
 //! positions of `D`-dimensional activations in their stored dtype, with the attention mask and
-//! token ids, and the checks every format shares. The readers are in `npz`, `safetensors_chunk`;
+//! token ids, and the checks every format shares. The readers are in `npz`, `safetensors_chunk`, `arrow_chunk`;
 //! `sources` picks one by file.
 
 use crate::error::{Error, Result};
 use half::{bf16, f16};
+use std::sync::RwLock;
+
+static KEY: RwLock<Option<String>> = RwLock::new(None);
+
+/// Sets, for the whole process, the name of the activations tensor of safetensors files and
+/// column of Arrow files (the CLI's `--key`); `None` restores the default: `activations`, or else
+/// the file's only float tensor of rank 2 or 3 (only 2-D float column).
+pub fn set_activations_key(key: Option<String>) {
+    *KEY.write().unwrap_or_else(|p| p.into_inner()) = key;
+}
+
+pub(crate) fn activations_key() -> Option<String> {
+    KEY.read().unwrap_or_else(|p| p.into_inner()).clone()
+}
 
 /// Activation vectors of one chunk, row-major `[B * S, D]`, in the dtype they were stored in
 /// (float64 keeps its precision until rows are normalized; float16 and bfloat16 stay half the
@@ -29,6 +43,15 @@ impl Activations {
 
     pub fn is_empty(&self) -> bool {
         self.len() == 0
+    }
+
+    /// Bytes per stored value.
+    pub fn element_bytes(&self) -> usize {
+        match self {
+            Activations::BF16(_) | Activations::F16(_) => 2,
+            Activations::F32(_) => 4,
+            Activations::F64(_) => 8,
+        }
     }
 
     /// numpy's name of the stored dtype.

@@ -4,7 +4,7 @@
 //! what the files and the algorithm are):
 //! - `config`: the config, its defaults and validation, `Device`, `Precision`, `Temperature`
 //! - `chunk`: a chunk as every reader hands it over; `sources`: which reader a file needs;
-//!   `npz` (.npz, .npy) and `safetensors_chunk` (.safetensors): the readers; `memberships_file`: the per-chunk output file, both ways
+//!   `npz` (.npz, .npy), `safetensors_chunk` (.safetensors), `arrow_chunk` (.arrow): the readers; `memberships_file`: the per-chunk output file, both ways
 //! - `stream`: visiting chunks with read-ahead, chunk names, progress, reservoir sampling
 //! - `kernels`: the membership step on a `Backend` (`cpu`, `cuda`), and a streaming `Pass`
 //! - `pass`: what a pass accumulates, merged in one place
@@ -16,6 +16,7 @@
 //! - `output`: atomic writes; `run_folder`: an output folder held by a run (lock, staging, manifest); `error`: the error type and its stable codes
 
 pub mod analysis;
+pub mod arrow_chunk;
 pub mod checkpoint;
 pub mod chunk;
 pub mod config;

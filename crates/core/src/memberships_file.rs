@@ -18,7 +18,7 @@ use std::path::{Path, PathBuf};
 /// Version written in each file's metadata.
 pub const FORMAT_VERSION: u32 = 1;
 
-/// `<chunk file name without its extension>.memberships.npz` (`.npz`, `.safetensors`, `.npy`;
+/// `<chunk file name without its extension>.memberships.npz` (`.npz`, `.safetensors`, `.npy`, `.arrow`;
 /// any other name whole): the one place that names it.
 pub fn file_name_for(chunk_name: &str) -> String {
     let stem = CHUNK_EXTENSIONS.iter().find_map(|ext| chunk_name.strip_suffix(&format!(".{ext}"))).unwrap_or(chunk_name);

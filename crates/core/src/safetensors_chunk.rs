@@ -1,33 +1,19 @@
 //! Chunks from safetensors files (docs/formats.md "Input chunks"), as PyTorch and
 //! `safetensors.numpy` write them: `activations` `[B, S, D]` or `[T, D]` in bfloat16, float16,
-//! float32 or float64 (another name: `set_activations_key`), optional `attention_mask` and
+//! float32 or float64 (another name: `chunk::set_activations_key`), optional `attention_mask` and
 //! `token_ids`. The file is memory-mapped and its header checked by the `safetensors` crate
 //! (offsets inside the file, sizes matching shapes) before any tensor is read.
 
-use crate::chunk::{Activations, Chunk};
+use crate::chunk::{activations_key, Activations, Chunk};
 use crate::error::{Error, Result};
 use half::{bf16, f16};
 use safetensors::tensor::TensorView;
 use safetensors::{Dtype, SafeTensors};
 use std::fs::File;
 use std::path::Path;
-use std::sync::RwLock;
 
 /// The tensor read as activations when no other name is set.
 pub const DEFAULT_KEY: &str = "activations";
-
-static KEY: RwLock<Option<String>> = RwLock::new(None);
-
-/// Sets, for the whole process, the name of the activations tensor in safetensors files (the
-/// CLI's `--key`); `None` restores the default: `activations`, or else the file's only float
-/// tensor of rank 2 or 3.
-pub fn set_activations_key(key: Option<String>) {
-    *KEY.write().unwrap_or_else(|p| p.into_inner()) = key;
-}
-
-fn activations_key() -> Option<String> {
-    KEY.read().unwrap_or_else(|p| p.into_inner()).clone()
-}
 
 /// The memory map of a safetensors file and its parsed header.
 struct Mapped {
@@ -65,11 +51,12 @@ fn choose_key(st: &SafeTensors, path: &Path) -> Result<String> {
     if names.contains(&DEFAULT_KEY) {
         return Ok(DEFAULT_KEY.to_string());
     }
-    let floats: Vec<&str> = names
+    let mut floats: Vec<&str> = names
         .iter()
         .filter(|n| st.tensor(n).is_ok_and(|t| FLOATS.contains(&t.dtype()) && (2..=3).contains(&t.shape().len())))
         .copied()
         .collect();
+    floats.sort(); // the header's order is not kept: messages list names sorted
     match floats[..] {
         [one] => Ok(one.to_string()),
         [] => Err(Error::bad_chunk(path, DEFAULT_KEY, format!("missing, and no other float tensor of rank 2 or 3 (the file holds {})", list(&names)))),

@@ -1,7 +1,9 @@
 //! Which reader a chunk file needs (docs/formats.md "Input chunks"): `.npz` (`npz`),
-//! `.safetensors` (`safetensors_chunk`), `.npy` (`npz::read_npy_chunk`), by extension, or by the
+//! `.safetensors` (`safetensors_chunk`), `.npy` (`npz::read_npy_chunk`), `.arrow`
+//! (`arrow_chunk`: Hugging Face `datasets` shards), by extension, or by the
 //! file's first bytes when the extension says nothing. Pickled files are refused, never loaded.
 
+use crate::arrow_chunk::{arrow_chunk_shape, read_arrow_chunk};
 use crate::chunk::Chunk;
 use crate::error::{Error, Result};
 use crate::npz::{npy_chunk_shape, npz_chunk_shape, read_npy_chunk, read_npz_chunk};
@@ -15,10 +17,11 @@ pub enum Format {
     Npz,
     Safetensors,
     Npy,
+    Arrow,
 }
 
 /// Extensions of chunk files (what a folder of chunks is searched for).
-pub const CHUNK_EXTENSIONS: &[&str] = &["npz", "safetensors", "npy"];
+pub const CHUNK_EXTENSIONS: &[&str] = &["npz", "safetensors", "npy", "arrow"];
 
 /// Extensions of pickled files, refused with how to convert them.
 const PICKLED: &[&str] = &["pt", "pth", "bin", "ckpt", "pkl", "pickle"];
@@ -29,6 +32,7 @@ pub fn format_of(path: &Path) -> Result<Format> {
         "npz" => return Ok(Format::Npz),
         "safetensors" => return Ok(Format::Safetensors),
         "npy" => return Ok(Format::Npy),
+        "arrow" => return Ok(Format::Arrow),
         e if PICKLED.contains(&e) => {
             return Err(Error::bad_chunk(
                 path,
@@ -45,10 +49,12 @@ pub fn format_of(path: &Path) -> Result<Format> {
         Ok(Format::Npz)
     } else if head.starts_with(b"\x93NUMPY") {
         Ok(Format::Npy)
+    } else if head.starts_with(b"ARROW1") || head.starts_with(b"\xff\xff\xff\xff") {
+        Ok(Format::Arrow)
     } else if n == 9 && head[8] == b'{' {
         Ok(Format::Safetensors)
     } else {
-        Err(Error::bad_chunk(path, "(file)", "is not a chunk file: neither .npz, .safetensors nor .npy (by extension or content)"))
+        Err(Error::bad_chunk(path, "(file)", "is not a chunk file: neither .npz, .safetensors, .npy nor .arrow (by extension or content)"))
     }
 }
 
@@ -58,6 +64,7 @@ pub fn read_chunk(path: &Path) -> Result<Chunk> {
         Format::Npz => read_npz_chunk(path),
         Format::Safetensors => read_safetensors_chunk(path),
         Format::Npy => read_npy_chunk(path),
+        Format::Arrow => read_arrow_chunk(path),
     }
 }
 
@@ -67,6 +74,7 @@ pub fn chunk_shape(path: &Path) -> Result<(usize, usize, usize)> {
         Format::Npz => npz_chunk_shape(path),
         Format::Safetensors => safetensors_chunk_shape(path),
         Format::Npy => npy_chunk_shape(path),
+        Format::Arrow => arrow_chunk_shape(path),
     }?;
     if let Some(&big) = [shape.0, shape.1, shape.2].iter().find(|&&n| n > u32::MAX as usize) {
         return Err(Error::bad_chunk(path, "activations", format!("declares a dimension of {big}, more than 2^32 - 1")));

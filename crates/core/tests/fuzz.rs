@@ -282,3 +282,36 @@ fn npy_chunk_reader_survives_mutated_files() {
     let path = dir.path().join("mutant.npy");
     fuzz("npy-chunk", corpus(&["fixtures"], "npy"), 1500, false, chunk_target(&path));
 }
+
+#[test]
+fn arrow_chunk_reader_survives_mutated_files() {
+    use arrow_array::builder::{FixedSizeListBuilder, Float32Builder, Int32Builder, ListBuilder};
+    use arrow_array::{ArrayRef, RecordBatch};
+    // Seeds written by arrow-rs as `datasets` lays them out: list<list<float32>> and a
+    // fixed-size list of int32 ids, as an IPC stream and as an IPC file.
+    let mut column = ListBuilder::new(ListBuilder::new(Float32Builder::new()));
+    let mut ids = FixedSizeListBuilder::new(Int32Builder::new(), 3);
+    for b in 0..2 {
+        for s in 0..3 {
+            column.values().values().append_slice(&[(b * 3 + s) as f32, 0.5, -1.0, 2.0]);
+            column.values().append(true);
+            ids.values().append_value(b * 3 + s);
+        }
+        column.append(true);
+        ids.append(true);
+    }
+    let batch = RecordBatch::try_from_iter([("acts", std::sync::Arc::new(column.finish()) as ArrayRef), ("token_ids", std::sync::Arc::new(ids.finish()) as ArrayRef)]).unwrap();
+    let mut stream = Vec::new();
+    let mut writer = arrow_ipc::writer::StreamWriter::try_new(&mut stream, &batch.schema()).unwrap();
+    writer.write(&batch).unwrap();
+    writer.finish().unwrap();
+    drop(writer);
+    let mut file = Vec::new();
+    let mut writer = arrow_ipc::writer::FileWriter::try_new(&mut file, &batch.schema()).unwrap();
+    writer.write(&batch).unwrap();
+    writer.finish().unwrap();
+    drop(writer);
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("mutant.arrow");
+    fuzz("arrow", vec![stream, file], 1500, false, chunk_target(&path));
+}

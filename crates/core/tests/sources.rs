@@ -182,5 +182,109 @@ fn bad_safetensors_and_npy_chunks_are_one_line_errors() {
     // Neither format.
     let junk = dir.path().join("junk.dat");
     std::fs::write(&junk, b"hello world, not a chunk").unwrap();
-    assert!(refused(&junk).contains("is not a chunk file: neither .npz, .safetensors nor .npy"));
+    assert!(refused(&junk).contains("is not a chunk file: neither .npz, .safetensors, .npy nor .arrow"));
+}
+
+mod arrow {
+    use super::*;
+    use arrow_array::builder::{FixedSizeListBuilder, Float16Builder, Float32Builder, Int32Builder, ListBuilder};
+    use arrow_array::{ArrayRef, RecordBatch};
+    use std::sync::Arc;
+
+    /// `rows` sequences of the test data as a variable-size list<list<float32>> column (how
+    /// `datasets` stores Array2D) and a fixed-size list of int32 token ids.
+    fn batch(acts: &[f32], ids: &[i64], rows: std::ops::Range<usize>) -> RecordBatch {
+        let mut column = ListBuilder::new(ListBuilder::new(Float32Builder::new()));
+        let mut tokens = FixedSizeListBuilder::new(Int32Builder::new(), S as i32);
+        for b in rows {
+            for s in 0..S {
+                let t = b * S + s;
+                column.values().values().append_slice(&acts[t * D..(t + 1) * D]);
+                column.values().append(true);
+                tokens.values().append_value(ids[t] as i32);
+            }
+            column.append(true);
+            tokens.append(true);
+        }
+        RecordBatch::try_from_iter([("blocks.3.hook_resid_post", Arc::new(column.finish()) as ArrayRef), ("token_ids", Arc::new(tokens.finish()) as ArrayRef)]).unwrap()
+    }
+
+    fn write_stream(path: &Path, batches: &[RecordBatch]) {
+        let mut writer = arrow_ipc::writer::StreamWriter::try_new(std::fs::File::create(path).unwrap(), &batches[0].schema()).unwrap();
+        batches.iter().for_each(|b| writer.write(b).unwrap());
+        writer.finish().unwrap();
+    }
+
+    #[test]
+    fn arrow_shards_fit_like_their_npz_copy() {
+        let dir = tempfile::tempdir().unwrap();
+        let (acts, _, ids) = data();
+        let npz = dir.path().join("ref.npz");
+        write_chunk(&npz, B, S, D, &acts, None, Some(&ids));
+        let reference = fit(&npz, &dir.path().join("out_ref"));
+
+        // An IPC stream in two record batches (variable-size lists).
+        let stream = dir.path().join("data-00000-of-00001.arrow");
+        write_stream(&stream, &[batch(&acts, &ids, 0..1), batch(&acts, &ids, 1..B)]);
+        assert_eq!(chunk_shape(&stream).unwrap(), (B, S, D));
+        let out = dir.path().join("out_stream");
+        let model = fit(&stream, &out);
+        same_fit("arrow stream", &reference, &model, &dir.path().join("out_ref"), &out, "ref.memberships.npz", "data-00000-of-00001.memberships.npz");
+
+        // The IPC file format, fixed-size lists of float16: the same as float32 of the rounded values.
+        let halves: Vec<f16> = acts.iter().map(|&v| f16::from_f32(v)).collect();
+        let mut column = FixedSizeListBuilder::new(FixedSizeListBuilder::new(Float16Builder::new(), D as i32), S as i32);
+        for b in 0..B {
+            for s in 0..S {
+                let t = b * S + s;
+                column.values().values().append_slice(&halves[t * D..(t + 1) * D]);
+                column.values().append(true);
+            }
+            column.append(true);
+        }
+        let batch16 = RecordBatch::try_from_iter([("acts", Arc::new(column.finish()) as ArrayRef)]).unwrap();
+        let file = dir.path().join("half.arrow");
+        let mut writer = arrow_ipc::writer::FileWriter::try_new(std::fs::File::create(&file).unwrap(), &batch16.schema()).unwrap();
+        writer.write(&batch16).unwrap();
+        writer.finish().unwrap();
+        let rounded = dir.path().join("rounded.npz");
+        write_chunk(&rounded, B, S, D, &halves.iter().map(|v| v.to_f32()).collect::<Vec<_>>(), None, None);
+        let want = fit(&rounded, &dir.path().join("out_rounded"));
+        let got = fit(&file, &dir.path().join("out_half"));
+        same_fit("arrow file f16", &want, &got, &dir.path().join("out_rounded"), &dir.path().join("out_half"), "rounded.memberships.npz", "half.memberships.npz");
+    }
+
+    #[test]
+    fn bad_arrow_shards_are_one_line_errors() {
+        let dir = tempfile::tempdir().unwrap();
+        let (acts, _, ids) = data();
+        let good = dir.path().join("good.arrow");
+        write_stream(&good, &[batch(&acts, &ids, 0..B)]);
+        let whole = std::fs::read(&good).unwrap();
+        let truncated = dir.path().join("truncated.arrow");
+        std::fs::write(&truncated, &whole[..whole.len() / 2]).unwrap();
+        assert!(refused(&truncated).contains("ERR_BAD_CHUNK"), "{}", refused(&truncated));
+
+        // A row whose sequence is shorter than the first's.
+        let mut column = ListBuilder::new(ListBuilder::new(Float32Builder::new()));
+        for (b, len) in [(0, S), (1, S - 1)] {
+            for s in 0..len {
+                let t = b * S + s;
+                column.values().values().append_slice(&acts[t * D..(t + 1) * D]);
+                column.values().append(true);
+            }
+            column.append(true);
+        }
+        let ragged = dir.path().join("ragged.arrow");
+        write_stream(&ragged, &[RecordBatch::try_from_iter([("acts", Arc::new(column.finish()) as ArrayRef)]).unwrap()]);
+        assert!(refused(&ragged).contains("acts: row 0+1 is not [40, 16] like the first row"), "{}", refused(&ragged));
+
+        // Only integers: no activations column.
+        let mut ints = FixedSizeListBuilder::new(Int32Builder::new(), 2);
+        ints.values().append_slice(&[1, 2]);
+        ints.append(true);
+        let no_floats = dir.path().join("no_floats.arrow");
+        write_stream(&no_floats, &[RecordBatch::try_from_iter([("token_ids", Arc::new(ints.finish()) as ArrayRef)]).unwrap()]);
+        assert!(refused(&no_floats).contains("no 2-D float column (list of lists of floats) among the columns token_ids"));
+    }
 }

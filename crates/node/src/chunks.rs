@@ -120,9 +120,10 @@ pub fn chunk_extensions() -> Vec<String> {
     soft_cluster_core::sources::CHUNK_EXTENSIONS.iter().map(|e| e.to_string()).collect()
 }
 
-/// Sets, for the whole process, the name of the activations tensor in safetensors chunks;
+/// Sets, for the whole process, the name of the activations tensor (safetensors) or column
+/// (Arrow) of chunks;
 /// `null` restores the default (`activations`, or the file's only float tensor of rank 2 or 3).
 #[napi]
 pub fn set_activations_key(key: Option<String>) {
-    soft_cluster_core::safetensors_chunk::set_activations_key(key);
+    soft_cluster_core::chunk::set_activations_key(key);
 }
