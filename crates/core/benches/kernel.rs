@@ -47,7 +47,7 @@ fn main() {
         let (cshape, c) = read_npy_f32(&dir.join(format!("centers_{k}.npy"))).expect("centers");
         assert_eq!(cshape, vec![k, d]);
         let centers = Centers::from_rows(k, d, c).unwrap();
-        let tokens = Tokens { source: "x.npy", chunk_index: 0, activations: ActivationsRef::F32(&x), seq_len: n, d, mask: None };
+        let tokens = Tokens { source: "x.npy", chunk_index: 0, first_row: 0, activations: ActivationsRef::F32(&x), seq_len: n, d, mask: None };
         let block_rows: Vec<usize> = std::env::var("BLOCK_ROWS").map_or(vec![soft_cluster_core::kernels::cpu::BLOCK_ROWS], |v| v.split(',').map(|b| b.parse().unwrap()).collect());
         for (gemm, block_rows) in [GemmCrate::Gemm, GemmCrate::MatrixMultiply].into_iter().flat_map(|g| block_rows.iter().map(move |&b| (g, b))) {
             let backend = CpuBackend { gemm, block_rows };

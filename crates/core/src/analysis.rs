@@ -411,7 +411,7 @@ mod tests {
         let mut config = ClusteringConfig::new(2, 2);
         config.temperature = Temperature::Fixed(0.05);
         config.min_membership = 0.001;
-        let tokens = Tokens { source: "activations", chunk_index: 0, activations: ActivationsRef::F32(&acts), seq_len: 3, d: 2, mask: None };
+        let tokens = Tokens { source: "activations", chunk_index: 0, first_row: 0, activations: ActivationsRef::F32(&acts), seq_len: 3, d: 2, mask: None };
         let options = AnalyzeOptions { top_tokens: 5, ..AnalyzeOptions::default() };
         let a = analyze(&CpuBackend::default(), &config, &centers, &tokens, Some(&ids), options).unwrap();
         let stats = &a.clusters;
@@ -543,7 +543,7 @@ mod tests {
             let mut config = ClusteringConfig::new(k, d);
             config.temperature = Temperature::Fixed(0.2);
             config.min_membership = 0.05;
-            let tokens = Tokens { source: "activations", chunk_index: 0, activations: ActivationsRef::F32(&acts), seq_len: s, d, mask: Some(&mask) };
+            let tokens = Tokens { source: "activations", chunk_index: 0, first_row: 0, activations: ActivationsRef::F32(&acts), seq_len: s, d, mask: Some(&mask) };
             let options = AnalyzeOptions { top_tokens: 5, histogram_bins: 7, silhouette_sample: 1000, seed };
             let got = analyze(&CpuBackend::default(), &config, &centers, &tokens, Some(&ids), options).unwrap();
             let want = naive(&acts, &mask, &ids, d, &centers, &config, 7, 5);
@@ -585,7 +585,7 @@ mod tests {
         let centers = Centers::from_rows(4, d, rows).unwrap();
         let config = ClusteringConfig { temperature: Temperature::Fixed(0.1), ..ClusteringConfig::new(4, d) };
         let acts = [1.0f32, 0.2, 0.1, 0.1, 1.0, 0.0];
-        let tokens = Tokens { source: "a", chunk_index: 0, activations: ActivationsRef::F32(&acts), seq_len: 2, d, mask: None };
+        let tokens = Tokens { source: "a", chunk_index: 0, first_row: 0, activations: ActivationsRef::F32(&acts), seq_len: 2, d, mask: None };
         let a = analyze(&CpuBackend::default(), &config, &centers, &tokens, None, AnalyzeOptions::default()).unwrap();
         assert_eq!(a.overall.twins, 1);
     }
@@ -598,13 +598,13 @@ mod tests {
         let centers = Centers::from_rows(k, d, (0..k * d).map(|_| rng.random_range(-1.0..1.0)).collect()).unwrap();
         let config = ClusteringConfig { temperature: Temperature::Fixed(1.0), ..ClusteringConfig::new(k, d) };
         let options = AnalyzeOptions { silhouette_sample: 100, ..AnalyzeOptions::default() };
-        let whole = Tokens { source: "a", chunk_index: 0, activations: ActivationsRef::F32(&acts), seq_len: s, d, mask: None };
+        let whole = Tokens { source: "a", chunk_index: 0, first_row: 0, activations: ActivationsRef::F32(&acts), seq_len: s, d, mask: None };
         let one = analyze(&CpuBackend::default(), &config, &centers, &whole, None, options).unwrap();
         assert_eq!(one.overall.silhouette_sample, 100);
         // The same tokens in two batches: the same sample, so the same silhouette.
         let mut two = Analyzer::new(&config, &centers, options);
         for half in acts.chunks(s / 2 * d) {
-            let t = Tokens { source: "a", chunk_index: 0, activations: ActivationsRef::F32(half), seq_len: s / 2, d, mask: None };
+            let t = Tokens { source: "a", chunk_index: 0, first_row: 0, activations: ActivationsRef::F32(half), seq_len: s / 2, d, mask: None };
             two.add(&CpuBackend::default(), &t, None).unwrap();
         }
         let two = two.finish();

@@ -323,6 +323,8 @@ fn read_arrow_chunk_unguarded(path: &Path) -> Result<Chunk> {
     Chunk {
         source: path.display().to_string(),
         batch: rows,
+        first_row: 0,
+        file_batch: rows,
         seq_len,
         d_model,
         activations,

@@ -114,6 +114,11 @@ pub struct Chunk {
     /// The file it came from, as given (used in every error about it).
     pub source: String,
     pub batch: usize,
+    /// Index of the first sequence in its file: 0, unless the chunk is a later block of a file
+    /// read in blocks (`sources::blocks`).
+    pub first_row: usize,
+    /// Sequences in the whole file (`batch` unless the file is read in blocks).
+    pub file_batch: usize,
     pub seq_len: usize,
     pub d_model: usize,
     pub activations: Activations,

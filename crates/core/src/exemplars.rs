@@ -130,9 +130,10 @@ pub fn collect(heaps: &mut ExemplarHeaps, chunk: &Chunk, chunk_index: usize, out
     for (r, &t) in out.rows.token.iter().enumerate() {
         let t = t as usize;
         let (batch, position) = (t / seq, t % seq);
+        let file_batch = chunk.first_row + batch;
         let (clusters, values) = sparse.row(r);
         for (&cluster, &value) in clusters.iter().zip(values) {
-            if !heaps.would_accept(cluster as usize, value, (chunk_index, batch, position)) {
+            if !heaps.would_accept(cluster as usize, value, (chunk_index, file_batch, position)) {
                 continue;
             }
             let window = (position as isize - w as isize..=position as isize + w as isize).map(|p| {
@@ -144,7 +145,7 @@ pub fn collect(heaps: &mut ExemplarHeaps, chunk: &Chunk, chunk_index: usize, out
                     None => (-1, 0.0),
                 })
                 .unzip();
-            heaps.offer(cluster as usize, Exemplar { value, chunk: chunk_index, batch, position, tokens, context_memberships });
+            heaps.offer(cluster as usize, Exemplar { value, chunk: chunk_index, batch: file_batch, position, tokens, context_memberships });
         }
     }
 }

@@ -130,11 +130,14 @@ fn fit_into(config: &ClusteringConfig, initial_centers: Option<Centers>, chunks:
     let mut heaps = ExemplarHeaps::new(config.n_clusters, config.n_exemplars);
     let mut pass = backend.begin_pass(config.n_clusters, config.d_model, false);
     let mut entropy_sum = 0f64;
+    let mut memberships = memberships_file::FileMemberships::default();
     stream_chunks(chunks, config.d_model, |i, chunk| {
         let out = pass.run(&centers, &Tokens::from_chunk(&chunk, i), params, Want { sparse: true, ..Want::default() })?;
         entropy_sum += out.sparse.as_ref().map_or(0.0, |s| s.value.iter().filter(|&&p| p > 0.0).map(|&p| -f64::from(p) * f64::from(p).ln()).sum());
         exemplars::collect(&mut heaps, &chunk, i, &out, config.context_window);
-        memberships_file::write_for_chunk(&folder.staged(&memberships_file::file_name_for(&names[i])), &names[i], &chunk, &out, config.n_clusters)?;
+        if memberships.add(&chunk, &out) {
+            memberships.write(&folder.staged(&memberships_file::file_name_for(&names[i])), &names[i], &chunk, config.n_clusters)?;
+        }
         report(progress, Phase::Output, 0, config.n_iterations, i, chunks.len(), pass.n_rows(), started);
         Ok(())
     })?;

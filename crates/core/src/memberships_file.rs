@@ -30,21 +30,45 @@ pub fn path_for(output_dir: &Path, chunk_name: &str) -> PathBuf {
     output_dir.join(file_name_for(chunk_name))
 }
 
-/// Writes the memberships file of the chunk named `name` to `path` from a pass's sparse output
-/// over `chunk`.
-pub fn write_for_chunk(path: &Path, name: &str, chunk: &Chunk, out: &PassOutput, n_clusters: usize) -> Result<()> {
-    let metadata = serde_json::json!({
-        "total_sequences": chunk.batch,
-        "sequence_length": chunk.seq_len,
-        "n_clusters": n_clusters,
-        "source": name,
-        "format_version": FORMAT_VERSION,
-        "n_tokens": out.rows.len(),
-        "skipped": out.rows.skipped,
-    });
-    let indices = out.coo_indices(chunk.seq_len);
-    let values = out.sparse.as_ref().map(|s| s.value.clone()).unwrap_or_default();
-    write(path, indices, values, chunk.batch, chunk.seq_len, &metadata)
+/// The memberships of one chunk file, gathered over its blocks (a large file is read in several,
+/// `sources::blocks`) and written once the last block is in.
+#[derive(Default)]
+pub struct FileMemberships {
+    indices: Vec<i64>,
+    values: Vec<f32>,
+    n_tokens: usize,
+    skipped: u64,
+}
+
+impl FileMemberships {
+    /// Adds a block's sparse output; returns whether it was the file's last block.
+    pub fn add(&mut self, chunk: &Chunk, out: &PassOutput) -> bool {
+        let first = self.indices.len();
+        self.indices.extend(out.coo_indices(chunk.seq_len));
+        // (batch, position, cluster) triplets: batches count from the file's start.
+        self.indices[first..].iter_mut().step_by(3).for_each(|b| *b += chunk.first_row as i64);
+        self.values.extend_from_slice(out.sparse.as_ref().map_or(&[][..], |s| &s.value));
+        self.n_tokens += out.rows.len();
+        self.skipped += out.rows.skipped;
+        chunk.first_row + chunk.batch >= chunk.file_batch
+    }
+
+    /// Writes the memberships file of the chunk file named `name` (`chunk` is any of its blocks)
+    /// to `path`, and starts over.
+    pub fn write(&mut self, path: &Path, name: &str, chunk: &Chunk, n_clusters: usize) -> Result<()> {
+        let done = std::mem::take(self);
+        let metadata = serde_json::json!({
+            "total_sequences": chunk.file_batch,
+            "sequence_length": chunk.seq_len,
+            "n_clusters": n_clusters,
+            "source": name,
+            "rows": [0, chunk.file_batch],
+            "format_version": FORMAT_VERSION,
+            "n_tokens": done.n_tokens,
+            "skipped": done.skipped,
+        });
+        write(path, done.indices, done.values, chunk.file_batch, chunk.seq_len, &metadata)
+    }
 }
 
 /// Bytes of a 0-d numpy unicode string (`<U{n}`, UTF-32LE) as a `.npy` file.

@@ -140,7 +140,7 @@ pub fn read_npz_chunk(path: &Path) -> Result<Chunk> {
         }
     };
 
-    Chunk { source: path.display().to_string(), batch, seq_len, d_model, activations, attention_mask, token_ids }.finished()
+    Chunk { source: path.display().to_string(), batch, first_row: 0, file_batch: batch, seq_len, d_model, activations, attention_mask, token_ids }.finished()
 }
 
 /// `(B, S, D)` of a chunk from its `activations` header alone, without reading the data.
@@ -213,7 +213,7 @@ pub fn read_npy_chunk(path: &Path) -> Result<Chunk> {
         Elements::F64(v) => Activations::F64(v),
         _ => return Err(Error::bad_chunk(path, "activations", format!("has dtype {}; expected float16, float32 or float64", array.descr))),
     };
-    Chunk { source: path.display().to_string(), batch, seq_len, d_model, activations, attention_mask: None, token_ids: None }.finished()
+    Chunk { source: path.display().to_string(), batch, first_row: 0, file_batch: batch, seq_len, d_model, activations, attention_mask: None, token_ids: None }.finished()
 }
 
 /// `(B, S, D)` of a standalone `.npy` from its header.

@@ -7,7 +7,7 @@
 pub struct Farthest {
     pub best_cos: f32,
     pub chunk: usize,
-    /// Flattened token index within its chunk.
+    /// Flattened token index within its chunk file.
     pub token: usize,
     /// The unit-length token vector.
     pub vector: Vec<f32>,

@@ -115,6 +115,73 @@ pub fn read_safetensors_chunk(path: &Path) -> Result<Chunk> {
         Dtype::F64 => Activations::F64(elements(&view, f64::from_le_bytes)),
         other => return Err(Error::bad_chunk(path, &key, format!("has dtype {other:?}; expected BF16, F16, F32 or F64"))),
     };
+    let (attention_mask, token_ids) = per_token_arrays(&st, path, &key, batch, seq_len, rank3)?;
+    Chunk { source: path.display().to_string(), batch, first_row: 0, file_batch: batch, seq_len, d_model, activations, attention_mask, token_ids }.finished()
+}
+
+/// Reads a safetensors chunk in blocks of whole sequences of at most `block_bytes` of
+/// activations (at least one sequence), so a file larger than memory is never held whole: the
+/// header is checked through a memory map, the mask and ids are read whole (they are small), and
+/// each block's activations are read from the file when the block is asked for.
+pub fn safetensors_blocks(path: &Path, block_bytes: usize) -> Result<Box<dyn Iterator<Item = Result<Chunk>> + Send>> {
+    let mapped = Mapped::open(path)?;
+    let st = mapped.tensors(path)?;
+    let key = choose_key(&st, path)?;
+    let view = st.tensor(&key).map_err(|e| Error::bad_chunk(path, &key, e.to_string()))?;
+    let (batch, seq_len, d_model) = layout(path, &key, view.shape())?;
+    let dtype = view.dtype();
+    let elem = match dtype {
+        Dtype::BF16 | Dtype::F16 => 2,
+        Dtype::F32 => 4,
+        Dtype::F64 => 8,
+        other => return Err(Error::bad_chunk(path, &key, format!("has dtype {other:?}; expected BF16, F16, F32 or F64"))),
+    };
+    // The whole chunk read once, without its activations, gives the checked mask and ids.
+    let (attention_mask, token_ids) = per_token_arrays(&st, path, &key, batch, seq_len, view.shape().len() == 3)?;
+    let (header_len, metadata) = SafeTensors::read_metadata(&mapped.map).map_err(|e| Error::bad_chunk(path, "(header)", format!("not a readable safetensors file: {e}")))?;
+    let start = 8 + header_len + metadata.info(&key).expect("the tensor exists").data_offsets.0;
+    drop(st);
+    drop(mapped);
+    if batch == 0 {
+        let path = path.to_path_buf();
+        return Ok(Box::new(std::iter::once_with(move || read_safetensors_chunk(&path))));
+    }
+    let row_bytes = seq_len * d_model * elem;
+    let rows_per_block = (block_bytes / row_bytes.max(1)).max(1);
+    let mut file = File::open(path).map_err(|e| Error::io(path, e))?;
+    let source = path.to_path_buf();
+    Ok(Box::new((0..batch).step_by(rows_per_block).map(move |first_row| {
+        use std::io::{Read, Seek, SeekFrom};
+        let rows = rows_per_block.min(batch - first_row);
+        let mut bytes = vec![0u8; rows * row_bytes];
+        file.seek(SeekFrom::Start((start + first_row * row_bytes) as u64))
+            .and_then(|_| file.read_exact(&mut bytes))
+            .map_err(|e| Error::bad_chunk(&source, &key, format!("cannot read sequences {first_row}..{}: {e}", first_row + rows)))?;
+        let activations = match dtype {
+            Dtype::BF16 => Activations::BF16(decode(&bytes, bf16::from_le_bytes)),
+            Dtype::F16 => Activations::F16(decode(&bytes, f16::from_le_bytes)),
+            Dtype::F32 => Activations::F32(decode(&bytes, f32::from_le_bytes)),
+            _ => Activations::F64(decode(&bytes, f64::from_le_bytes)),
+        };
+        let tokens = first_row * seq_len..(first_row + rows) * seq_len;
+        Chunk {
+            source: source.display().to_string(),
+            batch: rows,
+            first_row,
+            file_batch: batch,
+            seq_len,
+            d_model,
+            activations,
+            attention_mask: attention_mask.as_ref().map(|m| m[tokens.clone()].to_vec()),
+            token_ids: token_ids.as_ref().map(|ids| ids[tokens].to_vec()),
+        }
+        .finished()
+    })))
+}
+
+/// The attention mask and token ids of a safetensors chunk, checked against `[B, S]`.
+#[allow(clippy::type_complexity)]
+fn per_token_arrays(st: &SafeTensors, path: &Path, key: &str, batch: usize, seq_len: usize, rank3: bool) -> Result<(Option<Vec<u8>>, Option<Vec<i64>>)> {
     let per_token = |name: &str| -> Result<Option<TensorView<'_>>> {
         let Ok(t) = st.tensor(name) else { return Ok(None) };
         let shape_ok = t.shape() == [batch, seq_len] || (!rank3 && t.shape() == [seq_len]);
@@ -143,12 +210,16 @@ pub fn read_safetensors_chunk(path: &Path) -> Result<Chunk> {
             other => return Err(Error::bad_chunk(path, "token_ids", format!("has dtype {other:?}; expected I32, I64, U16 or U32"))),
         }),
     };
-    Chunk { source: path.display().to_string(), batch, seq_len, d_model, activations, attention_mask, token_ids }.finished()
+    Ok((attention_mask, token_ids))
+}
+
+fn decode<T, const N: usize>(bytes: &[u8], from_le: fn([u8; N]) -> T) -> Vec<T> {
+    bytes.chunks_exact(N).map(|c| from_le(c.try_into().expect("exact chunks"))).collect()
 }
 
 /// A tensor's little-endian elements (safetensors stores little-endian, possibly unaligned).
 fn elements<T, const N: usize>(view: &TensorView, from_le: fn([u8; N]) -> T) -> Vec<T> {
-    view.data().chunks_exact(N).map(|c| from_le(c.try_into().expect("exact chunks"))).collect()
+    decode(view.data(), from_le)
 }
 
 fn nonzero(data: &[u8], width: usize) -> Vec<u8> {

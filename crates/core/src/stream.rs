@@ -3,7 +3,7 @@
 
 use crate::error::{Error, Result};
 use crate::chunk::Chunk;
-use crate::sources::read_chunk;
+use crate::sources::{blocks, BLOCK_BYTES};
 use rand::Rng;
 use rand_chacha::ChaCha8Rng;
 use serde::Serialize;
@@ -83,21 +83,38 @@ pub fn chunk_names(chunks: &[PathBuf]) -> Result<Vec<String>> {
 }
 
 /// Visits every chunk in order while the next one is read and decoded on another thread. At most
-/// two chunks are alive: the one being visited and the one waiting to be handed over.
+/// two chunks are alive: the one being visited and the one waiting to be handed over. A large
+/// safetensors file comes as several blocks (`sources::blocks`), each visited with its file's
+/// index.
 pub fn stream_chunks(paths: &[PathBuf], d_model: usize, mut visit: impl FnMut(usize, Chunk) -> Result<()>) -> Result<()> {
     std::thread::scope(|scope| {
         let (tx, rx) = std::sync::mpsc::sync_channel::<Result<Chunk>>(0);
         scope.spawn(move || {
-            for path in paths {
-                let chunk = read_chunk(path).and_then(|c| c.check_d_model(d_model).map(|()| c));
-                let failed = chunk.is_err();
-                if tx.send(chunk).is_err() || failed {
-                    break; // the visitor stopped, or this chunk was bad
+            let block_bytes = crate::memory::max_chunk_bytes().map_or(BLOCK_BYTES, |(limit, _)| BLOCK_BYTES.min(limit as usize));
+            'files: for path in paths {
+                let blocks = match blocks(path, block_bytes) {
+                    Ok(blocks) => blocks,
+                    Err(e) => {
+                        let _ = tx.send(Err(e));
+                        break;
+                    }
+                };
+                for chunk in blocks {
+                    let chunk = chunk.and_then(|c| c.check_d_model(d_model).map(|()| c));
+                    let failed = chunk.is_err();
+                    if tx.send(chunk).is_err() || failed {
+                        break 'files; // the visitor stopped, or this chunk was bad
+                    }
                 }
             }
         });
-        for (i, chunk) in rx.iter().enumerate() {
-            visit(i, chunk?)?;
+        // Blocks of one file share its index: a file's last block has first_row + batch = file_batch.
+        let mut i = 0;
+        for chunk in rx.iter() {
+            let chunk = chunk?;
+            let last = chunk.first_row + chunk.batch >= chunk.file_batch;
+            visit(i, chunk)?;
+            i += usize::from(last);
         }
         Ok(())
     })

@@ -62,9 +62,12 @@ pub fn transform_chunks(model: &Model, request: TransformRequest, backend: &dyn 
     let mut folder = RunFolder::open(output_dir, RunKind::Transform, &inputs, RunOptions { resume: false, overwrite })?;
     let started = Instant::now();
     let mut rows = 0u64;
+    let mut memberships = memberships_file::FileMemberships::default();
     stream_chunks(chunks, model.config.d_model, |i, chunk| {
         let out = backend.run(&model.centers, &Tokens::from_chunk(&chunk, i), params, Want { sparse: true, ..Want::default() })?;
-        memberships_file::write_for_chunk(&folder.staged(&memberships_file::file_name_for(&names[i])), &names[i], &chunk, &out, model.config.n_clusters)?;
+        if memberships.add(&chunk, &out) {
+            memberships.write(&folder.staged(&memberships_file::file_name_for(&names[i])), &names[i], &chunk, model.config.n_clusters)?;
+        }
         rows += out.rows.len() as u64;
         report(progress, Phase::Output, 0, model.config.n_iterations, i, chunks.len(), rows, started);
         Ok(())

@@ -88,7 +88,7 @@ fn data(n: usize, seq_len: usize, d: usize, k: usize, seed: u64) -> Data {
 }
 
 fn run(backend: &dyn Backend, centers: &Centers, acts: ActivationsRef, data: &Data, params: MembershipParams) -> PassOutput {
-    let tokens = Tokens { source: "test", chunk_index: 0, activations: acts, seq_len: data.seq_len, d: data.d, mask: Some(&data.mask) };
+    let tokens = Tokens { source: "test", chunk_index: 0, first_row: 0, activations: acts, seq_len: data.seq_len, d: data.d, mask: Some(&data.mask) };
     backend.run(centers, &tokens, params, Want { dense: true, sparse: true, stats: true, sums: true }).unwrap()
 }
 
@@ -148,7 +148,7 @@ fn memberships_and_statistics_match_the_cpu() {
                     let g = run(&backend, &centers, acts, &dat, params);
                     assert_same(&c, &g, k, 1e-4, &what);
                     // Without `sums`: no S, the same m.
-                    let tokens = Tokens { source: "test", chunk_index: 0, activations: acts, seq_len: dat.seq_len, d, mask: Some(&dat.mask) };
+                    let tokens = Tokens { source: "test", chunk_index: 0, first_row: 0, activations: acts, seq_len: dat.seq_len, d, mask: Some(&dat.mask) };
                     let lean = backend.run(&centers, &tokens, params, Want { stats: true, ..Want::default() }).unwrap().stats.unwrap();
                     assert!(lean.s.is_empty(), "{what}: S computed though not asked for");
                     for (x, y) in lean.mass.iter().zip(&g.stats.as_ref().unwrap().mass) {

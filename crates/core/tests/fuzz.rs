@@ -157,6 +157,10 @@ fn chunk_target(path: &Path) -> impl Fn(&[u8]) -> bool + '_ {
         match read_chunk(path) {
             Ok(chunk) => {
                 assert_eq!(chunk.activations.len(), chunk.n_tokens() * chunk.d_model);
+                // Read in blocks of one sequence, the same file gives the same data.
+                let blocks: Vec<_> = soft_cluster_core::sources::blocks(path, 1).unwrap().collect::<Result<_, _>>().unwrap();
+                assert_eq!(blocks.iter().map(|b| b.batch).sum::<usize>(), chunk.batch);
+                assert_eq!(blocks.iter().map(|b| b.activations.len()).sum::<usize>(), chunk.activations.len());
                 true
             }
             Err(e) => {

@@ -61,4 +61,40 @@ fn hostile_sizes_are_refused_without_inflating_them() {
     assert!(err.to_string().contains("activations: decodes to ") && err.to_string().contains("more than the 1000 bytes one array may take here (--max-chunk-bytes)"), "{err}");
     set_max_chunk_bytes(None);
     read_chunk(&chunk).unwrap();
+
+    // A safetensors file larger than the limit is read in blocks of whole sequences within it,
+    // and fits to the same model and memberships files as when read whole.
+    let (b, s, d) = (9, 20, 12);
+    let acts: Vec<f32> = unit_rows(b * s, d, 3).iter().enumerate().map(|(i, v)| v + if (i / d) % 3 == 0 { 0.8 } else { -0.2 } * ((i % d) as f32 - 5.0) / 5.0).collect();
+    let ids: Vec<u8> = (0..(b * s) as i64).flat_map(|i| (i * 7 % 100).to_le_bytes()).collect();
+    let mask: Vec<u8> = (0..b * s).map(|t| u8::from(t % s < s - 3)).collect();
+    let data: Vec<u8> = acts.iter().flat_map(|v| v.to_le_bytes()).collect();
+    let tensors = vec![
+        ("activations", safetensors::tensor::TensorView::new(safetensors::Dtype::F32, vec![b, s, d], &data).unwrap()),
+        ("attention_mask", safetensors::tensor::TensorView::new(safetensors::Dtype::BOOL, vec![b, s], &mask).unwrap()),
+        ("token_ids", safetensors::tensor::TensorView::new(safetensors::Dtype::I64, vec![b, s], &ids).unwrap()),
+    ];
+    let big = dir.path().join("big.safetensors");
+    std::fs::write(&big, safetensors::serialize(tensors, None).unwrap()).unwrap();
+    let mut config = soft_cluster_core::ClusteringConfig::new(4, d);
+    config.temperature = soft_cluster_core::Temperature::Fixed(0.1);
+    config.n_exemplars = 5;
+    config.context_window = 2;
+    let fit = |out: &std::path::Path| {
+        let request = soft_cluster_core::fit::FitRequest { config: &config, initial_centers: None, chunks: &[big.clone()], output_dir: out, resume: false, overwrite: false, device: None };
+        soft_cluster_core::fit::fit_chunks(request, &soft_cluster_core::kernels::cpu::CpuBackend::default(), &mut |_| {}).unwrap()
+    };
+    let whole = fit(&dir.path().join("whole"));
+    set_max_chunk_bytes(Some((2 * s * d * 4) as u64)); // blocks of 2 sequences: 5 blocks
+    let blocked = fit(&dir.path().join("blocked"));
+    set_max_chunk_bytes(None);
+    let worst = whole.centers.data.iter().zip(&blocked.centers.data).map(|(x, y)| (x - y).abs()).fold(0.0f32, f32::max);
+    assert!(worst < 1e-6, "centers differ by {worst}");
+    let locations = |m: &soft_cluster_core::Model| m.exemplars.iter().flatten().map(|e| (e.chunk, e.batch, e.position, e.tokens.clone())).collect::<Vec<_>>();
+    assert_eq!(locations(&whole), locations(&blocked), "exemplars at the same places of the file, with the same context");
+    assert!(locations(&blocked).iter().any(|l| l.1 >= 2), "exemplars from later blocks");
+    let name = "big.memberships.npz";
+    assert_eq!(read_npz_i64(&dir.path().join("whole").join(name), "indices"), read_npz_i64(&dir.path().join("blocked").join(name), "indices"));
+    let (a, b_) = (read_npz_f32(&dir.path().join("whole").join(name), "values").1, read_npz_f32(&dir.path().join("blocked").join(name), "values").1);
+    assert!(a.iter().zip(&b_).all(|(x, y)| (x - y).abs() < 1e-6));
 }

@@ -134,7 +134,7 @@ fn statistics_count_hard_assignments_objective_skips_and_farthest_token() {
     let acts: Vec<f32> = vec![3.0, 0.0, 0.0, 0.0, 0.0, -2.0, 1.0, 1.0, 5.0, 5.0];
     let mask = vec![1u8, 1, 1, 1, 0];
     let centers = Centers::from_rows(2, 2, vec![1.0, 0.0, 0.0, 1.0]).unwrap();
-    let tokens = Tokens { source: "activations", chunk_index: 4, activations: ActivationsRef::F32(&acts), seq_len: 5, d: 2, mask: Some(&mask) };
+    let tokens = Tokens { source: "activations", chunk_index: 4, first_row: 0, activations: ActivationsRef::F32(&acts), seq_len: 5, d: 2, mask: Some(&mask) };
     let params = MembershipParams { temperature: 0.5, min_membership: 0.0 };
     let out = CpuBackend::default().run(&centers, &tokens, params, ALL).unwrap();
     assert_eq!(out.rows.token, vec![0, 2, 3]);
@@ -164,7 +164,7 @@ fn statistics_without_sums_leave_s_out_and_keep_the_rest() {
     let (k, d, n) = (5, 16, 700);
     let acts = unit_rows(n, d, 3);
     let centers = Centers::from_rows(k, d, unit_rows(k, d, 4)).unwrap();
-    let tokens = Tokens { source: "activations", chunk_index: 0, activations: ActivationsRef::F32(&acts), seq_len: n, d, mask: None };
+    let tokens = Tokens { source: "activations", chunk_index: 0, first_row: 0, activations: ActivationsRef::F32(&acts), seq_len: n, d, mask: None };
     for min_membership in [0.0, 0.3] {
         let params = MembershipParams { temperature: 0.1, min_membership };
         let backend = CpuBackend { block_rows: 64, ..CpuBackend::default() };
@@ -186,12 +186,12 @@ fn statistics_without_sums_leave_s_out_and_keep_the_rest() {
 fn mismatched_lengths_are_refused() {
     let centers = Centers::from_rows(2, 3, unit_rows(2, 3, 9)).unwrap();
     let acts = vec![1f32; 7];
-    let tokens = Tokens { source: "activations", chunk_index: 0, activations: ActivationsRef::F32(&acts), seq_len: 7, d: 3, mask: None };
+    let tokens = Tokens { source: "activations", chunk_index: 0, first_row: 0, activations: ActivationsRef::F32(&acts), seq_len: 7, d: 3, mask: None };
     let err = CpuBackend::default().run(&centers, &tokens, MembershipParams { temperature: 1.0, min_membership: 0.0 }, Want::default()).unwrap_err();
     assert!(err.to_string().contains("not a multiple of dModel = 3"), "{err}");
     let acts = vec![1f32; 6];
     let mask = vec![1u8; 3];
-    let tokens = Tokens { source: "activations", chunk_index: 0, activations: ActivationsRef::F32(&acts), seq_len: 2, d: 3, mask: Some(&mask) };
+    let tokens = Tokens { source: "activations", chunk_index: 0, first_row: 0, activations: ActivationsRef::F32(&acts), seq_len: 2, d: 3, mask: Some(&mask) };
     let err = CpuBackend::default().run(&centers, &tokens, MembershipParams { temperature: 1.0, min_membership: 0.0 }, Want::default()).unwrap_err();
     assert!(err.to_string().contains("attentionMask: has 3 entries but there are 2 tokens"), "{err}");
     assert!(Centers::from_rows(2, 3, vec![0.0; 6]).unwrap_err().to_string().contains("row 0 has no direction"));
@@ -222,7 +222,7 @@ proptest! {
             acts[t * d..(t + 1) * d].iter_mut().for_each(|v| *v = 0.0);
         }
         let centers = Centers::from_rows(k, d, unit_rows(k, d, seed)).unwrap();
-        let tokens = Tokens { source: "activations", chunk_index: 0, activations: ActivationsRef::F32(&acts), seq_len: s, d, mask: Some(&mask) };
+        let tokens = Tokens { source: "activations", chunk_index: 0, first_row: 0, activations: ActivationsRef::F32(&acts), seq_len: s, d, mask: Some(&mask) };
         let acts64: Vec<f64> = acts.iter().map(|&v| f64::from(v)).collect();
         for backend in &backends() {
             check_against_reference(backend, &tokens, &acts64, &centers, MembershipParams { temperature, min_membership });
@@ -248,7 +248,7 @@ fn only_the_maximum_survives_a_high_threshold() {
     let (k, d) = (50, 16);
     let centers = Centers::from_rows(k, d, unit_rows(k, d, 5)).unwrap();
     let acts: Vec<f32> = unit_rows(200, d, 6);
-    let tokens = Tokens { source: "activations", chunk_index: 0, activations: ActivationsRef::F32(&acts), seq_len: 200, d, mask: None };
+    let tokens = Tokens { source: "activations", chunk_index: 0, first_row: 0, activations: ActivationsRef::F32(&acts), seq_len: 200, d, mask: None };
     let out = CpuBackend::default().run(&centers, &tokens, MembershipParams { temperature: 1.0, min_membership: 0.99 }, ALL).unwrap();
     let dense = out.dense.unwrap();
     for r in 0..200 {
@@ -273,7 +273,7 @@ fn tiny_temperatures_stay_within_tolerance_where_float32_cosines_would_not() {
     let centers = Centers::from_rows(2, d, [u.clone(), c1].concat()).unwrap();
     let noise = unit_rows(400, d, 13);
     let acts: Vec<f32> = (0..400 * d).map(|i| 3.0 * (u[i % d] + 0.1 * noise[i])).collect();
-    let tokens = Tokens { source: "activations", chunk_index: 0, activations: ActivationsRef::F32(&acts), seq_len: 400, d, mask: None };
+    let tokens = Tokens { source: "activations", chunk_index: 0, first_row: 0, activations: ActivationsRef::F32(&acts), seq_len: 400, d, mask: None };
     let acts64: Vec<f64> = acts.iter().map(|&v| f64::from(v)).collect();
     for temperature in [1e-4, 1e-5] {
         let params = MembershipParams { temperature, min_membership: 0.0 };
@@ -297,7 +297,7 @@ fn float64_rows_beyond_float32_range_keep_their_direction() {
     // Rows of 1e-50 and 1e200 (squares under- and overflow even in float64 for the latter).
     let acts = vec![1e-50f64, 0.0, 0.0, 1e200, -1e200, 0.0, 0.0, 0.0];
     let centers = Centers::from_rows(2, 2, vec![1.0, 0.0, 0.0, 1.0]).unwrap();
-    let tokens = Tokens { source: "activations", chunk_index: 0, activations: ActivationsRef::F64(&acts), seq_len: 4, d: 2, mask: None };
+    let tokens = Tokens { source: "activations", chunk_index: 0, first_row: 0, activations: ActivationsRef::F64(&acts), seq_len: 4, d: 2, mask: None };
     let out = CpuBackend::default().run(&centers, &tokens, MembershipParams { temperature: 0.01, min_membership: 0.0 }, ALL).unwrap();
     assert_eq!(out.rows.token, vec![0, 1, 2], "the all-zero row is skipped, the others are not");
     assert_eq!(out.stats.unwrap().skipped, 1);

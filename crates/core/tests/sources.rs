@@ -288,3 +288,32 @@ mod arrow {
         assert!(refused(&no_floats).contains("no 2-D float column (list of lists of floats) among the columns token_ids"));
     }
 }
+
+#[test]
+fn a_safetensors_file_read_in_blocks_is_the_same_chunk() {
+    let dir = tempfile::tempdir().unwrap();
+    let (acts, mask, ids) = data();
+    let brains: Vec<bf16> = acts.iter().map(|&v| bf16::from_f32(v)).collect();
+    let path = dir.path().join("big.safetensors");
+    write_safetensors(&path, "activations", Dtype::BF16, &bytes(&brains, bf16::to_le_bytes), Some(&mask), Some(&ids));
+    let whole = read_chunk(&path).unwrap();
+    let row_bytes = S * D * 2;
+    // Blocks of 1 and 2 sequences (and one of everything).
+    for (block_bytes, n_blocks) in [(row_bytes, B), (2 * row_bytes + 1, 2), (usize::MAX, 1)] {
+        let blocks: Vec<_> = soft_cluster_core::sources::blocks(&path, block_bytes).unwrap().map(|b| b.unwrap()).collect();
+        assert_eq!(blocks.len(), n_blocks);
+        let mut first = 0;
+        let mut values = Vec::new();
+        for b in &blocks {
+            assert_eq!((b.first_row, b.file_batch, b.seq_len, b.d_model), (first, B, S, D));
+            let tokens = first * S..(first + b.batch) * S;
+            assert_eq!(b.attention_mask.as_deref(), Some(&whole.attention_mask.as_ref().unwrap()[tokens.clone()]));
+            assert_eq!(b.token_ids.as_deref(), Some(&whole.token_ids.as_ref().unwrap()[tokens]));
+            let soft_cluster_core::Activations::BF16(v) = &b.activations else { panic!("bf16 kept") };
+            values.extend_from_slice(v);
+            first += b.batch;
+        }
+        assert_eq!(first, B);
+        assert_eq!(soft_cluster_core::Activations::BF16(values), whole.activations);
+    }
+}

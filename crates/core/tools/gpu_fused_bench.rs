@@ -41,7 +41,7 @@ fn main() {
             acts[t * d + i] = f16::from_f32(3.0 * centers.data[c * d + i] * (d as f32).sqrt() * 0.1 + next());
         }
     }
-    let tokens = Tokens { source: "bench", chunk_index: 0, activations: ActivationsRef::F16(&acts), seq_len: n, d, mask: None };
+    let tokens = Tokens { source: "bench", chunk_index: 0, first_row: 0, activations: ActivationsRef::F16(&acts), seq_len: n, d, mask: None };
     // All rows in one block, as the PyTorch step computes them.
     let backend = CudaBackend::new(0, precision).map(|b| b.with_block_rows(n)).unwrap_or_else(|e| {
         eprintln!("gpu-fused-bench: {e}");

@@ -217,7 +217,7 @@ impl NativeModel {
         let model = self.model_or_error(&env)?;
         let run = || -> soft_cluster_core::Result<ClusterAnalysis> {
             let (_, seq_len, d) = layout_of(&shape, activations.len(), model.config.d_model)?;
-            let tokens = Tokens { source: "activations", chunk_index: 0, activations: ActivationsRef::F32(&activations), seq_len, d, mask: attention_mask.as_deref() };
+            let tokens = Tokens { source: "activations", chunk_index: 0, first_row: 0, activations: ActivationsRef::F32(&activations), seq_len, d, mask: attention_mask.as_deref() };
             let backend = backend_for(&model.config)?;
             let analysis = analyze(backend.as_ref(), &model.config, &model.centers, &tokens, token_ids.as_deref(), analysis::options(options.as_ref()))?;
             Ok(analysis.into())
@@ -329,7 +329,7 @@ impl NativeModel {
 
 fn run_transform(model: &Model, activations: &[f32], shape: &[f64], mask: Option<&[u8]>, dense: bool) -> soft_cluster_core::Result<TransformOutput> {
     let (_, seq_len, d) = layout_of(shape, activations.len(), model.config.d_model)?;
-    let tokens = Tokens { source: "activations", chunk_index: 0, activations: ActivationsRef::F32(activations), seq_len, d, mask };
+    let tokens = Tokens { source: "activations", chunk_index: 0, first_row: 0, activations: ActivationsRef::F32(activations), seq_len, d, mask };
     let backend = backend_for(&model.config)?;
     let out = transform(backend.as_ref(), &model.config, &model.centers, &tokens, dense)?;
     Ok(TransformOutput::new(out, seq_len, model.centers.k))

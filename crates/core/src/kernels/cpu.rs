@@ -76,7 +76,7 @@ impl Backend for CpuBackend {
             None => dense_parts.resize_with(parts, || None),
         }
 
-        let job = Job { centers, params, want, gemm: self.gemm, block_rows, chunk_index: tokens.chunk_index };
+        let job = Job { centers, params, want, gemm: self.gemm, block_rows, chunk_index: tokens.chunk_index, first_token: tokens.first_row * tokens.seq_len };
         let partials: Vec<Partial> = ranges
             .into_par_iter()
             .zip(dense_parts)
@@ -154,6 +154,8 @@ struct Job<'a> {
     gemm: GemmCrate,
     block_rows: usize,
     chunk_index: usize,
+    /// Flattened index, in its file, of the block's first token (reseed ties go by file order).
+    first_token: usize,
 }
 
 impl Job<'_> {
@@ -258,7 +260,7 @@ impl Job<'_> {
                     let t = tokens[r] as usize;
                     let mut vector = vec![0f32; d];
                     T::scale_into(&src[t * d..(t + 1) * d], inv_norm[r], &mut vector);
-                    Farthest { best_cos, chunk: self.chunk_index, token: t, vector }
+                    Farthest { best_cos, chunk: self.chunk_index, token: self.first_token + t, vector }
                 })
                 .collect();
         }

@@ -80,6 +80,9 @@ pub struct Tokens<'a> {
     pub source: &'a str,
     /// Position of this chunk in the run (0 for a lone array); exemplar and reseed locations use it.
     pub chunk_index: usize,
+    /// Index of the first sequence in its chunk file (a block of a large file starts later):
+    /// locations and error messages count from the file's start.
+    pub first_row: usize,
     pub activations: ActivationsRef<'a>,
     pub seq_len: usize,
     pub d: usize,
@@ -92,6 +95,7 @@ impl<'a> Tokens<'a> {
         Tokens {
             source: &chunk.source,
             chunk_index,
+            first_row: chunk.first_row,
             activations: chunk.activations.as_ref(),
             seq_len: chunk.seq_len,
             d: chunk.d_model,
@@ -224,7 +228,7 @@ fn prepare_typed<T: Element>(tokens: &Tokens, data: &[T]) -> Result<PreparedRows
     for g in groups {
         let g = g.map_err(|t| Error::NonFinite {
             source_name: tokens.source.to_string(),
-            batch: t / tokens.seq_len.max(1),
+            batch: tokens.first_row + t / tokens.seq_len.max(1),
             position: t % tokens.seq_len.max(1),
         })?;
         rows.token.extend(g.token);

@@ -808,7 +808,7 @@ impl<'a> Job<'a> {
                 let t = self.rows.token[r] as usize;
                 let mut vector = vec![0f32; d];
                 unit_row(self.tokens, t, self.rows.inv_norm[r], &mut vector);
-                Farthest { best_cos: self.best[r], chunk: self.tokens.chunk_index, token: t, vector }
+                Farthest { best_cos: self.best[r], chunk: self.tokens.chunk_index, token: self.tokens.first_row * self.tokens.seq_len + t, vector }
             })
             .collect();
         Ok(stats)
