@@ -159,15 +159,24 @@ fn append_2d<T: Copy>(column: &dyn Array, values: &[T], seq_len_dim: &mut Option
             return Err(where_(format!("row {r} is null")));
         }
         let seqs = outer[r]..outer[r + 1];
+        if r > 0 && seqs.start != outer[r - 1] + seq_len_dim.map_or(0, |(s, _)| s) {
+            return Err(where_(format!("row {r} does not follow the row before it")));
+        }
         let s = seqs.len();
         let d = seqs.clone().next().map_or(0, |j| inner_offsets[j + 1] - inner_offsets[j]);
         let (s0, d0) = *seq_len_dim.get_or_insert((s, d));
         if (s, d) != (s0, d0) || seqs.clone().any(|j| inner_offsets[j + 1] - inner_offsets[j] != d0) {
             return Err(where_(format!("row {r} is not [{s0}, {d0}] like the first row (every sequence must have the same length and D)")));
         }
-        for j in seqs {
-            out.extend_from_slice(&values[inner_offsets[j]..inner_offsets[j + 1]]);
+    }
+    // Every row checked: the rows' values are one contiguous run of the leaf array.
+    if column.len() > 0 {
+        let (s, d) = seq_len_dim.expect("set by the first row");
+        let span = inner_offsets[outer[0]]..inner_offsets[outer[column.len()]];
+        if span.len() != column.len() * s * d || span.end > values.len() {
+            return Err(where_(format!("its values ({}) are not the rows' {} x {s} x {d}", span.len(), column.len())));
         }
+        out.extend_from_slice(&values[span]);
     }
     Ok(())
 }

@@ -198,6 +198,9 @@ pub fn read_npy_chunk(path: &Path) -> Result<Chunk> {
             return Err(Error::bad_chunk(path, "activations", format!("has dtype {descr} (2-byte void: bfloat16 saved through numpy, or raw bytes), which is ambiguous; save bfloat16 activations as safetensors (safetensors.torch.save_file)")));
         }
     }
+    if let Some(chunk) = read_native_npy(&mut reader, &header, size, path)? {
+        return chunk.finished();
+    }
     let array = read_npy_data(reader, header, size, path, "activations")?;
     let (batch, seq_len, d_model) = match array.shape[..] {
         [b, s, d] => (b, s, d),
@@ -214,6 +217,43 @@ pub fn read_npy_chunk(path: &Path) -> Result<Chunk> {
         _ => return Err(Error::bad_chunk(path, "activations", format!("has dtype {}; expected float16, float32 or float64", array.descr))),
     };
     Chunk { source: path.display().to_string(), batch, first_row: 0, file_batch: batch, seq_len, d_model, activations, attention_mask: None, token_ids: None }.finished()
+}
+
+/// The common case of a standalone `.npy`, float16/32/64 in this machine's byte order and C
+/// order, read straight into its typed array (one copy, no per-value decoding); `None` for the
+/// general path.
+fn read_native_npy<R: Read>(reader: &mut Counting<R>, header: &Header, size: u64, path: &Path) -> Result<Option<Chunk>> {
+    let PyValue::String(descr) = &header.type_descriptor else { return Ok(None) };
+    let native = cfg!(target_endian = "little");
+    let (batch, seq_len, d_model) = match header.shape[..] {
+        [b, s, d] => (b, s, d),
+        [t, d] => (1, t, d),
+        _ => return Ok(None),
+    };
+    if !native || d_model == 0 || (header.layout.is_fortran() && header.shape.len() > 1) {
+        return Ok(None);
+    }
+    let item = match descr.as_str() {
+        "<f2" => 2,
+        "<f4" => 4,
+        "<f8" => 8,
+        _ => return Ok(None),
+    };
+    let Some(len) = batch.checked_mul(seq_len).and_then(|n| n.checked_mul(d_model)).filter(|n| n.checked_mul(item).is_some()) else { return Ok(None) };
+    if (len * item) as u64 != size.saturating_sub(reader.consumed) {
+        return Ok(None); // the general path names the mismatch
+    }
+    fn typed<T: bytemuck::Pod, R: Read>(reader: &mut R, len: usize, path: &Path) -> Result<Vec<T>> {
+        let mut values = vec![T::zeroed(); len];
+        reader.read_exact(bytemuck::cast_slice_mut(&mut values)).map_err(|e| Error::bad_chunk(path, "activations", format!("cannot decode data: {e}")))?;
+        Ok(values)
+    }
+    let activations = match item {
+        2 => Activations::F16(typed(reader, len, path)?),
+        4 => Activations::F32(typed(reader, len, path)?),
+        _ => Activations::F64(typed(reader, len, path)?),
+    };
+    Ok(Some(Chunk { source: path.display().to_string(), batch, first_row: 0, file_batch: batch, seq_len, d_model, activations, attention_mask: None, token_ids: None }))
 }
 
 /// `(B, S, D)` of a standalone `.npy` from its header.

@@ -153,15 +153,19 @@ pub fn safetensors_blocks(path: &Path, block_bytes: usize) -> Result<Box<dyn Ite
     Ok(Box::new((0..batch).step_by(rows_per_block).map(move |first_row| {
         use std::io::{Read, Seek, SeekFrom};
         let rows = rows_per_block.min(batch - first_row);
-        let mut bytes = vec![0u8; rows * row_bytes];
-        file.seek(SeekFrom::Start((start + first_row * row_bytes) as u64))
-            .and_then(|_| file.read_exact(&mut bytes))
-            .map_err(|e| Error::bad_chunk(&source, &key, format!("cannot read sequences {first_row}..{}: {e}", first_row + rows)))?;
+        let n = rows * seq_len * d_model;
+        // Straight from the file into the typed array (safetensors is little-endian, as is every
+        // platform we build for): one copy, no per-value decoding.
+        let mut read = |bytes: &mut [u8]| {
+            file.seek(SeekFrom::Start((start + first_row * row_bytes) as u64))
+                .and_then(|_| file.read_exact(bytes))
+                .map_err(|e| Error::bad_chunk(&source, &key, format!("cannot read sequences {first_row}..{}: {e}", first_row + rows)))
+        };
         let activations = match dtype {
-            Dtype::BF16 => Activations::BF16(decode(&bytes, bf16::from_le_bytes)),
-            Dtype::F16 => Activations::F16(decode(&bytes, f16::from_le_bytes)),
-            Dtype::F32 => Activations::F32(decode(&bytes, f32::from_le_bytes)),
-            _ => Activations::F64(decode(&bytes, f64::from_le_bytes)),
+            Dtype::BF16 => Activations::BF16(typed(n, &mut read)?),
+            Dtype::F16 => Activations::F16(typed(n, &mut read)?),
+            Dtype::F32 => Activations::F32(typed(n, &mut read)?),
+            _ => Activations::F64(typed(n, &mut read)?),
         };
         let tokens = first_row * seq_len..(first_row + rows) * seq_len;
         Chunk {
@@ -211,6 +215,14 @@ fn per_token_arrays(st: &SafeTensors, path: &Path, key: &str, batch: usize, seq_
         }),
     };
     Ok((attention_mask, token_ids))
+}
+
+/// `n` values read by `read` into their bytes, in this machine's (little-endian) order.
+fn typed<T: bytemuck::Pod>(n: usize, read: &mut dyn FnMut(&mut [u8]) -> Result<()>) -> Result<Vec<T>> {
+    const { assert!(cfg!(target_endian = "little"), "safetensors data is little-endian") };
+    let mut values = vec![T::zeroed(); n];
+    read(bytemuck::cast_slice_mut(&mut values))?;
+    Ok(values)
 }
 
 fn decode<T, const N: usize>(bytes: &[u8], from_le: fn([u8; N]) -> T) -> Vec<T> {
