@@ -256,6 +256,56 @@ fn read_native_npy<R: Read>(reader: &mut Counting<R>, header: &Header, size: u64
     Ok(Some(Chunk { source: path.display().to_string(), batch, first_row: 0, file_batch: batch, seq_len, d_model, activations, attention_mask: None, token_ids: None }))
 }
 
+/// A standalone `.npy` in blocks of whole sequences of at most `block_bytes` (at least one), for
+/// the native case of `read_native_npy` (a dump larger than memory is never read whole); any
+/// other `.npy` as one block.
+pub fn npy_blocks(path: &Path, block_bytes: usize) -> Result<Box<dyn Iterator<Item = Result<Chunk>> + Send>> {
+    let file = File::open(path).map_err(|e| Error::io(path, e))?;
+    let size = file.metadata().map_err(|e| Error::io(path, e))?.len();
+    let mut reader = Counting { inner: BufReader::new(file), consumed: 0 };
+    let header = read_header(&mut reader, size, path, "activations")?;
+    let whole = |path: &Path| -> Result<Box<dyn Iterator<Item = Result<Chunk>> + Send>> {
+        let path = path.to_path_buf();
+        Ok(Box::new(std::iter::once_with(move || read_npy_chunk(&path))))
+    };
+    let PyValue::String(descr) = &header.type_descriptor else { return whole(path) };
+    let (batch, seq_len, d_model) = match header.shape[..] {
+        [b, s, d] => (b, s, d),
+        _ => return whole(path), // [T, D] is one sequence: nothing to split
+    };
+    let item = match descr.as_str() {
+        "<f2" => 2,
+        "<f4" => 4,
+        "<f8" => 8,
+        _ => return whole(path),
+    };
+    let row_bytes = seq_len.checked_mul(d_model).and_then(|n| n.checked_mul(item));
+    let fits = row_bytes.and_then(|r| r.checked_mul(batch)).is_some_and(|total| total as u64 == size.saturating_sub(reader.consumed));
+    if !cfg!(target_endian = "little") || header.layout.is_fortran() || d_model == 0 || batch == 0 || !fits {
+        return whole(path); // the general path reads it, or names what is wrong
+    }
+    let row_bytes = row_bytes.expect("checked");
+    let rows_per_block = (block_bytes / row_bytes.max(1)).max(1);
+    let source = path.to_path_buf();
+    let mut reader = reader.inner;
+    Ok(Box::new((0..batch).step_by(rows_per_block).map(move |first_row| {
+        let rows = rows_per_block.min(batch - first_row);
+        let len = rows * seq_len * d_model;
+        fn typed<T: bytemuck::Pod>(reader: &mut impl Read, len: usize, path: &Path) -> Result<Vec<T>> {
+            let mut values = vec![T::zeroed(); len];
+            reader.read_exact(bytemuck::cast_slice_mut(&mut values)).map_err(|e| Error::bad_chunk(path, "activations", format!("cannot decode data: {e}")))?;
+            Ok(values)
+        }
+        // Blocks are read in order: the reader stands at the next one's data.
+        let activations = match item {
+            2 => Activations::F16(typed(&mut reader, len, &source)?),
+            4 => Activations::F32(typed(&mut reader, len, &source)?),
+            _ => Activations::F64(typed(&mut reader, len, &source)?),
+        };
+        Chunk { source: source.display().to_string(), batch: rows, first_row, file_batch: batch, seq_len, d_model, activations, attention_mask: None, token_ids: None }.finished()
+    })))
+}
+
 /// `(B, S, D)` of a standalone `.npy` from its header.
 pub fn npy_chunk_shape(path: &Path) -> Result<(usize, usize, usize)> {
     let file = File::open(path).map_err(|e| Error::io(path, e))?;

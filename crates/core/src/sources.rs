@@ -6,7 +6,7 @@
 use crate::arrow_chunk::{arrow_chunk_shape, read_arrow_chunk};
 use crate::chunk::Chunk;
 use crate::error::{Error, Result};
-use crate::npz::{npy_chunk_shape, npz_chunk_shape, read_npy_chunk, read_npz_chunk};
+use crate::npz::{npy_blocks, npy_chunk_shape, npz_chunk_shape, read_npy_chunk, read_npz_chunk};
 use crate::safetensors_chunk::{read_safetensors_chunk, safetensors_blocks, safetensors_chunk_shape};
 use std::io::Read;
 use std::path::Path;
@@ -72,13 +72,14 @@ pub fn read_chunk(path: &Path) -> Result<Chunk> {
 /// (`memory::max_chunk_bytes`) is lower.
 pub const BLOCK_BYTES: usize = 256 << 20;
 
-/// The chunk file in blocks of whole sequences, in order: a safetensors file in blocks of at most
-/// `block_bytes` of activations (a file larger than memory is never read whole); the other
-/// formats as one block. Each block is a `Chunk` whose `first_row` and `file_batch` place it in
+/// The chunk file in blocks of whole sequences, in order: a safetensors file, or a `[B, S, D]`
+/// `.npy` in this machine's byte order and C order, in blocks of at most `block_bytes` of
+/// activations (a file larger than memory is never read whole); the other formats as one block. Each block is a `Chunk` whose `first_row` and `file_batch` place it in
 /// its file.
 pub fn blocks(path: &Path, block_bytes: usize) -> Result<Box<dyn Iterator<Item = Result<Chunk>> + Send>> {
     match format_of(path)? {
         Format::Safetensors => safetensors_blocks(path, block_bytes),
+        Format::Npy => npy_blocks(path, block_bytes),
         _ => {
             let path = path.to_path_buf();
             Ok(Box::new(std::iter::once_with(move || read_chunk(&path))))

@@ -317,3 +317,26 @@ fn a_safetensors_file_read_in_blocks_is_the_same_chunk() {
         assert_eq!(soft_cluster_core::Activations::BF16(values), whole.activations);
     }
 }
+
+#[test]
+fn a_npy_dump_read_in_blocks_is_the_same_chunk() {
+    let dir = tempfile::tempdir().unwrap();
+    let (acts, _, _) = data();
+    let path = dir.path().join("dump.npy");
+    std::fs::write(&path, npy_bytes("<f4", false, &[B, S, D], &bytes(&acts, f32::to_le_bytes))).unwrap();
+    let whole = read_chunk(&path).unwrap();
+    for (block_bytes, n_blocks) in [(S * D * 4, B), (2 * S * D * 4, 2), (usize::MAX, 1)] {
+        let blocks: Vec<_> = soft_cluster_core::sources::blocks(&path, block_bytes).unwrap().map(|b| b.unwrap()).collect();
+        assert_eq!(blocks.len(), n_blocks);
+        assert_eq!(blocks.iter().map(|b| b.first_row).collect::<Vec<_>>(), (0..B).step_by(B.div_ceil(n_blocks)).collect::<Vec<_>>());
+        let values: Vec<f32> = blocks.iter().flat_map(|b| b.activations.to_f32()).collect();
+        assert_eq!(soft_cluster_core::Activations::F32(values), whole.activations);
+    }
+    // Big-endian, Fortran order and [T, D] files are one block, read by the general path.
+    let big_endian: Vec<u8> = acts.iter().flat_map(|v| v.to_be_bytes()).collect();
+    let other = dir.path().join("be.npy");
+    std::fs::write(&other, npy_bytes(">f4", false, &[B, S, D], &big_endian)).unwrap();
+    let blocks: Vec<_> = soft_cluster_core::sources::blocks(&other, S * D * 4).unwrap().map(|b| b.unwrap()).collect();
+    assert_eq!(blocks.len(), 1);
+    assert_eq!(blocks[0].activations, whole.activations);
+}
