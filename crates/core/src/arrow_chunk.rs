@@ -280,7 +280,6 @@ fn read_arrow_chunk_unguarded(path: &Path) -> Result<Chunk> {
     let key = choose_column(&schema, path)?;
     let has = |name: &str| schema.fields().iter().any(|f| f.name() == name);
     let (has_ids, has_mask) = (has("token_ids"), has("attention_mask"));
-    let limit = crate::memory::max_chunk_bytes();
     let mut shape: Option<(usize, usize)> = None;
     let mut activations: Option<Activations> = None;
     let (mut ids, mut mask) = (Vec::new(), Vec::new());
@@ -309,12 +308,7 @@ fn read_arrow_chunk_unguarded(path: &Path) -> Result<Chunk> {
             (DataType::Float64, Some(Activations::F64(out))) => append_2d(column.as_ref(), leaf.as_primitive::<Float64Type>().values(), &mut shape, out, &where_)?,
             (other, _) => return Err(Error::bad_chunk(path, &key, format!("has values of type {other} (or changes type between record batches); expected float16, float32 or float64"))),
         }
-        if let Some((limit, why)) = limit {
-            let size = activations.as_ref().map_or(0, |a| a.len() * a.element_bytes()) as u64;
-            if size > limit {
-                return Err(Error::bad_chunk(path, &key, format!("decodes to more than the {limit} bytes one array may take here ({why})")));
-            }
-        }
+        crate::memory::check_array_bytes(path, &key, activations.as_ref().map_or(0, |a| a.len() * a.element_bytes()) as u64)?;
         let seq_len = shape.map_or(0, |(s, _)| s);
         if has_ids {
             append_ints(batch.column_by_name("token_ids").expect("in the schema").as_ref(), seq_len, &mut ids, &at("token_ids"))?;

@@ -7,6 +7,7 @@
 
 use crate::chunk::{Activations, Chunk};
 use crate::error::{Error, Result};
+use crate::memory::read_values;
 use half::f16;
 use ndarray::{ArrayD, IxDyn, ShapeBuilder};
 use ndarray_npy::npy::header::Header;
@@ -186,11 +187,7 @@ pub fn read_npy_f32(path: &Path) -> Result<(Vec<usize>, Vec<f32>)> {
 pub fn read_npy_chunk(path: &Path) -> Result<Chunk> {
     let file = File::open(path).map_err(|e| Error::io(path, e))?;
     let size = file.metadata().map_err(|e| Error::io(path, e))?.len();
-    if let Some((limit, why)) = crate::memory::max_chunk_bytes() {
-        if size > limit {
-            return Err(Error::bad_chunk(path, "activations", format!("decodes to {size} bytes, more than the {limit} bytes one array may take here ({why})")));
-        }
-    }
+    crate::memory::check_array_bytes(path, "activations", size)?;
     let mut reader = Counting { inner: BufReader::new(file), consumed: 0 };
     let header = read_header(&mut reader, size, path, "activations")?;
     if let PyValue::String(descr) = &header.type_descriptor {
@@ -243,15 +240,11 @@ fn read_native_npy<R: Read>(reader: &mut Counting<R>, header: &Header, size: u64
     if (len * item) as u64 != size.saturating_sub(reader.consumed) {
         return Ok(None); // the general path names the mismatch
     }
-    fn typed<T: bytemuck::Pod, R: Read>(reader: &mut R, len: usize, path: &Path) -> Result<Vec<T>> {
-        let mut values = vec![T::zeroed(); len];
-        reader.read_exact(bytemuck::cast_slice_mut(&mut values)).map_err(|e| Error::bad_chunk(path, "activations", format!("cannot decode data: {e}")))?;
-        Ok(values)
-    }
+    let bad = |e: io::Error| Error::bad_chunk(path, "activations", format!("cannot decode data: {e}"));
     let activations = match item {
-        2 => Activations::F16(typed(reader, len, path)?),
-        4 => Activations::F32(typed(reader, len, path)?),
-        _ => Activations::F64(typed(reader, len, path)?),
+        2 => Activations::F16(read_values(reader, len).map_err(bad)?),
+        4 => Activations::F32(read_values(reader, len).map_err(bad)?),
+        _ => Activations::F64(read_values(reader, len).map_err(bad)?),
     };
     Ok(Some(Chunk { source: path.display().to_string(), batch, first_row: 0, file_batch: batch, seq_len, d_model, activations, attention_mask: None, token_ids: None }))
 }
@@ -291,16 +284,12 @@ pub fn npy_blocks(path: &Path, block_bytes: usize) -> Result<Box<dyn Iterator<It
     Ok(Box::new((0..batch).step_by(rows_per_block).map(move |first_row| {
         let rows = rows_per_block.min(batch - first_row);
         let len = rows * seq_len * d_model;
-        fn typed<T: bytemuck::Pod>(reader: &mut impl Read, len: usize, path: &Path) -> Result<Vec<T>> {
-            let mut values = vec![T::zeroed(); len];
-            reader.read_exact(bytemuck::cast_slice_mut(&mut values)).map_err(|e| Error::bad_chunk(path, "activations", format!("cannot decode data: {e}")))?;
-            Ok(values)
-        }
         // Blocks are read in order: the reader stands at the next one's data.
+        let bad = |e: io::Error| Error::bad_chunk(&source, "activations", format!("cannot decode data: {e}"));
         let activations = match item {
-            2 => Activations::F16(typed(&mut reader, len, &source)?),
-            4 => Activations::F32(typed(&mut reader, len, &source)?),
-            _ => Activations::F64(typed(&mut reader, len, &source)?),
+            2 => Activations::F16(read_values(&mut reader, len).map_err(bad)?),
+            4 => Activations::F32(read_values(&mut reader, len).map_err(bad)?),
+            _ => Activations::F64(read_values(&mut reader, len).map_err(bad)?),
         };
         Chunk { source: source.display().to_string(), batch: rows, first_row, file_batch: batch, seq_len, d_model, activations, attention_mask: None, token_ids: None }.finished()
     })))
@@ -342,11 +331,7 @@ pub(crate) fn read_member<R: Read + Seek>(zip: &mut zip::ZipArchive<R>, path: &P
     if size > most {
         return Err(Error::bad_chunk(path, name, format!("archive member claims {size} bytes from {} compressed bytes", member.compressed_size())));
     }
-    if let Some((limit, why)) = crate::memory::max_chunk_bytes() {
-        if size > limit {
-            return Err(Error::bad_chunk(path, name, format!("decodes to {size} bytes, more than the {limit} bytes one array may take here ({why})")));
-        }
-    }
+    crate::memory::check_array_bytes(path, name, size)?;
     if member.compression() == zip::CompressionMethod::Stored && size >= PARALLEL_READ_BYTES {
         let (start, crc) = (member.data_start(), member.crc32());
         drop(member);

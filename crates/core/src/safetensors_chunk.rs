@@ -6,6 +6,7 @@
 
 use crate::chunk::{activations_key, Activations, Chunk};
 use crate::error::{Error, Result};
+use crate::memory::read_values;
 use half::{bf16, f16};
 use safetensors::tensor::TensorView;
 use safetensors::{Dtype, SafeTensors};
@@ -102,12 +103,7 @@ pub fn read_safetensors_chunk(path: &Path) -> Result<Chunk> {
     let view = st.tensor(&key).map_err(|e| Error::bad_chunk(path, &key, e.to_string()))?;
     let (batch, seq_len, d_model) = layout(path, &key, view.shape())?;
     let rank3 = view.shape().len() == 3;
-    if let Some((limit, why)) = crate::memory::max_chunk_bytes() {
-        let size = view.data().len() as u64;
-        if size > limit {
-            return Err(Error::bad_chunk(path, &key, format!("decodes to {size} bytes, more than the {limit} bytes one array may take here ({why})")));
-        }
-    }
+    crate::memory::check_array_bytes(path, &key, view.data().len() as u64)?;
     let activations = match view.dtype() {
         Dtype::BF16 => Activations::BF16(elements(&view, bf16::from_le_bytes)),
         Dtype::F16 => Activations::F16(elements(&view, f16::from_le_bytes)),
@@ -151,21 +147,18 @@ pub fn safetensors_blocks(path: &Path, block_bytes: usize) -> Result<Box<dyn Ite
     let mut file = File::open(path).map_err(|e| Error::io(path, e))?;
     let source = path.to_path_buf();
     Ok(Box::new((0..batch).step_by(rows_per_block).map(move |first_row| {
-        use std::io::{Read, Seek, SeekFrom};
+        use std::io::{Seek, SeekFrom};
         let rows = rows_per_block.min(batch - first_row);
         let n = rows * seq_len * d_model;
         // Straight from the file into the typed array (safetensors is little-endian, as is every
         // platform we build for): one copy, no per-value decoding.
-        let mut read = |bytes: &mut [u8]| {
-            file.seek(SeekFrom::Start((start + first_row * row_bytes) as u64))
-                .and_then(|_| file.read_exact(bytes))
-                .map_err(|e| Error::bad_chunk(&source, &key, format!("cannot read sequences {first_row}..{}: {e}", first_row + rows)))
-        };
+        let bad = |e: std::io::Error| Error::bad_chunk(&source, &key, format!("cannot read sequences {first_row}..{}: {e}", first_row + rows));
+        file.seek(SeekFrom::Start((start + first_row * row_bytes) as u64)).map_err(bad)?;
         let activations = match dtype {
-            Dtype::BF16 => Activations::BF16(typed(n, &mut read)?),
-            Dtype::F16 => Activations::F16(typed(n, &mut read)?),
-            Dtype::F32 => Activations::F32(typed(n, &mut read)?),
-            _ => Activations::F64(typed(n, &mut read)?),
+            Dtype::BF16 => Activations::BF16(read_values(&mut file, n).map_err(bad)?),
+            Dtype::F16 => Activations::F16(read_values(&mut file, n).map_err(bad)?),
+            Dtype::F32 => Activations::F32(read_values(&mut file, n).map_err(bad)?),
+            _ => Activations::F64(read_values(&mut file, n).map_err(bad)?),
         };
         let tokens = first_row * seq_len..(first_row + rows) * seq_len;
         Chunk {
@@ -217,13 +210,8 @@ fn per_token_arrays(st: &SafeTensors, path: &Path, key: &str, batch: usize, seq_
     Ok((attention_mask, token_ids))
 }
 
-/// `n` values read by `read` into their bytes, in this machine's (little-endian) order.
-fn typed<T: bytemuck::Pod>(n: usize, read: &mut dyn FnMut(&mut [u8]) -> Result<()>) -> Result<Vec<T>> {
-    const { assert!(cfg!(target_endian = "little"), "safetensors data is little-endian") };
-    let mut values = vec![T::zeroed(); n];
-    read(bytemuck::cast_slice_mut(&mut values))?;
-    Ok(values)
-}
+// safetensors data is little-endian: `read_values` reads it as is.
+const _: () = assert!(cfg!(target_endian = "little"), "safetensors data is little-endian");
 
 fn decode<T, const N: usize>(bytes: &[u8], from_le: fn([u8; N]) -> T) -> Vec<T> {
     bytes.chunks_exact(N).map(|c| from_le(c.try_into().expect("exact chunks"))).collect()
