@@ -149,6 +149,12 @@ export interface ClusteringConfig {
    * The CPU always computes in float32.
    */
   precision?: 'float32' | 'tf32'
+  /**
+   * Host memory a fit may keep its decoded chunks in, so that passes after the first read no
+   * files: `"auto"` (default: half the available memory), `"off"`, or a budget in bytes. When
+   * the chunks do not fit, every pass streams them from the files; the result is the same bits.
+   */
+  cache?: 'auto' | 'off' | number
 }
 
 /** Per-cluster metrics. */
@@ -233,6 +239,8 @@ export interface HistoryEntry {
   /** Real tokens skipped in the pass because their vector is all zeros. */
   skipped: number
   seconds: number
+  /** Where the pass read its chunks: `host cache, N bytes`, or `files (why)`. */
+  data: string
 }
 
 /** A per-chunk memberships file (docs/formats.md "Memberships file") read back. */
@@ -341,6 +349,7 @@ export interface ResolvedConfig {
   seed: number
   tol: number
   precision: 'float32' | 'tf32'
+  cache: 'auto' | 'off' | number
 }
 
 /**

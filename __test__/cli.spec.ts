@@ -40,6 +40,24 @@ describe('soft-cluster fit and transform', () => {
     }
   })
 
+  it('--cache keeps the chunks in memory after the first pass, or not, with the same memberships', () => {
+    const on = run('fit', a, b, '--clusters', '6', '--out', join(dir, 'cache-on'), '--temperature', '0.25', '--cache', 'auto')
+    expect(on.status, on.stderr).toBe(0)
+    expect(on.stdout).toMatch(/passes read host cache, \d+ bytes/)
+    const off = run('fit', a, b, '--clusters', '6', '--out', join(dir, 'cache-off'), '--temperature', '0.25', '--cache', 'off')
+    expect(off.status, off.stderr).toBe(0)
+    expect(off.stdout).toContain('passes read files (cache off)')
+    const small = run('fit', a, b, '--clusters', '6', '--out', join(dir, 'cache-small'), '--temperature', '0.25', '--cache', '1000', '--json')
+    expect(small.status, small.stderr).toBe(0)
+    expect(JSON.parse(small.stdout).history[0].data).toBe('files (the chunks take more than the 1000-byte host cache)')
+    for (const name of ['planted_a_f32.memberships.npz', 'planted_b_f16_compressed.memberships.npz']) {
+      expect(readFileSync(join(dir, 'cache-on', name))).toEqual(readFileSync(join(dir, 'fit', name)))
+      expect(readFileSync(join(dir, 'cache-off', name))).toEqual(readFileSync(join(dir, 'fit', name)))
+      expect(readFileSync(join(dir, 'cache-small', name))).toEqual(readFileSync(join(dir, 'fit', name)))
+    }
+    expectFailure(run('fit', a, '--clusters', '6', '--out', join(dir, 'cache-bad'), '--cache', '-5'), 'cache')
+  })
+
   it('accepts directories and globs as CHUNKS', () => {
     const r = run('transform', '--model', model, fixture('planted_*.npz'), '--out', join(dir, 'glob'))
     expect(r.status, r.stderr).toBe(0)

@@ -117,7 +117,7 @@ describe('transform', () => {
 describe('ClusteringConfig', () => {
   it('fills in the defaults of docs/algorithm.md "Config"', () => {
     expect(resolveConfig({ nClusters: 10, dModel: 768 })).toEqual({
-      nClusters: 10, dModel: 768, temperature: 'auto', minMembership: 0.01, device: 'auto', nExemplars: 10, contextWindow: 8, nIterations: 10, warmupIterations: 10, seed: 0, tol: 1e-7, precision: 'float32',
+      nClusters: 10, dModel: 768, temperature: 'auto', minMembership: 0.01, device: 'auto', nExemplars: 10, contextWindow: 8, nIterations: 10, warmupIterations: 10, seed: 0, tol: 1e-7, precision: 'float32', cache: 'auto',
     })
   })
 
@@ -126,6 +126,8 @@ describe('ClusteringConfig', () => {
     expect(resolveConfig({ nClusters: 2, dModel: 4, temperature: 0.05 }).temperature).toBe(0.05)
     expect(resolveConfig({ nClusters: 2, dModel: 4, temperature: 0.05, temperatureRule: 'auto: a rule' })).toMatchObject({ temperature: 0.05, temperatureRule: 'auto: a rule' })
     expect(resolveConfig({ nClusters: 2, dModel: 4, device: 'cuda:1', precision: 'tf32' })).toMatchObject({ device: 'cuda:1', precision: 'tf32' })
+    expect(resolveConfig({ nClusters: 2, dModel: 4, cache: 'off' }).cache).toBe('off')
+    expect(resolveConfig({ nClusters: 2, dModel: 4, cache: 1e9 }).cache).toBe(1e9)
     const m = new SequentialSoftClustering({ nClusters: 2, dModel: 4, temperature: 0.5, device: undefined, seed: null as never })
     expect(m.config).toMatchObject({ temperature: 0.5, device: 'auto', seed: 0 })
   })

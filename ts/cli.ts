@@ -16,6 +16,8 @@ const number = (value: string): number => {
 
 /** `--temperature`: `auto` (the core chooses it from the data) or a number. */
 const temperature = (value: string): number | 'auto' => (value.trim() === 'auto' ? 'auto' : number(value))
+/** `--cache`: `auto`, `off` or a budget in bytes. */
+const cache = (value: string): number | 'auto' | 'off' => (value.trim() === 'auto' || value.trim() === 'off' ? (value.trim() as 'auto' | 'off') : number(value))
 
 const count = (value: string): number => {
   const n = number(value)
@@ -67,6 +69,7 @@ export function main(argv: string[]): void {
     .option('--context <W>', 'context tokens on each side of an exemplar (8)', number)
     .option('--device <D>', 'auto, cpu, cuda or cuda:N (auto)')
     .option('--precision <P>', 'CUDA matrix products: float32 or tf32 (float32)')
+    .option('--cache <C>', 'host memory that keeps the decoded chunks after the first pass: auto (half the available memory), off, or bytes (auto)', cache)
     .option('--seed <S>', 'seed of the k-means++ sample (0)', number)
     .option('--init-centers <file.npy>', 'start from these [K, D] centers instead of k-means++')
     .option('--tol <X>', 'stop when the largest center shift is below this; 0 = never (1e-7)', number)

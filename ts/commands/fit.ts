@@ -16,6 +16,7 @@ export interface FitCommandOptions {
   context?: number
   device?: string
   precision?: string
+  cache?: number | 'auto' | 'off'
   seed?: number
   initCenters?: string
   tol?: number
@@ -40,6 +41,7 @@ export async function fit(chunkSpecs: string[], options: FitCommandOptions): Pro
     contextWindow: options.context,
     device: options.device as Device | undefined,
     precision: options.precision as ClusteringConfig['precision'],
+    cache: options.cache,
     seed: options.seed,
     tol: options.tol,
   }
@@ -65,6 +67,7 @@ export async function fit(chunkSpecs: string[], options: FitCommandOptions): Pro
         (last ? ` (objective ${last.objective.toFixed(4)}, last shift ${last.maxShift.toExponential(1)})` : ''),
     )
     console.log(`temperature ${typeof temperature === 'number' ? Number(temperature.toPrecision(3)) : temperature}${temperatureRule ? ` (${temperatureRule})` : ''}, on ${device}`)
+    if (last) console.log(`passes read ${last.data}`)
     console.log(`wrote ${modelPath} and ${chunks.length} .memberships.npz files into ${out}`)
   } finally {
     progress.stop()

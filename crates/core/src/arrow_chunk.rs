@@ -3,8 +3,9 @@
 //! Arrow IPC stream, or an IPC file) is one chunk, each row one sequence. The activations are a
 //! 2-D float column `[S, D]` per row (`Array2D`, stored as a list of lists, variable- or
 //! fixed-size), chosen by name (`chunk::set_activations_key`) or as the only such column; `token_ids`
-//! (a list of integers per row) and `attention_mask` are read when present. Record batches are
-//! decoded one at a time.
+//! (a list of integers per row) and `attention_mask` are read when present. The file is memory
+//! mapped and decoded in place (arrow-rs's `StreamDecoder` over the map: no copy of the record
+//! batches), and read in blocks of whole rows, each copied once into its chunk.
 
 use crate::chunk::{activations_key, Activations, Chunk};
 use crate::error::{Error, Result};
@@ -12,8 +13,8 @@ use arrow_array::cast::AsArray;
 use arrow_array::types::{Float16Type, Float32Type, Float64Type, Int16Type, Int32Type, Int64Type, Int8Type, UInt16Type, UInt32Type, UInt8Type};
 use arrow_array::{Array, ArrayRef, RecordBatch};
 use arrow_schema::{DataType, Schema};
+use arrow_buffer::Buffer;
 use std::fs::File;
-use std::io::{BufReader, Read, Seek, SeekFrom};
 use std::path::Path;
 use std::sync::Arc;
 
@@ -36,28 +37,28 @@ fn check_message(meta: &[u8], body: u64, lie: &dyn Fn(String) -> Error) -> Resul
 }
 
 /// Checks every length an Arrow file declares (message metadata and body lengths, the footer
-/// and its blocks) against the file's size, reading only the metadata: arrow-rs allocates a
-/// declared body before it reads it, so a lying length must be refused first.
-fn check_lengths(file: &mut File, path: &Path, is_file_format: bool) -> Result<()> {
+/// and its blocks) against the file's size, reading only the metadata, and returns the byte range
+/// of the footer (file format) or of the messages up to and including the end-of-stream marker
+/// (stream format).
+fn check_lengths(map: &[u8], path: &Path, is_file_format: bool) -> Result<std::ops::Range<usize>> {
     let lie = |what: String| Error::bad_chunk(path, "(arrow)", format!("not a readable Arrow IPC file: {what}"));
-    let len = file.metadata().map_err(|e| Error::io(path, e))?.len();
-    let mut read_at = |at: u64, n: u64| -> Result<Vec<u8>> {
-        if at.checked_add(n).is_none_or(|end| end > len) {
-            return Err(lie(format!("declares {n} bytes at offset {at}, past the end of the {len}-byte file")));
+    let len = map.len() as u64;
+    let read_at = |at: u64, n: u64| -> Result<&[u8]> {
+        match at.checked_add(n) {
+            Some(end) if end <= len => Ok(&map[at as usize..end as usize]),
+            _ => Err(lie(format!("declares {n} bytes at offset {at}, past the end of the {len}-byte file"))),
         }
-        let mut buf = vec![0u8; n as usize];
-        file.seek(SeekFrom::Start(at)).and_then(|_| file.read_exact(&mut buf)).map_err(|e| Error::io(path, e))?;
-        Ok(buf)
     };
     let i32_at = |b: &[u8], at: usize| i32::from_le_bytes(b[at..at + 4].try_into().expect("4 bytes"));
+    let (mut at, stream_end) = (0u64, len);
     if is_file_format {
         if len < 8 + 10 {
             return Err(lie("too short for the Arrow file format".into()));
         }
         let tail = read_at(len - 10, 10)?;
-        let footer_len = u64::try_from(i32_at(&tail, 0)).map_err(|_| lie("negative footer length".into()))?;
-        let footer_bytes = read_at((len - 10).checked_sub(footer_len).ok_or_else(|| lie("footer longer than the file".into()))?, footer_len)?;
-        let footer = arrow_ipc::root_as_footer(&footer_bytes).map_err(|e| lie(format!("bad footer: {e}")))?;
+        let footer_len = u64::try_from(i32_at(tail, 0)).map_err(|_| lie("negative footer length".into()))?;
+        let footer_at = (len - 10).checked_sub(footer_len).filter(|&f| f >= 8).ok_or_else(|| lie("footer longer than the file".into()))?;
+        let footer = arrow_ipc::root_as_footer(read_at(footer_at, footer_len)?).map_err(|e| lie(format!("bad footer: {e}")))?;
         for block in footer.recordBatches().iter().flatten().chain(footer.dictionaries().iter().flatten()) {
             let (offset, meta, body) = (u64::try_from(block.offset()), u64::try_from(block.metaDataLength()), u64::try_from(block.bodyLength()));
             let (Ok(offset), Ok(meta), Ok(body)) = (offset, meta, body) else { return Err(lie("a block with a negative length".into())) };
@@ -66,49 +67,70 @@ fn check_lengths(file: &mut File, path: &Path, is_file_format: bool) -> Result<(
             }
             // The block's metadata: a continuation marker and a length, then the message.
             if meta >= 8 {
-                check_message(&read_at(offset + 8, meta - 8)?, body, &lie)?;
+                check_message(read_at(offset + 8, meta - 8)?, body, &lie)?;
             }
         }
-        return Ok(());
+        return Ok(footer_at as usize..(footer_at + footer_len) as usize);
     }
-    let mut at = 0u64;
-    while at < len {
-        let prefix = read_at(at, 4.min(len - at))?;
+    while at < stream_end {
+        let prefix = read_at(at, 4.min(stream_end - at))?;
         if prefix.len() < 4 {
             return Err(lie("a truncated message".into()));
         }
         // A continuation marker, then the metadata length (older writers omit the marker).
-        let (meta_at, meta_len) = if prefix == [0xff; 4] { (at + 8, i32_at(&read_at(at + 4, 4)?, 0)) } else { (at + 4, i32_at(&prefix, 0)) };
+        let (meta_at, meta_len) = if prefix == [0xff; 4] { (at + 8, i32_at(read_at(at + 4, 4)?, 0)) } else { (at + 4, i32_at(prefix, 0)) };
         let meta_len = u64::try_from(meta_len).map_err(|_| lie("a negative message length".into()))?;
         if meta_len == 0 {
-            return Ok(()); // end of stream
+            return Ok(0..meta_at as usize); // end of stream
         }
         let meta = read_at(meta_at, meta_len)?;
-        let message = arrow_ipc::root_as_message(&meta).map_err(|e| lie(format!("bad message: {e}")))?;
+        let message = arrow_ipc::root_as_message(meta).map_err(|e| lie(format!("bad message: {e}")))?;
         let body = u64::try_from(message.bodyLength()).map_err(|_| lie("a negative body length".into()))?;
-        check_message(&meta, body, &lie)?;
-        at = meta_at.checked_add(meta_len).and_then(|e| e.checked_add(body)).filter(|&end| end <= len).ok_or_else(|| lie(format!("a message body of {body} bytes ends past the {len}-byte file")))?;
+        check_message(meta, body, &lie)?;
+        at = meta_at.checked_add(meta_len).and_then(|e| e.checked_add(body)).filter(|&end| end <= stream_end).ok_or_else(|| lie(format!("a message body of {body} bytes ends past the {stream_end}-byte stream")))?;
     }
-    Ok(())
+    Ok(0..stream_end as usize)
 }
 
-/// Record batches of an Arrow file, stream or file format.
-fn batches(path: &Path) -> Result<(Arc<Schema>, Box<dyn Iterator<Item = Result<RecordBatch>>>)> {
-    let bad = |e: arrow_schema::ArrowError| Error::bad_chunk(path, "(arrow)", format!("not a readable Arrow IPC file: {e}"));
-    let mut file = File::open(path).map_err(|e| Error::io(path, e))?;
-    let mut magic = [0u8; 6];
-    let n = file.read(&mut magic).map_err(|e| Error::io(path, e))?;
-    check_lengths(&mut file, path, n == 6 && magic == FILE_MAGIC)?;
-    file.seek(SeekFrom::Start(0)).map_err(|e| Error::io(path, e))?;
-    let source = path.to_path_buf();
-    let wrap = move |r: std::result::Result<RecordBatch, arrow_schema::ArrowError>| r.map_err(|e| Error::bad_chunk(&source, "(arrow)", format!("corrupt record batch: {e}")));
-    if n == 6 && magic == FILE_MAGIC {
-        let reader = arrow_ipc::reader::FileReader::try_new(BufReader::new(file), None).map_err(bad)?;
-        Ok((reader.schema(), Box::new(reader.map(wrap))))
-    } else {
-        let reader = arrow_ipc::reader::StreamReader::try_new(BufReader::new(file), None).map_err(bad)?;
-        Ok((reader.schema(), Box::new(reader.map(wrap))))
+/// The schema and record batches of an Arrow file, stream or file format, decoded in place from
+/// a memory map of the file: the batches' arrays point into the map (nothing is copied or
+/// allocated by a length the file declares; the pages are read when a block copies them).
+fn batches(path: &Path) -> Result<(Arc<Schema>, Vec<RecordBatch>)> {
+    let file = File::open(path).map_err(|e| Error::io(path, e))?;
+    // SAFETY: as for safetensors shards (safetensors_chunk.rs): a file changed while mapped gives
+    // wrong numbers, as any reader would see, and every access below is bounds-checked.
+    let map = unsafe { memmap2::Mmap::map(&file) }.map_err(|e| Error::io(path, e))?;
+    let is_file_format = map.starts_with(FILE_MAGIC);
+    let range = check_lengths(&map, path, is_file_format)?;
+    let corrupt = |e: arrow_schema::ArrowError| Error::bad_chunk(path, "(arrow)", format!("corrupt record batch: {e}"));
+    let no_schema = || Error::bad_chunk(path, "(arrow)", "not a readable Arrow IPC file: no schema");
+    let footer_bytes = if is_file_format { map[range.clone()].to_vec() } else { Vec::new() };
+    let mut buffer = Buffer::from(bytes::Bytes::from_owner(map));
+    let mut batches = Vec::new();
+    if is_file_format {
+        // The footer holds the schema and where each block lies (writers pad the magic to
+        // different lengths, so the messages are found from the footer, as arrow-rs does).
+        let footer = arrow_ipc::root_as_footer(&footer_bytes).expect("checked by check_lengths");
+        let schema = Arc::new(arrow_ipc::convert::fb_to_schema(footer.schema().ok_or_else(no_schema)?));
+        let mut decoder = arrow_ipc::reader::FileDecoder::new(schema.clone(), footer.version());
+        let block_bytes = |b: &arrow_ipc::Block| buffer.slice_with_length(b.offset() as usize, b.metaDataLength() as usize + b.bodyLength() as usize);
+        for block in footer.dictionaries().iter().flatten() {
+            decoder.read_dictionary(block, &block_bytes(block)).map_err(corrupt)?;
+        }
+        for block in footer.recordBatches().iter().flatten() {
+            batches.extend(decoder.read_record_batch(block, &block_bytes(block)).map_err(corrupt)?);
+        }
+        return Ok((schema, batches));
     }
+    buffer = buffer.slice_with_length(range.start, range.len());
+    let mut decoder = arrow_ipc::reader::StreamDecoder::new();
+    while !buffer.is_empty() {
+        if let Some(batch) = decoder.decode(&mut buffer).map_err(corrupt)? {
+            batches.push(batch);
+        }
+    }
+    decoder.finish().map_err(corrupt)?;
+    Ok((decoder.schema().ok_or_else(no_schema)?, batches))
 }
 
 /// Whether a column type is a list of lists of floats (a 2-D float feature).
@@ -150,8 +172,9 @@ fn list_parts(array: &dyn Array) -> Option<(Vec<usize>, ArrayRef)> {
     }
 }
 
-/// Appends the rows of a 2-D column (`S` lists of `D` values each) to `out`; returns `(S, D)`.
-fn append_2d<T: Copy>(column: &dyn Array, values: &[T], seq_len_dim: &mut Option<(usize, usize)>, out: &mut Vec<T>, where_: &dyn Fn(String) -> Error) -> Result<()> {
+/// Copies the rows of a 2-D column (`S` lists of `D` values each) into `out` from `*at` on, and
+/// moves `*at` past them.
+fn append_2d<T: Copy + Send + Sync>(column: &dyn Array, values: &[T], seq_len_dim: &mut Option<(usize, usize)>, out: &mut [T], at: &mut usize, where_: &dyn Fn(String) -> Error) -> Result<()> {
     let (outer, inner) = list_parts(column).ok_or_else(|| where_("is not a list of lists".into()))?;
     let (inner_offsets, _) = list_parts(inner.as_ref()).ok_or_else(|| where_("is not a list of lists".into()))?;
     for r in 0..column.len() {
@@ -173,10 +196,11 @@ fn append_2d<T: Copy>(column: &dyn Array, values: &[T], seq_len_dim: &mut Option
     if column.len() > 0 {
         let (s, d) = seq_len_dim.expect("set by the first row");
         let span = inner_offsets[outer[0]]..inner_offsets[outer[column.len()]];
-        if span.len() != column.len() * s * d || span.end > values.len() {
+        if span.len() != column.len() * s * d || span.end > values.len() || *at + span.len() > out.len() {
             return Err(where_(format!("its values ({}) are not the rows' {} x {s} x {d}", span.len(), column.len())));
         }
-        out.extend_from_slice(&values[span]);
+        crate::memory::copy_values(&mut out[*at..*at + span.len()], &values[span.clone()]);
+        *at += span.len();
     }
     Ok(())
 }
@@ -242,92 +266,124 @@ fn guarded<T>(path: &Path, read: impl FnOnce() -> Result<T>) -> Result<T> {
     })
 }
 
-/// `(B, S, D)` of an Arrow chunk: its rows, and the first row's shape.
-pub fn arrow_chunk_shape(path: &Path) -> Result<(usize, usize, usize)> {
-    guarded(path, || arrow_chunk_shape_unguarded(path))
+/// An Arrow chunk decoded in place: its record batches, the activations column, `(S, D)` of its
+/// first row and its rows.
+struct ArrowFile {
+    schema: Arc<Schema>,
+    batches: Vec<RecordBatch>,
+    key: String,
+    seq_len: usize,
+    d_model: usize,
+    rows: usize,
 }
 
-fn arrow_chunk_shape_unguarded(path: &Path) -> Result<(usize, usize, usize)> {
+fn open(path: &Path) -> Result<ArrowFile> {
     let (schema, batches) = batches(path)?;
     let key = choose_column(&schema, path)?;
-    let (mut rows, mut shape) = (0usize, None);
-    for batch in batches {
-        let batch = batch?;
-        let column = batch.column_by_name(&key).expect("chosen from the schema");
-        if shape.is_none() && column.len() > 0 {
-            let (outer, inner) = list_parts(column.as_ref()).ok_or_else(|| Error::bad_chunk(path, &key, "is not a list of lists"))?;
-            let (inner_offsets, _) = list_parts(inner.as_ref()).ok_or_else(|| Error::bad_chunk(path, &key, "is not a list of lists"))?;
-            let s = outer[1] - outer[0];
-            let d = if s > 0 { inner_offsets[outer[0] + 1] - inner_offsets[outer[0]] } else { 0 };
-            shape = Some((s, d));
-        }
-        rows += batch.num_rows();
+    let rows = batches.iter().map(RecordBatch::num_rows).sum();
+    let first = batches.iter().map(|b| b.column_by_name(&key).expect("chosen from the schema")).find(|c| !c.is_empty());
+    let (mut seq_len, mut d_model) = (0, 0);
+    if let Some(column) = first {
+        let (outer, inner) = list_parts(column.as_ref()).ok_or_else(|| Error::bad_chunk(path, &key, "is not a list of lists"))?;
+        let (inner_offsets, _) = list_parts(inner.as_ref()).ok_or_else(|| Error::bad_chunk(path, &key, "is not a list of lists"))?;
+        seq_len = outer[1] - outer[0];
+        d_model = if seq_len > 0 { inner_offsets[outer[0] + 1] - inner_offsets[outer[0]] } else { 0 };
     }
-    let (s, d) = shape.unwrap_or((0, 0));
-    if d == 0 {
+    if d_model == 0 {
         return Err(Error::bad_chunk(path, &key, "has D = 0 (no features), or no rows"));
     }
-    Ok((rows, s, d))
+    Ok(ArrowFile { schema, batches, key, seq_len, d_model, rows })
 }
 
-/// Reads and checks one Arrow chunk.
+/// `(B, S, D)` of an Arrow chunk: its rows, and the first row's shape.
+pub fn arrow_chunk_shape(path: &Path) -> Result<(usize, usize, usize)> {
+    guarded(path, || open(path).map(|f| (f.rows, f.seq_len, f.d_model)))
+}
+
+/// Reads and checks one Arrow chunk, whole.
 pub fn read_arrow_chunk(path: &Path) -> Result<Chunk> {
-    guarded(path, || read_arrow_chunk_unguarded(path))
+    arrow_blocks(path, usize::MAX)?.next().expect("at least one block")
 }
 
-fn read_arrow_chunk_unguarded(path: &Path) -> Result<Chunk> {
-    let (schema, batches) = batches(path)?;
-    let key = choose_column(&schema, path)?;
-    let has = |name: &str| schema.fields().iter().any(|f| f.name() == name);
-    let (has_ids, has_mask) = (has("token_ids"), has("attention_mask"));
-    let mut shape: Option<(usize, usize)> = None;
-    let mut activations: Option<Activations> = None;
-    let (mut ids, mut mask) = (Vec::new(), Vec::new());
-    let mut rows = 0usize;
-    for batch in batches {
-        let batch = batch?;
-        let at = |name: &str| {
-            let (path, name, first) = (path.to_path_buf(), name.to_string(), rows);
-            move |problem: String| Error::bad_chunk(&path, &name, problem.replacen("row ", &format!("row {}+", first), 1))
-        };
-        let column = batch.column_by_name(&key).expect("chosen from the schema");
-        let leaf = leaf(column.as_ref()).ok_or_else(|| Error::bad_chunk(path, &key, "is not a list of lists"))?;
-        if leaf.null_count() > 0 {
-            return Err(Error::bad_chunk(path, &key, "holds null values"));
+/// The Arrow chunk in blocks of whole rows (sequences) of at most `block_bytes` of activations
+/// (at least one row): a shard larger than memory is never read whole.
+pub fn arrow_blocks(path: &Path, block_bytes: usize) -> Result<Box<dyn Iterator<Item = Result<Chunk>> + Send>> {
+    let file = Arc::new(guarded(path, || open(path))?);
+    let element = file.batches.iter().find_map(|b| leaf(b.column_by_name(&file.key).expect("in the schema").as_ref())).map_or(4, |l| l.data_type().primitive_width().unwrap_or(4));
+    let rows_per_block = (block_bytes / (file.seq_len * file.d_model * element).max(1)).max(1);
+    let path = path.to_path_buf();
+    Ok(Box::new((0..file.rows).step_by(rows_per_block).map(move |first_row| {
+        let rows = rows_per_block.min(file.rows - first_row);
+        guarded(&path, || read_block(&path, &file, first_row, rows))
+    })))
+}
+
+/// Rows `first_row..first_row + rows` of the file's record batches (slices of them, no copy).
+fn block_batches(file: &ArrowFile, first_row: usize, rows: usize) -> Vec<(usize, RecordBatch)> {
+    let (mut start, mut out) = (0usize, Vec::new());
+    for batch in &file.batches {
+        let (from, to) = (first_row.max(start), (first_row + rows).min(start + batch.num_rows()));
+        if from < to {
+            out.push((from, batch.slice(from - start, to - from)));
         }
-        let where_ = at(&key);
-        match (leaf.data_type(), &mut activations) {
-            (DataType::Float32, None) => activations = Some(Activations::F32(Vec::new())),
-            (DataType::Float16, None) => activations = Some(Activations::F16(Vec::new())),
-            (DataType::Float64, None) => activations = Some(Activations::F64(Vec::new())),
-            _ => {}
+        start += batch.num_rows();
+    }
+    out
+}
+
+/// One block, its activations copied once into an array of its exact size.
+fn read_block(path: &Path, file: &ArrowFile, first_row: usize, rows: usize) -> Result<Chunk> {
+    let (key, seq_len, d_model) = (&file.key, file.seq_len, file.d_model);
+    let has = |name: &str| file.schema.fields().iter().any(|f| f.name() == name);
+    let (has_ids, has_mask) = (has("token_ids"), has("attention_mask"));
+    let values = rows * seq_len * d_model;
+    let mut shape = Some((seq_len, d_model));
+    let mut activations: Option<Activations> = None;
+    let mut filled = 0usize;
+    let (mut ids, mut mask) = (Vec::new(), Vec::new());
+    for (at_row, batch) in block_batches(file, first_row, rows) {
+        let at = |name: &str| {
+            let (path, name) = (path.to_path_buf(), name.to_string());
+            move |problem: String| Error::bad_chunk(&path, &name, problem.replacen("row ", &format!("row {at_row}+"), 1))
+        };
+        let column = batch.column_by_name(key).expect("chosen from the schema");
+        let leaf = leaf(column.as_ref()).ok_or_else(|| Error::bad_chunk(path, key, "is not a list of lists"))?;
+        if leaf.null_count() > 0 {
+            return Err(Error::bad_chunk(path, key, "holds null values"));
+        }
+        let where_ = at(key);
+        if activations.is_none() {
+            let element = leaf.data_type().primitive_width().unwrap_or(0);
+            crate::memory::check_array_bytes(path, key, (values * element) as u64)?;
+            activations = match leaf.data_type() {
+                DataType::Float32 => Some(Activations::F32(crate::memory::large_array(values))),
+                DataType::Float16 => Some(Activations::F16(crate::memory::large_array(values))),
+                DataType::Float64 => Some(Activations::F64(crate::memory::large_array(values))),
+                _ => None,
+            };
         }
         match (leaf.data_type(), activations.as_mut()) {
-            (DataType::Float32, Some(Activations::F32(out))) => append_2d(column.as_ref(), leaf.as_primitive::<Float32Type>().values(), &mut shape, out, &where_)?,
-            (DataType::Float16, Some(Activations::F16(out))) => append_2d(column.as_ref(), leaf.as_primitive::<Float16Type>().values(), &mut shape, out, &where_)?,
-            (DataType::Float64, Some(Activations::F64(out))) => append_2d(column.as_ref(), leaf.as_primitive::<Float64Type>().values(), &mut shape, out, &where_)?,
-            (other, _) => return Err(Error::bad_chunk(path, &key, format!("has values of type {other} (or changes type between record batches); expected float16, float32 or float64"))),
+            (DataType::Float32, Some(Activations::F32(out))) => append_2d(column.as_ref(), leaf.as_primitive::<Float32Type>().values(), &mut shape, out, &mut filled, &where_)?,
+            (DataType::Float16, Some(Activations::F16(out))) => append_2d(column.as_ref(), leaf.as_primitive::<Float16Type>().values(), &mut shape, out, &mut filled, &where_)?,
+            (DataType::Float64, Some(Activations::F64(out))) => append_2d(column.as_ref(), leaf.as_primitive::<Float64Type>().values(), &mut shape, out, &mut filled, &where_)?,
+            (other, _) => return Err(Error::bad_chunk(path, key, format!("has values of type {other} (or changes type between record batches); expected float16, float32 or float64"))),
         }
-        crate::memory::check_array_bytes(path, &key, activations.as_ref().map_or(0, |a| a.len() * a.element_bytes()) as u64)?;
-        let seq_len = shape.map_or(0, |(s, _)| s);
         if has_ids {
             append_ints(batch.column_by_name("token_ids").expect("in the schema").as_ref(), seq_len, &mut ids, &at("token_ids"))?;
         }
         if has_mask {
             append_ints(batch.column_by_name("attention_mask").expect("in the schema").as_ref(), seq_len, &mut mask, &at("attention_mask"))?;
         }
-        rows += batch.num_rows();
     }
-    let (seq_len, d_model) = shape.ok_or_else(|| Error::bad_chunk(path, &key, "has no rows"))?;
-    if d_model == 0 {
-        return Err(Error::bad_chunk(path, &key, "has D = 0 (no features)"));
+    let activations = activations.ok_or_else(|| Error::bad_chunk(path, key, "has no rows"))?;
+    if filled != values {
+        return Err(Error::bad_chunk(path, key, format!("holds {filled} values in rows {first_row}..{}, not {rows} x {seq_len} x {d_model}", first_row + rows)));
     }
-    let activations = activations.expect("set with the shape");
     Chunk {
         source: path.display().to_string(),
         batch: rows,
-        first_row: 0,
-        file_batch: rows,
+        first_row,
+        file_batch: file.rows,
         seq_len,
         d_model,
         activations,

@@ -138,12 +138,54 @@ pub struct ClusteringConfig {
     pub tol: f64,
     #[serde(serialize_with = "as_string")]
     pub precision: Precision,
+    /// Host memory for the activation cache (`cache::ChunkCache`): `"auto"`, `"off"` or bytes.
+    pub cache: CacheSetting,
+}
+
+/// How much host memory the cache may take: `Auto` (half the available memory, see
+/// `cache::auto_budget`), `Off`, or a budget in bytes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum CacheSetting {
+    #[default]
+    Auto,
+    Off,
+    Bytes(u64),
+}
+
+impl std::str::FromStr for CacheSetting {
+    type Err = Error;
+    fn from_str(s: &str) -> Result<Self> {
+        match s {
+            "auto" => Ok(CacheSetting::Auto),
+            "off" => Ok(CacheSetting::Off),
+            _ => s.parse().map(CacheSetting::Bytes).map_err(|_| Error::config("cache", format!("must be \"auto\", \"off\" or a number of bytes, got {s:?}"))),
+        }
+    }
+}
+
+impl std::fmt::Display for CacheSetting {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            CacheSetting::Auto => f.write_str("auto"),
+            CacheSetting::Off => f.write_str("off"),
+            CacheSetting::Bytes(n) => write!(f, "{n}"),
+        }
+    }
+}
+
+impl Serialize for CacheSetting {
+    fn serialize<S: Serializer>(&self, s: S) -> std::result::Result<S::Ok, S::Error> {
+        match self {
+            CacheSetting::Bytes(n) => s.serialize_u64(*n),
+            other => s.serialize_str(&other.to_string()),
+        }
+    }
 }
 
 /// Field names accepted in a config object (`initialCenters` travels separately, as data).
 const FIELDS: &[&str] = &[
     "nClusters", "dModel", "temperature", "temperatureRule", "minMembership", "device", "nExemplars",
-    "contextWindow", "nIterations", "warmupIterations", "seed", "tol", "precision", "initialCenters",
+    "contextWindow", "nIterations", "warmupIterations", "seed", "tol", "precision", "cache", "initialCenters",
 ];
 
 /// Largest integer a JS number holds exactly; bigger "integers" have already lost digits.
@@ -166,6 +208,7 @@ impl ClusteringConfig {
             seed: 0,
             tol: 1e-7,
             precision: Precision::Float32,
+            cache: CacheSetting::Auto,
         }
     }
 
@@ -200,6 +243,14 @@ impl ClusteringConfig {
         if let Some(v) = number(map, "tol")? { c.tol = v; }
         if let Some(v) = map.get("precision") {
             c.precision = v.as_str().ok_or_else(|| Error::config("precision", "must be a string"))?.parse()?;
+        }
+        match map.get("cache") {
+            None | Some(Value::Null) => {}
+            Some(Value::String(s)) if s == "auto" || s == "off" => c.cache = s.parse()?,
+            Some(v) => match v.as_f64() {
+                Some(n) if n >= 0.0 && n.fract() == 0.0 && n <= MAX_SAFE_INTEGER => c.cache = CacheSetting::Bytes(n as u64),
+                _ => return Err(Error::config("cache", format!("must be \"auto\", \"off\" or a whole number of bytes, got {v}"))),
+            },
         }
         c.validate()?;
         Ok(c)

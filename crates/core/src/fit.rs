@@ -15,7 +15,8 @@ use crate::memory::available_memory;
 use crate::model::{HistoryEntry, Model};
 use crate::run_folder::{RunFolder, RunKind, RunOptions};
 use crate::pass::PassStats;
-use crate::stream::{chunk_names, report, stream_chunks, Phase, Progress};
+use crate::cache::{self, ChunkCache};
+use crate::stream::{chunk_names, report, Phase, Progress};
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
@@ -73,6 +74,7 @@ pub fn fit_chunks(request: FitRequest, backend: &dyn Backend, progress: &mut dyn
 fn fit_into(config: &ClusteringConfig, initial_centers: Option<Centers>, chunks: &[PathBuf], names: &[String], fingerprints: &[ChunkFingerprint], folder: &mut RunFolder, resume: bool, device: String, backend: &dyn Backend, progress: &mut dyn FnMut(&Progress)) -> Result<Model> {
     let output_dir = &folder.dir().to_path_buf();
     let checkpoint = if resume { Checkpoint::load(output_dir)? } else { None };
+    let mut cache = ChunkCache::new(config.cache, cache::estimated_bytes(chunks)?);
     // `config` with the temperature as a number (chosen at init when it is `auto`).
     let (config, mut centers, mut history, mut iterations_done) = match checkpoint {
         Some(cp) => {
@@ -84,7 +86,7 @@ fn fit_into(config: &ClusteringConfig, initial_centers: Option<Centers>, chunks:
             (resumed, cp.centers, cp.history, cp.iterations_done)
         }
         None => {
-            let start = start(config, initial_centers, chunks, backend, progress)?;
+            let start = start(config, initial_centers, chunks, &mut cache, backend, progress)?;
             let resolved = ClusteringConfig { temperature: Temperature::Fixed(start.temperature), temperature_rule: start.temperature_rule, ..config.clone() };
             (resolved, start.centers, Vec::new(), false)
         }
@@ -97,8 +99,9 @@ fn fit_into(config: &ClusteringConfig, initial_centers: Option<Centers>, chunks:
         iteration += 1;
         let started = Instant::now();
         let mut pass = backend.begin_pass(config.n_clusters, config.d_model, true);
-        stream_chunks(chunks, config.d_model, |i, chunk| {
-            pass.run(&centers, &Tokens::from_chunk(&chunk, i), params, Want::default())?;
+        let data = cache.describe();
+        cache.stream(chunks, config.d_model, |i, chunk| {
+            pass.run(&centers, &Tokens::from_chunk(chunk, i), params, Want::default())?;
             report(progress, Phase::Iterate, iteration, config.n_iterations, i, chunks.len(), pass.n_rows(), started);
             Ok(())
         })?;
@@ -119,6 +122,7 @@ fn fit_into(config: &ClusteringConfig, initial_centers: Option<Centers>, chunks:
             twins,
             skipped: stats.skipped,
             seconds: started.elapsed().as_secs_f64(),
+            data,
         });
         centers = next;
         iterations_done = max_shift < config.tol || iteration == config.n_iterations;
@@ -131,12 +135,12 @@ fn fit_into(config: &ClusteringConfig, initial_centers: Option<Centers>, chunks:
     let mut pass = backend.begin_pass(config.n_clusters, config.d_model, false);
     let mut entropy_sum = 0f64;
     let mut memberships = memberships_file::FileMemberships::default();
-    stream_chunks(chunks, config.d_model, |i, chunk| {
-        let out = pass.run(&centers, &Tokens::from_chunk(&chunk, i), params, Want { sparse: true, ..Want::default() })?;
+    cache.stream(chunks, config.d_model, |i, chunk| {
+        let out = pass.run(&centers, &Tokens::from_chunk(chunk, i), params, Want { sparse: true, ..Want::default() })?;
         entropy_sum += out.sparse.as_ref().map_or(0.0, |s| s.value.iter().filter(|&&p| p > 0.0).map(|&p| -f64::from(p) * f64::from(p).ln()).sum());
-        exemplars::collect(&mut heaps, &chunk, i, &out, config.context_window);
-        if memberships.add(&chunk, &out) {
-            memberships.write(&folder.staged(&memberships_file::file_name_for(&names[i])), &names[i], &chunk, config.n_clusters)?;
+        exemplars::collect(&mut heaps, chunk, i, &out, config.context_window);
+        if memberships.add(chunk, &out) {
+            memberships.write(&folder.staged(&memberships_file::file_name_for(&names[i])), &names[i], chunk, config.n_clusters)?;
         }
         report(progress, Phase::Output, 0, config.n_iterations, i, chunks.len(), pass.n_rows(), started);
         Ok(())
@@ -150,7 +154,7 @@ fn fit_into(config: &ClusteringConfig, initial_centers: Option<Centers>, chunks:
         let suggestion = match config.temperature_rule {
             Some(_) => "it was chosen by \"auto\"; try more nIterations or fewer clusters".to_string(),
             // Best effort: the suggestion must not fail a fit whose outputs are written.
-            None => match suggested_temperature(config, chunks, backend) {
+            None => match suggested_temperature(config, chunks, &mut cache, backend) {
                 Ok(t) => format!("temperature \"auto\" would choose {t:.3} for this data"),
                 Err(e) => format!("rerun with temperature \"auto\" (its value could not be computed here: {e})"),
             },

@@ -5,7 +5,8 @@
 use crate::config::{ClusteringConfig, Temperature};
 use crate::error::{Error, Result};
 use crate::kernels::{for_each_cosine_row, prepare_rows, unit_row, Backend, Centers, Tokens};
-use crate::stream::{report, reservoir_slot, stream_chunks, Phase, Progress};
+use crate::cache::ChunkCache;
+use crate::stream::{report, reservoir_slot, Phase, Progress};
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use std::path::PathBuf;
@@ -19,15 +20,15 @@ pub fn sample_size(k: usize) -> usize {
 }
 
 /// A seeded uniform sample (reservoir, algorithm R) of the unit vectors of real tokens.
-fn sample_tokens(config: &ClusteringConfig, chunks: &[PathBuf], rng: &mut ChaCha8Rng, progress: &mut dyn FnMut(&Progress)) -> Result<Vec<f32>> {
+fn sample_tokens(config: &ClusteringConfig, chunks: &[PathBuf], cache: &mut ChunkCache, rng: &mut ChaCha8Rng, progress: &mut dyn FnMut(&Progress)) -> Result<Vec<f32>> {
     let (k, d) = (config.n_clusters, config.d_model);
     let capacity = sample_size(k);
     let mut sample: Vec<f32> = Vec::with_capacity(capacity * d);
     let mut seen: u64 = 0;
     let started = Instant::now();
     // Reservoir sampling (algorithm R) over every real, non-zero token of every chunk.
-    stream_chunks(chunks, d, |i, chunk| {
-        let tokens = Tokens::from_chunk(&chunk, i);
+    cache.stream(chunks, d, |i, chunk| {
+        let tokens = Tokens::from_chunk(chunk, i);
         let rows = prepare_rows(&tokens)?;
         for (&t, &inv) in rows.token.iter().zip(&rows.inv_norm) {
             let slot = reservoir_slot(rng, seen, capacity);
@@ -108,14 +109,15 @@ const AUTO_RANGE: (f64, f64) = (1e-3, 1.0);
 
 /// Init of a fit. With `initial` centers and a numeric temperature nothing is read; otherwise
 /// the seeded sample is drawn, k-means++ and the hard warm-up run on it (not with `initial`),
-/// and an `auto` temperature is chosen from the clusters of the sample.
-pub fn start(config: &ClusteringConfig, initial: Option<Centers>, chunks: &[PathBuf], backend: &dyn Backend, progress: &mut dyn FnMut(&Progress)) -> Result<Start> {
+/// and an `auto` temperature is chosen from the clusters of the sample. The chunks are read
+/// through `cache` (this first pass fills it).
+pub fn start(config: &ClusteringConfig, initial: Option<Centers>, chunks: &[PathBuf], cache: &mut ChunkCache, backend: &dyn Backend, progress: &mut dyn FnMut(&Progress)) -> Result<Start> {
     if let (Some(centers), Temperature::Fixed(t)) = (&initial, config.temperature) {
         return Ok(Start { centers: centers.clone(), temperature: t, temperature_rule: None });
     }
     let (k, d) = (config.n_clusters, config.d_model);
     let mut rng = ChaCha8Rng::seed_from_u64(config.seed);
-    let sample = sample_tokens(config, chunks, &mut rng, progress)?;
+    let sample = sample_tokens(config, chunks, cache, &mut rng, progress)?;
     let centers = match initial {
         Some(c) => c,
         None => {
@@ -138,9 +140,9 @@ pub fn start(config: &ClusteringConfig, initial: Option<Centers>, chunks: &[Path
 
 /// The temperature `auto` would choose for these chunks (for the collapse warning of a fit run
 /// at a numeric temperature): the same sample, k-means++ and warm-up as `start`.
-pub fn suggested_temperature(config: &ClusteringConfig, chunks: &[PathBuf], backend: &dyn Backend) -> Result<f64> {
+pub fn suggested_temperature(config: &ClusteringConfig, chunks: &[PathBuf], cache: &mut ChunkCache, backend: &dyn Backend) -> Result<f64> {
     let auto = ClusteringConfig { temperature: Temperature::Auto, temperature_rule: None, ..config.clone() };
-    start(&auto, None, chunks, backend, &mut |_| {}).map(|s| s.temperature)
+    start(&auto, None, chunks, cache, backend, &mut |_| {}).map(|s| s.temperature)
 }
 
 /// Index of the best center of each sample row (ties: the lowest index) and its cosine.

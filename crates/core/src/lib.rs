@@ -17,6 +17,7 @@
 
 pub mod analysis;
 pub mod arrow_chunk;
+pub mod cache;
 pub mod checkpoint;
 pub mod chunk;
 pub mod config;
@@ -37,7 +38,7 @@ pub mod sources;
 pub mod stream;
 pub mod transform;
 
-pub use config::{ClusteringConfig, Device, Precision, Temperature};
+pub use config::{CacheSetting, ClusteringConfig, Device, Precision, Temperature};
 pub use model::{HistoryEntry, Model};
 pub use error::{Error, Result};
 pub use kernels::{Backend, Centers, MembershipParams, Pass, PassOutput, PreparedRows, SparseRows, Tokens, Want};

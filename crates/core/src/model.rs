@@ -34,6 +34,10 @@ pub struct HistoryEntry {
     /// Real tokens skipped in the pass because their vector is all zeros.
     pub skipped: u64,
     pub seconds: f64,
+    /// Where the pass read its chunks: `host cache, N bytes`, or `files (why)` (`cache::ChunkCache`;
+    /// empty in files written before the cache).
+    #[serde(default)]
+    pub data: String,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -274,7 +278,7 @@ mod tests {
         m.warnings = vec!["a warning".into()];
         m.cluster_count = vec![1, 3];
         m.exemplars[1] = vec![Exemplar { value: 0.9, chunk: 1, batch: 2, position: 3, tokens: vec![-1, 7, 8], context_memberships: vec![0.0, 0.9, 0.5] }];
-        m.history = vec![HistoryEntry { iteration: 1, objective: 0.5, max_shift: 0.1, mass: vec![1.0, 3.0], reseeds: 0, twins: 0, skipped: 2, seconds: 0.25 }];
+        m.history = vec![HistoryEntry { iteration: 1, objective: 0.5, max_shift: 0.1, mass: vec![1.0, 3.0], reseeds: 0, twins: 0, skipped: 2, seconds: 0.25, data: "host cache, 96 bytes".into() }];
         m.chunks = vec!["a.npz".into(), "b.npz".into()];
         m
     }

@@ -7,7 +7,7 @@
 
 use crate::chunk::{Activations, Chunk};
 use crate::error::{Error, Result};
-use crate::memory::read_values;
+use crate::memory::read_values_at;
 use half::f16;
 use ndarray::{ArrayD, IxDyn, ShapeBuilder};
 use ndarray_npy::npy::header::Header;
@@ -195,8 +195,8 @@ pub fn read_npy_chunk(path: &Path) -> Result<Chunk> {
             return Err(Error::bad_chunk(path, "activations", format!("has dtype {descr} (2-byte void: bfloat16 saved through numpy, or raw bytes), which is ambiguous; save bfloat16 activations as safetensors (safetensors.torch.save_file)")));
         }
     }
-    if let Some(chunk) = read_native_npy(&mut reader, &header, size, path)? {
-        return chunk.finished();
+    if let Some(native) = NativeNpy::of(&header, reader.consumed, size) {
+        return native.read(reader.inner.get_ref(), path, 0, native.batch);
     }
     let array = read_npy_data(reader, header, size, path, "activations")?;
     let (batch, seq_len, d_model) = match array.shape[..] {
@@ -216,83 +216,70 @@ pub fn read_npy_chunk(path: &Path) -> Result<Chunk> {
     Chunk { source: path.display().to_string(), batch, first_row: 0, file_batch: batch, seq_len, d_model, activations, attention_mask: None, token_ids: None }.finished()
 }
 
-/// The common case of a standalone `.npy`, float16/32/64 in this machine's byte order and C
-/// order, read straight into its typed array (one copy, no per-value decoding); `None` for the
-/// general path.
-fn read_native_npy<R: Read>(reader: &mut Counting<R>, header: &Header, size: u64, path: &Path) -> Result<Option<Chunk>> {
-    let PyValue::String(descr) = &header.type_descriptor else { return Ok(None) };
-    let native = cfg!(target_endian = "little");
-    let (batch, seq_len, d_model) = match header.shape[..] {
-        [b, s, d] => (b, s, d),
-        [t, d] => (1, t, d),
-        _ => return Ok(None),
-    };
-    if !native || d_model == 0 || (header.layout.is_fortran() && header.shape.len() > 1) {
-        return Ok(None);
+/// The common case of a standalone `.npy`: float16/32/64 in this machine's byte order and C
+/// order, `[B, S, D]` or `[T, D]`, with exactly its data after the header. Its rows are read
+/// straight into their typed array (one copy, no per-value decoding), in blocks if need be; any
+/// other `.npy` goes through the general path, which also names what is wrong with it.
+#[derive(Clone, Copy)]
+struct NativeNpy {
+    /// Where the data starts in the file.
+    data_at: u64,
+    batch: usize,
+    seq_len: usize,
+    d_model: usize,
+    item: usize,
+}
+
+impl NativeNpy {
+    fn of(header: &Header, data_at: u64, file_size: u64) -> Option<Self> {
+        let PyValue::String(descr) = &header.type_descriptor else { return None };
+        let (batch, seq_len, d_model) = match header.shape[..] {
+            [b, s, d] => (b, s, d),
+            [t, d] => (1, t, d),
+            _ => return None,
+        };
+        let item = match descr.as_str() {
+            "<f2" => 2,
+            "<f4" => 4,
+            "<f8" => 8,
+            _ => return None,
+        };
+        let fortran = header.layout.is_fortran() && header.shape.len() > 1;
+        let bytes = batch.checked_mul(seq_len).and_then(|n| n.checked_mul(d_model)).and_then(|n| n.checked_mul(item));
+        let exact = bytes.is_some_and(|n| n as u64 == file_size.saturating_sub(data_at));
+        (cfg!(target_endian = "little") && !fortran && d_model > 0 && exact).then_some(NativeNpy { data_at, batch, seq_len, d_model, item })
     }
-    let item = match descr.as_str() {
-        "<f2" => 2,
-        "<f4" => 4,
-        "<f8" => 8,
-        _ => return Ok(None),
-    };
-    let Some(len) = batch.checked_mul(seq_len).and_then(|n| n.checked_mul(d_model)).filter(|n| n.checked_mul(item).is_some()) else { return Ok(None) };
-    if (len * item) as u64 != size.saturating_sub(reader.consumed) {
-        return Ok(None); // the general path names the mismatch
+
+    /// Rows `first_row..first_row + rows` of the `.npy` `file`.
+    fn read(&self, file: &File, path: &Path, first_row: usize, rows: usize) -> Result<Chunk> {
+        let len = rows * self.seq_len * self.d_model;
+        let at = self.data_at + (first_row * self.seq_len * self.d_model * self.item) as u64;
+        let bad = |e: io::Error| Error::bad_chunk(path, "activations", format!("cannot decode data: {e}"));
+        let activations = match self.item {
+            2 => Activations::F16(read_values_at(file, at, len).map_err(bad)?),
+            4 => Activations::F32(read_values_at(file, at, len).map_err(bad)?),
+            _ => Activations::F64(read_values_at(file, at, len).map_err(bad)?),
+        };
+        let (batch, seq_len, d_model) = (rows, self.seq_len, self.d_model);
+        Chunk { source: path.display().to_string(), batch, first_row, file_batch: self.batch, seq_len, d_model, activations, attention_mask: None, token_ids: None }.finished()
     }
-    let bad = |e: io::Error| Error::bad_chunk(path, "activations", format!("cannot decode data: {e}"));
-    let activations = match item {
-        2 => Activations::F16(read_values(reader, len).map_err(bad)?),
-        4 => Activations::F32(read_values(reader, len).map_err(bad)?),
-        _ => Activations::F64(read_values(reader, len).map_err(bad)?),
-    };
-    Ok(Some(Chunk { source: path.display().to_string(), batch, first_row: 0, file_batch: batch, seq_len, d_model, activations, attention_mask: None, token_ids: None }))
 }
 
 /// A standalone `.npy` in blocks of whole sequences of at most `block_bytes` (at least one), for
-/// the native case of `read_native_npy` (a dump larger than memory is never read whole); any
-/// other `.npy` as one block.
+/// the native case (a dump larger than memory is never read whole); any other `.npy` as one block.
 pub fn npy_blocks(path: &Path, block_bytes: usize) -> Result<Box<dyn Iterator<Item = Result<Chunk>> + Send>> {
     let file = File::open(path).map_err(|e| Error::io(path, e))?;
     let size = file.metadata().map_err(|e| Error::io(path, e))?.len();
     let mut reader = Counting { inner: BufReader::new(file), consumed: 0 };
     let header = read_header(&mut reader, size, path, "activations")?;
-    let whole = |path: &Path| -> Result<Box<dyn Iterator<Item = Result<Chunk>> + Send>> {
+    let Some(native) = NativeNpy::of(&header, reader.consumed, size).filter(|n| n.batch > 0) else {
         let path = path.to_path_buf();
-        Ok(Box::new(std::iter::once_with(move || read_npy_chunk(&path))))
+        return Ok(Box::new(std::iter::once_with(move || read_npy_chunk(&path))));
     };
-    let PyValue::String(descr) = &header.type_descriptor else { return whole(path) };
-    let (batch, seq_len, d_model) = match header.shape[..] {
-        [b, s, d] => (b, s, d),
-        _ => return whole(path), // [T, D] is one sequence: nothing to split
-    };
-    let item = match descr.as_str() {
-        "<f2" => 2,
-        "<f4" => 4,
-        "<f8" => 8,
-        _ => return whole(path),
-    };
-    let row_bytes = seq_len.checked_mul(d_model).and_then(|n| n.checked_mul(item));
-    let fits = row_bytes.and_then(|r| r.checked_mul(batch)).is_some_and(|total| total as u64 == size.saturating_sub(reader.consumed));
-    if !cfg!(target_endian = "little") || header.layout.is_fortran() || d_model == 0 || batch == 0 || !fits {
-        return whole(path); // the general path reads it, or names what is wrong
-    }
-    let row_bytes = row_bytes.expect("checked");
-    let rows_per_block = (block_bytes / row_bytes.max(1)).max(1);
+    let rows_per_block = (block_bytes / (native.seq_len * native.d_model * native.item)).max(1);
     let source = path.to_path_buf();
-    let mut reader = reader.inner;
-    Ok(Box::new((0..batch).step_by(rows_per_block).map(move |first_row| {
-        let rows = rows_per_block.min(batch - first_row);
-        let len = rows * seq_len * d_model;
-        // Blocks are read in order: the reader stands at the next one's data.
-        let bad = |e: io::Error| Error::bad_chunk(&source, "activations", format!("cannot decode data: {e}"));
-        let activations = match item {
-            2 => Activations::F16(read_values(&mut reader, len).map_err(bad)?),
-            4 => Activations::F32(read_values(&mut reader, len).map_err(bad)?),
-            _ => Activations::F64(read_values(&mut reader, len).map_err(bad)?),
-        };
-        Chunk { source: source.display().to_string(), batch: rows, first_row, file_batch: batch, seq_len, d_model, activations, attention_mask: None, token_ids: None }.finished()
-    })))
+    let file = reader.inner.into_inner();
+    Ok(Box::new((0..native.batch).step_by(rows_per_block).map(move |first_row| native.read(&file, &source, first_row, rows_per_block.min(native.batch - first_row)))))
 }
 
 /// `(B, S, D)` of a standalone `.npy` from its header.

@@ -6,7 +6,7 @@
 
 use crate::chunk::{activations_key, Activations, Chunk};
 use crate::error::{Error, Result};
-use crate::memory::read_values;
+use crate::memory::read_values_at;
 use half::{bf16, f16};
 use safetensors::tensor::TensorView;
 use safetensors::{Dtype, SafeTensors};
@@ -144,21 +144,20 @@ pub fn safetensors_blocks(path: &Path, block_bytes: usize) -> Result<Box<dyn Ite
     }
     let row_bytes = seq_len * d_model * elem;
     let rows_per_block = (block_bytes / row_bytes.max(1)).max(1);
-    let mut file = File::open(path).map_err(|e| Error::io(path, e))?;
+    let file = File::open(path).map_err(|e| Error::io(path, e))?;
     let source = path.to_path_buf();
     Ok(Box::new((0..batch).step_by(rows_per_block).map(move |first_row| {
-        use std::io::{Seek, SeekFrom};
         let rows = rows_per_block.min(batch - first_row);
         let n = rows * seq_len * d_model;
         // Straight from the file into the typed array (safetensors is little-endian, as is every
         // platform we build for): one copy, no per-value decoding.
         let bad = |e: std::io::Error| Error::bad_chunk(&source, &key, format!("cannot read sequences {first_row}..{}: {e}", first_row + rows));
-        file.seek(SeekFrom::Start((start + first_row * row_bytes) as u64)).map_err(bad)?;
+        let at = (start + first_row * row_bytes) as u64;
         let activations = match dtype {
-            Dtype::BF16 => Activations::BF16(read_values(&mut file, n).map_err(bad)?),
-            Dtype::F16 => Activations::F16(read_values(&mut file, n).map_err(bad)?),
-            Dtype::F32 => Activations::F32(read_values(&mut file, n).map_err(bad)?),
-            _ => Activations::F64(read_values(&mut file, n).map_err(bad)?),
+            Dtype::BF16 => Activations::BF16(read_values_at(&file, at, n).map_err(bad)?),
+            Dtype::F16 => Activations::F16(read_values_at(&file, at, n).map_err(bad)?),
+            Dtype::F32 => Activations::F32(read_values_at(&file, at, n).map_err(bad)?),
+            _ => Activations::F64(read_values_at(&file, at, n).map_err(bad)?),
         };
         let tokens = first_row * seq_len..(first_row + rows) * seq_len;
         Chunk {
@@ -210,7 +209,7 @@ fn per_token_arrays(st: &SafeTensors, path: &Path, key: &str, batch: usize, seq_
     Ok((attention_mask, token_ids))
 }
 
-// safetensors data is little-endian: `read_values` reads it as is.
+// safetensors data is little-endian: `read_values_at` reads it as is.
 const _: () = assert!(cfg!(target_endian = "little"), "safetensors data is little-endian");
 
 fn decode<T, const N: usize>(bytes: &[u8], from_le: fn([u8; N]) -> T) -> Vec<T> {

@@ -3,7 +3,7 @@
 //! (`arrow_chunk`: Hugging Face `datasets` shards), by extension, or by the
 //! file's first bytes when the extension says nothing. Pickled files are refused, never loaded.
 
-use crate::arrow_chunk::{arrow_chunk_shape, read_arrow_chunk};
+use crate::arrow_chunk::{arrow_blocks, arrow_chunk_shape, read_arrow_chunk};
 use crate::chunk::Chunk;
 use crate::error::{Error, Result};
 use crate::npz::{npy_blocks, npy_chunk_shape, npz_chunk_shape, read_npy_chunk, read_npz_chunk};
@@ -72,15 +72,17 @@ pub fn read_chunk(path: &Path) -> Result<Chunk> {
 /// (`memory::max_chunk_bytes`) is lower.
 pub const BLOCK_BYTES: usize = 256 << 20;
 
-/// The chunk file in blocks of whole sequences, in order: a safetensors file, or a `[B, S, D]`
-/// `.npy` in this machine's byte order and C order, in blocks of at most `block_bytes` of
-/// activations (a file larger than memory is never read whole); the other formats as one block. Each block is a `Chunk` whose `first_row` and `file_batch` place it in
-/// its file.
+/// The chunk file in blocks of whole sequences, in order, of at most `block_bytes` of activations
+/// (at least one sequence), so a file larger than memory is never read whole: a safetensors file,
+/// an Arrow shard, or a `[B, S, D]` `.npy` in this machine's byte order and C order; an `.npz`
+/// (compressed members cannot be entered midway) and any other `.npy` as one block. Each block is
+/// a `Chunk` whose `first_row` and `file_batch` place it in its file.
 pub fn blocks(path: &Path, block_bytes: usize) -> Result<Box<dyn Iterator<Item = Result<Chunk>> + Send>> {
     match format_of(path)? {
         Format::Safetensors => safetensors_blocks(path, block_bytes),
         Format::Npy => npy_blocks(path, block_bytes),
-        _ => {
+        Format::Arrow => arrow_blocks(path, block_bytes),
+        Format::Npz => {
             let path = path.to_path_buf();
             Ok(Box::new(std::iter::once_with(move || read_chunk(&path))))
         }

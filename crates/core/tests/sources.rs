@@ -216,6 +216,27 @@ mod arrow {
     }
 
     #[test]
+    fn an_arrow_shard_read_in_blocks_is_the_same_chunk() {
+        let dir = tempfile::tempdir().unwrap();
+        let (acts, _, ids) = data();
+        // Record batches of 2 and 1 rows: a block of one row ends inside the first batch, one of
+        // two rows is exactly it.
+        let path = dir.path().join("data-00000-of-00001.arrow");
+        write_stream(&path, &[batch(&acts, &ids, 0..2), batch(&acts, &ids, 2..B)]);
+        let whole = soft_cluster_core::read_chunk(&path).unwrap();
+        assert_eq!(whole.token_ids.as_deref(), Some(&ids[..]));
+        for (block_bytes, firsts) in [(S * D * 4, vec![0, 1, 2]), (2 * S * D * 4, vec![0, 2]), (usize::MAX, vec![0])] {
+            let blocks: Vec<_> = soft_cluster_core::sources::blocks(&path, block_bytes).unwrap().map(|b| b.unwrap()).collect();
+            assert_eq!(blocks.iter().map(|b| b.first_row).collect::<Vec<_>>(), firsts);
+            assert!(blocks.iter().all(|b| b.file_batch == B));
+            let values: Vec<f32> = blocks.iter().flat_map(|b| b.activations.to_f32()).collect();
+            assert_eq!(soft_cluster_core::Activations::F32(values), whole.activations);
+            let block_ids: Vec<i64> = blocks.iter().flat_map(|b| b.token_ids.clone().unwrap()).collect();
+            assert_eq!(block_ids, ids);
+        }
+    }
+
+    #[test]
     fn arrow_shards_fit_like_their_npz_copy() {
         let dir = tempfile::tempdir().unwrap();
         let (acts, _, ids) = data();

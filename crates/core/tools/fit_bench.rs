@@ -1,9 +1,10 @@
-//! `fit-bench`: runs `fit_chunks` on the CPU backend over a folder of chunks and prints one JSON
-//! line, for `benches/fit.py` (which measures its wall time and peak memory as a process).
+//! `fit-bench`: runs `fit_chunks` on the CPU backend over a folder of chunks (any format `sources`
+//! reads) and prints one JSON line, for `benches/fit.py` (which measures its wall time and peak
+//! memory as a process) and `benches/readers.py` (fit tokens/s per input format).
 //!
 //!     fit-bench --chunks DIR [--init FILE | --seed S] --clusters K --iterations N
 //!               --temperature T --min-membership M --out OUTDIR [--device cpu|cuda|auto]
-//!               [--precision float32|tf32]
+//!               [--precision float32|tf32] [--cache auto|off|BYTES]
 //!
 //! Without `--init` the fit starts from k-means++ with `--seed` (default 0). The JSON line holds
 //! the whole run's seconds and tokens/s and the seconds of each iteration's pass.
@@ -23,7 +24,7 @@ fn main() {
     let mut chunks: Vec<PathBuf> = std::fs::read_dir(get("chunks"))
         .expect("--chunks DIR")
         .map(|e| e.unwrap().path())
-        .filter(|p| p.extension().is_some_and(|x| x == "npz"))
+        .filter(|p| p.extension().and_then(|x| x.to_str()).is_some_and(|x| soft_cluster_core::sources::CHUNK_EXTENSIONS.contains(&x)))
         .collect();
     chunks.sort();
     let k: usize = get("clusters").parse().unwrap();
@@ -44,6 +45,7 @@ fn main() {
     config.tol = 0.0;
     config.device = opts.get("device").unwrap_or(&"cpu").parse().unwrap();
     config.precision = opts.get("precision").unwrap_or(&"float32").parse().unwrap();
+    config.cache = opts.get("cache").unwrap_or(&"auto").parse().unwrap();
     let backend = backend_for(&config).unwrap_or_else(|e| {
         eprintln!("fit-bench: {e}");
         std::process::exit(1)

@@ -8,7 +8,7 @@ use napi::bindgen_prelude::*;
 use napi::Env;
 use napi_derive::napi;
 use serde_json::{Map, Number, Value};
-use soft_cluster_core::{ClusteringConfig as CoreConfig, Temperature};
+use soft_cluster_core::{CacheSetting, ClusteringConfig as CoreConfig, Temperature};
 
 /// The config (docs/algorithm.md "Config"). Only `nClusters` and `dModel` are required; the core
 /// fills in the defaults.
@@ -47,6 +47,11 @@ pub struct ClusteringConfig {
     /// The CPU always computes in float32.
     #[napi(ts_type = "'float32' | 'tf32'")]
     pub precision: Option<String>,
+    /// Host memory a fit may keep its decoded chunks in, so that passes after the first read no
+    /// files: `"auto"` (default: half the available memory), `"off"`, or a budget in bytes. When
+    /// the chunks do not fit, every pass streams them from the files; the result is the same bits.
+    #[napi(ts_type = "'auto' | 'off' | number")]
+    pub cache: Option<Either<f64, String>>,
 }
 
 /// The config with every default filled in, as the core resolved it.
@@ -69,6 +74,8 @@ pub struct ResolvedConfig {
     pub tol: f64,
     #[napi(ts_type = "'float32' | 'tf32'")]
     pub precision: String,
+    #[napi(ts_type = "'auto' | 'off' | number")]
+    pub cache: Either<f64, String>,
 }
 
 impl From<&CoreConfig> for ResolvedConfig {
@@ -90,6 +97,10 @@ impl From<&CoreConfig> for ResolvedConfig {
             seed: c.seed as f64,
             tol: c.tol,
             precision: c.precision.to_string(),
+            cache: match c.cache {
+                CacheSetting::Bytes(n) => Either::A(n as f64),
+                other => Either::B(other.to_string()),
+            },
         }
     }
 }

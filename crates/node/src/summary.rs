@@ -21,6 +21,8 @@ pub struct HistoryEntry {
     /// Real tokens skipped in the pass because their vector is all zeros.
     pub skipped: f64,
     pub seconds: f64,
+    /// Where the pass read its chunks: `host cache, N bytes`, or `files (why)`.
+    pub data: String,
 }
 
 impl From<&soft_cluster_core::HistoryEntry> for HistoryEntry {
@@ -34,6 +36,7 @@ impl From<&soft_cluster_core::HistoryEntry> for HistoryEntry {
             twins: h.twins as u32,
             skipped: h.skipped as f64,
             seconds: h.seconds,
+            data: h.data.clone(),
         }
     }
 }
