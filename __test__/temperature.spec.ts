@@ -61,5 +61,8 @@ describe('temperature "auto" (the default) on real activations', () => {
     expect(ok.status, ok.stderr).toBe(0)
     expect(ok.stderr).toBe('')
     expect(JSON.parse(ok.stdout).warnings).toEqual([])
+    // The suggestion is the temperature the default fit chose (the collapsed fit's own init
+    // computes it, without a second init).
+    expect(lines[0]).toContain(`temperature "auto" would choose ${JSON.parse(ok.stdout).temperature.toFixed(3)} for this data`)
   })
 })

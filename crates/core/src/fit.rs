@@ -76,19 +76,19 @@ fn fit_into(config: &ClusteringConfig, initial_centers: Option<Centers>, chunks:
     let checkpoint = if resume { Checkpoint::load(output_dir)? } else { None };
     let mut cache = ChunkCache::new(config.cache, cache::estimated_bytes(chunks)?);
     // `config` with the temperature as a number (chosen at init when it is `auto`).
-    let (config, mut centers, mut history, mut iterations_done) = match checkpoint {
+    let (config, mut centers, mut history, mut iterations_done, auto_temperature) = match checkpoint {
         Some(cp) => {
             let resumed = match (config.temperature, &cp.config.temperature_rule) {
                 (Temperature::Auto, Some(rule)) => ClusteringConfig { temperature: cp.config.temperature, temperature_rule: Some(rule.clone()), ..config.clone() },
                 _ => config.clone(),
             };
             cp.check_matches(&resumed, &fingerprints)?;
-            (resumed, cp.centers, cp.history, cp.iterations_done)
+            (resumed, cp.centers, cp.history, cp.iterations_done, None)
         }
         None => {
             let start = start(config, initial_centers, chunks, &mut cache, backend, progress)?;
             let resolved = ClusteringConfig { temperature: Temperature::Fixed(start.temperature), temperature_rule: start.temperature_rule, ..config.clone() };
-            (resolved, start.centers, Vec::new(), false)
+            (resolved, start.centers, Vec::new(), false, start.auto_temperature)
         }
     };
     let config = &config;
@@ -154,7 +154,7 @@ fn fit_into(config: &ClusteringConfig, initial_centers: Option<Centers>, chunks:
         let suggestion = match config.temperature_rule {
             Some(_) => "it was chosen by \"auto\"; try more nIterations or fewer clusters".to_string(),
             // Best effort: the suggestion must not fail a fit whose outputs are written.
-            None => match suggested_temperature(config, chunks, &mut cache, backend) {
+            None => match auto_temperature.map_or_else(|| suggested_temperature(config, chunks, &mut cache, backend), Ok) {
                 Ok(t) => format!("temperature \"auto\" would choose {t:.3} for this data"),
                 Err(e) => format!("rerun with temperature \"auto\" (its value could not be computed here: {e})"),
             },

@@ -98,6 +98,9 @@ pub struct Start {
     pub temperature: f64,
     /// How an `auto` temperature was chosen; `None` when the user gave it.
     pub temperature_rule: Option<String>,
+    /// The temperature `auto` chooses for this data, when init drew the sample and ran
+    /// k-means++ (what `suggested_temperature` would compute again; the collapse warning names it).
+    pub auto_temperature: Option<f64>,
 }
 
 /// Divides the low quantile of the pair merge temperatures (see `auto_temperature`).
@@ -113,11 +116,12 @@ const AUTO_RANGE: (f64, f64) = (1e-3, 1.0);
 /// through `cache` (this first pass fills it).
 pub fn start(config: &ClusteringConfig, initial: Option<Centers>, chunks: &[PathBuf], cache: &mut ChunkCache, backend: &dyn Backend, progress: &mut dyn FnMut(&Progress)) -> Result<Start> {
     if let (Some(centers), Temperature::Fixed(t)) = (&initial, config.temperature) {
-        return Ok(Start { centers: centers.clone(), temperature: t, temperature_rule: None });
+        return Ok(Start { centers: centers.clone(), temperature: t, temperature_rule: None, auto_temperature: None });
     }
     let (k, d) = (config.n_clusters, config.d_model);
     let mut rng = ChaCha8Rng::seed_from_u64(config.seed);
     let sample = sample_tokens(config, chunks, cache, &mut rng, progress)?;
+    let from_kmeans = initial.is_none();
     let centers = match initial {
         Some(c) => c,
         None => {
@@ -130,10 +134,14 @@ pub fn start(config: &ClusteringConfig, initial: Option<Centers>, chunks: &[Path
         }
     };
     match config.temperature {
-        Temperature::Fixed(t) => Ok(Start { centers, temperature: t, temperature_rule: None }),
+        Temperature::Fixed(t) => {
+            // One pass over the sample now spares the collapse warning a second init.
+            let auto = if from_kmeans { Some(auto_temperature(&sample, &centers, backend)?.0) } else { None };
+            Ok(Start { centers, temperature: t, temperature_rule: None, auto_temperature: auto })
+        }
         Temperature::Auto => {
             let (t, rule) = auto_temperature(&sample, &centers, backend)?;
-            Ok(Start { centers, temperature: t, temperature_rule: Some(rule) })
+            Ok(Start { centers, temperature: t, temperature_rule: Some(rule), auto_temperature: Some(t) })
         }
     }
 }
