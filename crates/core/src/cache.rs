@@ -84,11 +84,6 @@ impl ChunkCache {
             _ => format!("files (the chunks take more than the {}-byte host cache)", self.budget),
         }
     }
-
-    /// Whether the passes now visit memory.
-    pub fn is_complete(&self) -> bool {
-        matches!(self.state, State::Complete)
-    }
 }
 
 /// Host bytes a decoded block holds: activations, mask and token ids.
