@@ -1,2 +1,13 @@
 #!/usr/bin/env node
-require('../dist/cli.js').main(process.argv)
+let cli
+try {
+  cli = require('../dist/cli.js')
+} catch (err) {
+  // No native binary for this machine: one line, as for every other CLI error.
+  if (err && err.code === 'ERR_NO_BINARY') {
+    process.stderr.write(`soft-cluster: ${err.message} [${err.code}]\n`)
+    process.exit(1)
+  }
+  throw err
+}
+cli.main(process.argv)

@@ -1,5 +1,6 @@
 // The `soft-cluster` command line. Parsing turns argv into typed options, each command is a
 // function in ts/commands/, and one boundary prints a one-line error and sets the exit code.
+import './binary'
 import { Command, CommanderError, InvalidArgumentError } from 'commander'
 import { analyzeCommand } from './commands/analyze'
 import { demo } from './commands/demo'

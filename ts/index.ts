@@ -1,3 +1,4 @@
+import './binary'
 export { analyzeChunks, analyzeSequentialClusters, type AnalyzeMetricOptions, type AnalyzeOptions, type ClusterAnalysis, type ClusterStats, type OverallStats } from './analysis'
 export {
   SequentialSoftClustering,
