@@ -32,15 +32,15 @@ export declare class NativeModel {
    * Memberships of `activations` (`shape` `[B, S, D]` or `[T, D]`) on the calling thread.
    * The typed arrays are read in place, without a copy.
    */
-  transform(activations: Float32Array, shape: Array<number>, attentionMask: Uint8Array | undefined | null, dense: boolean): TransformOutput
+  transform(activations: Float32Array, shape: Array<number> | undefined | null, attentionMask: Uint8Array | undefined | null, dense: boolean): TransformOutput
   /**
    * The same as `transform`, on the libuv thread pool. The arrays are copied here, on the JS
    * thread, before the work starts: the caller may reuse, change or detach its buffers as soon
    * as the call returns, without touching the result.
    */
-  transformAsync(activations: Float32Array, shape: Array<number>, attentionMask: Uint8Array | undefined | null, dense: boolean): Promise<TransformOutput>
+  transformAsync(activations: Float32Array, shape: Array<number> | undefined | null, attentionMask: Uint8Array | undefined | null, dense: boolean): Promise<TransformOutput>
   /** Quality metrics of a batch of tokens, on the calling thread. */
-  analyze(activations: Float32Array, shape: Array<number>, attentionMask?: Uint8Array | undefined | null, tokenIds?: BigInt64Array | undefined | null, options?: AnalyzeParams | undefined | null): ClusterAnalysis
+  analyze(activations: Float32Array, shape?: Array<number> | undefined | null, attentionMask?: Uint8Array | undefined | null, tokenIds?: Int32Array | undefined | null, options?: AnalyzeParams | undefined | null): ClusterAnalysis
   /** Quality metrics over chunk files, streamed on the libuv thread pool. */
   analyzeChunks(chunkPaths: Array<string>, options?: AnalyzeParams | undefined | null, onProgress?: ((progress: FitProgress) => void) | undefined | null): Promise<ClusterAnalysis>
   /**
@@ -82,7 +82,7 @@ export interface ChunkData {
   /** `[B * S]`, 1 = real token; absent when the chunk has no mask. */
   attentionMask?: Uint8Array
   /** `[B * S]`; absent when the chunk has no token ids. */
-  tokenIds?: BigInt64Array
+  tokenIds?: Int32Array
 }
 
 /** Extensions of the chunk files a folder is searched for (docs/formats.md "Input chunks"). */
@@ -246,7 +246,7 @@ export interface HistoryEntry {
 /** A per-chunk memberships file (docs/formats.md "Memberships file") read back. */
 export interface MembershipsFile {
   /** `[nnz, 3]`: (batch, position, cluster). */
-  indices: BigInt64Array
+  indices: Int32Array
   values: Float32Array
   totalSequences?: number
   sequenceLength?: number
@@ -382,6 +382,8 @@ export interface TransformOutput {
   /** Nonzero memberships as `[nnz, 3]` (batch, position, cluster), sorted. */
   indices: Int32Array
   values: Float32Array
+  /** Hard labels: the cluster of each row's largest membership (the lowest id on ties). */
+  labels: Int32Array
   nRows: number
   nClusters: number
   /** Real tokens skipped because their vector is all zeros. */

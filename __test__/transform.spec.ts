@@ -99,7 +99,7 @@ describe('transform', () => {
 
   it('refuses misuse with a code and a clear message', async () => {
     const model = new SequentialSoftClustering({ nClusters: 2, dModel: 3, temperature: 1, initialCenters: [[1, 0, 0], [0, 1, 0]] })
-    expectError(() => model.transform(new Float32Array(7), { shape: [2, 3] }), 'ERR_INVALID_INPUT', 'has 7 values but shape [2.0, 3.0] needs 6')
+    expectError(() => model.transform(new Float32Array(7), { shape: [2, 3] }), 'ERR_INVALID_INPUT', 'has 7 values but shape [2, 3] needs 6')
     expectError(() => model.transform(new Float32Array(6), { shape: [2, -3] }), 'ERR_INVALID_INPUT', 'non-negative integers')
     expectError(() => model.transform(new Float32Array(6), { shape: [3, 2] }), 'ERR_INVALID_INPUT', "D = 2 but the model's dModel is 3")
     expectError(() => model.transform(new Float32Array(6), { shape: [2, 3], attentionMask: [1] }), 'ERR_INVALID_INPUT', 'attentionMask: has 1 entries but there are 2 tokens')

@@ -39,11 +39,12 @@ export function currentPlatform() {
 }
 
 /**
- * Copies what the root package publishes into `stageDir`, with a manifest that has no
+ * Copies what the root package publishes into `stageDir`, with `optionalDependencies` (the
+ * platform packages, for a release) and a manifest that has no
  * `prepare` script: that script builds from source in a clone, while a published package ships
  * built files (and npm warns about packages with install-time scripts).
  */
-export function stageRoot(stageDir) {
+export function stageRoot(stageDir, optionalDependencies = undefined) {
   const pkg = readJson(join(root, 'package.json'))
   for (const needed of ['dist/index.js', 'dist/cli.js', 'index.js']) {
     if (!existsSync(join(root, needed))) fail(`${needed} is missing: run \`npm run build:ts\` (and build the binary) first`)
@@ -56,6 +57,7 @@ export function stageRoot(stageDir) {
     cpSync(from, join(stageDir, entry), { recursive: true })
   }
   delete pkg.scripts.prepare
+  if (optionalDependencies) pkg.optionalDependencies = optionalDependencies
   writeFileSync(join(stageDir, 'package.json'), JSON.stringify(pkg, null, 2) + '\n')
   return pkg
 }

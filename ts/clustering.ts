@@ -1,9 +1,11 @@
-import { centersArray, withoutCenters, type ClusteringConfig, type ResolvedConfig } from './config'
+import { existsSync, statSync } from 'node:fs'
+import { chunkShape, resolveChunks } from './chunks'
+import { centersArray, resolveConfig, withoutCenters, type ClusteringConfig, type ResolvedConfig } from './config'
 import * as native from './native'
 
 export interface TransformOptions {
-  /** `[B, S, D]` or `[T, D]`; its product must equal `activations.length`. */
-  shape: readonly number[]
+  /** `[B, S, D]` or `[T, D]`; its product must equal `activations.length`. Absent: `[T, dModel]`. */
+  shape?: readonly number[]
   /** `[B * S]`, nonzero (or true) = real token. Absent: every token is real. */
   attentionMask?: Uint8Array | ArrayLike<number | boolean>
   /** Also return the dense `[nRows, K]` matrix (default true). */
@@ -13,8 +15,8 @@ export interface TransformOptions {
 /**
  * Memberships of a batch of tokens: `memberships` (dense `[nRows, K]`, absent when `dense: false`),
  * `rowTokens` (`batch * S + position` of each row; padding and zero vectors have no row),
- * `indices` (`[nnz, 3]`: batch, position, cluster, sorted) with `values`, `nRows`, `nClusters`,
- * and `skipped` (real tokens whose vector was all zeros).
+ * `indices` (`[nnz, 3]`: batch, position, cluster, sorted) with `values`, `labels` (each row's
+ * hard label), `nRows`, `nClusters`, and `skipped` (real tokens whose vector was all zeros).
  */
 export type TransformResult = Omit<native.TransformOutput, 'memberships'> & { memberships?: Float32Array }
 
@@ -25,14 +27,23 @@ export function maskArray(mask: TransformOptions['attentionMask']): Uint8Array |
   return Uint8Array.from(Array.from(mask as ArrayLike<number | boolean>, (v) => (v ? 1 : 0)))
 }
 
-/** The chunk list as the array the core takes; a lone string would be read as one file per character. */
+/**
+ * The chunk files the core takes: files as given, folders and globs expanded as the CLI does
+ * (`resolveChunks`). A lone string would be read as one file per character, so it is refused.
+ */
 export function chunkList(chunkPaths: readonly string[]): string[] {
   if (!Array.isArray(chunkPaths)) {
     throw Object.assign(new TypeError(`chunkPaths: must be an array of paths, got ${typeof chunkPaths === 'string' ? `the string ${JSON.stringify(chunkPaths)}` : typeof chunkPaths}`), {
       code: 'ERR_INVALID_INPUT',
     })
   }
-  return [...chunkPaths]
+  const isFile = (p: string): boolean => typeof p === 'string' && existsSync(p) && statSync(p).isFile()
+  return chunkPaths.flatMap((p) => (isFile(p) || typeof p !== 'string' ? [p] : resolveChunks([p])))
+}
+
+/** The `shape` argument of the core: absent means `[T, dModel]` (the core works it out). */
+export function shapeArg(shape: readonly number[] | undefined): number[] | undefined {
+  return shape === undefined || shape === null ? undefined : [...shape]
 }
 
 /**
@@ -55,7 +66,8 @@ export async function withProgress<T>(onProgress: ((p: native.FitProgress) => vo
   return result
 }
 
-function activationsArray(activations: Float32Array | ArrayLike<number>): Float32Array {
+/** Activations as the `Float32Array` the core reads; other arrays of numbers (`Float64Array`, `number[]`) are converted. */
+export function activationsArray(activations: Float32Array | ArrayLike<number>): Float32Array {
   return activations instanceof Float32Array ? activations : Float32Array.from(activations as ArrayLike<number>)
 }
 
@@ -91,21 +103,41 @@ export type ModelSummary = native.ModelSummary
 
 /** Soft spherical k-means over token activations (README "Use it from TypeScript"). */
 export class SequentialSoftClustering {
-  /** @internal */
-  readonly model: native.NativeModel
+  #model: native.NativeModel | undefined
+  /** A config without `dModel`: `fitChunks` takes it from the first chunk's header. */
+  #pending: ClusteringConfig | undefined
 
+  /**
+   * `config` is checked now (`ERR_INVALID_CONFIG`). Without `dModel`, `fitChunks` reads it from
+   * the first chunk (`initialCenters` need it given).
+   */
   constructor(config: ClusteringConfig)
   /** @internal */
   constructor(config: ClusteringConfig, model: native.NativeModel)
   constructor(config: ClusteringConfig, model?: native.NativeModel) {
-    this.model = model ?? new native.NativeModel(withoutCenters(config), centersArray(config.initialCenters))
+    if (model === undefined && config !== null && typeof config === 'object' && config.dModel === undefined && config.initialCenters === undefined) {
+      resolveConfig({ ...config, dModel: 1 }) // every other field is checked now
+      this.#pending = { ...config }
+      return
+    }
+    this.#model = model ?? new native.NativeModel(withoutCenters(config), centersArray(config.initialCenters))
+  }
+
+  /** @internal The native model; a config without `dModel` gets one at its first fit. */
+  get model(): native.NativeModel {
+    if (this.#model === undefined) {
+      throw Object.assign(new Error('model: has no centers yet: fit it, load one, or pass initialCenters'), { code: 'ERR_INVALID_INPUT' })
+    }
+    return this.#model
   }
 
   /**
    * The config with every default filled in: after a fit (or for a loaded model) the fitted
-   * model's, where an `'auto'` temperature has become the number the fit chose.
+   * model's, where an `'auto'` temperature has become the number the fit chose. `dModel` is 0
+   * until a fit has read it from the chunks when the config left it out.
    */
   get config(): ResolvedConfig {
+    if (this.#pending) return { ...resolveConfig({ ...this.#pending, dModel: 1 }), dModel: 0 }
     return this.model.config
   }
 
@@ -122,6 +154,11 @@ export class SequentialSoftClustering {
    */
   async fitChunks(chunkPaths: readonly string[], outputDir: string, options: FitOptions = {}): Promise<HistoryEntry[]> {
     const chunks = chunkList(chunkPaths)
+    if (this.#pending) {
+      if (chunks.length === 0) throw Object.assign(new Error('chunkPaths: no chunk files'), { code: 'ERR_INVALID_INPUT' })
+      this.#model = new native.NativeModel(withoutCenters({ ...this.#pending, dModel: chunkShape(chunks[0]!)[2] }))
+      this.#pending = undefined
+    }
     return withProgress(options.onProgress, (cb) => this.model.fitChunks(chunks, outputDir, cb, options.resume ?? false, options.overwrite ?? false))
   }
 
@@ -141,18 +178,22 @@ export class SequentialSoftClustering {
 
   /** Cluster statistics, exemplars, history, chunk names and the device of the last fit; null before there are centers. */
   get summary(): ModelSummary | null {
-    return this.model.summary() ?? null
+    return this.#model?.summary() ?? null
   }
 
   /** The centers, `[K * D]` row-major unit vectors, or null before there are any. */
   get centers(): Float32Array | null {
-    return this.model.centers
+    return this.#model?.centers ?? null
   }
 
-  /** Memberships of a batch of tokens, computed on the calling thread. */
-  transform(activations: Float32Array | ArrayLike<number>, options: TransformOptions): TransformResult {
+  /**
+   * Memberships of a batch of tokens, computed on the calling thread. `activations` is a
+   * `Float32Array` (read in place) or any other array of numbers (converted to float32);
+   * `labels` holds each row's hard label (argmax).
+   */
+  transform(activations: Float32Array | ArrayLike<number>, options: TransformOptions = {}): TransformResult {
     return stripNull(
-      this.model.transform(activationsArray(activations), [...options.shape], maskArray(options.attentionMask), options.dense ?? true),
+      this.model.transform(activationsArray(activations), shapeArg(options.shape), maskArray(options.attentionMask), options.dense ?? true),
     )
   }
 
@@ -160,9 +201,9 @@ export class SequentialSoftClustering {
    * The same as `transform`, off the JS thread. The inputs are copied when it is called, so the
    * caller may reuse or detach its buffers at once.
    */
-  async transformAsync(activations: Float32Array | ArrayLike<number>, options: TransformOptions): Promise<TransformResult> {
+  async transformAsync(activations: Float32Array | ArrayLike<number>, options: TransformOptions = {}): Promise<TransformResult> {
     return stripNull(
-      await this.model.transformAsync(activationsArray(activations), [...options.shape], maskArray(options.attentionMask), options.dense ?? true),
+      await this.model.transformAsync(activationsArray(activations), shapeArg(options.shape), maskArray(options.attentionMask), options.dense ?? true),
     )
   }
 }

@@ -6,10 +6,13 @@ import * as native from './native'
 export type Device = NonNullable<native.ClusteringConfig['device']>
 
 /**
- * The config (docs/algorithm.md "Config"): the binding's `ClusteringConfig` (only `nClusters` and
- * `dModel` are required; `temperature` is a number or `'auto'`, the default), plus starting centers.
+ * The config (docs/algorithm.md "Config"): the binding's `ClusteringConfig` (only `nClusters` is
+ * required; `temperature` is a number or `'auto'`, the default), plus starting centers. Without
+ * `dModel`, `fitChunks` reads it from the first chunk.
  */
-export type ClusteringConfig = native.ClusteringConfig & {
+export type ClusteringConfig = Omit<native.ClusteringConfig, 'dModel'> & {
+  /** Dimension of the activations; absent: `fitChunks` reads it from the first chunk's header. */
+  dModel?: number
   /** Starting centers: `K * D` values row-major, or `K` rows of `D` (normalized on entry). */
   initialCenters?: Float32Array | ArrayLike<number>[]
 }
@@ -40,10 +43,10 @@ export function centersArray(centers: ClusteringConfig['initialCenters']): Float
   return out
 }
 
-/** The config without `initialCenters`, which travels separately, as data. */
+/** The config without `initialCenters`, which travels separately, as data (a missing `dModel` is the core's to refuse). */
 export function withoutCenters(config: ClusteringConfig): native.ClusteringConfig {
   const { initialCenters: _centers, ...plain } = config
-  return plain
+  return plain as native.ClusteringConfig
 }
 
 /** Validates `config` in the core and returns it with the defaults filled in. */

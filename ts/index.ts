@@ -10,6 +10,7 @@ export {
   type TransformOptions,
   type TransformResult,
 } from './clustering'
+export { chunkShape, resolveChunks } from './chunks'
 export { resolveConfig, type ClusteringConfig, type Device, type ResolvedConfig } from './config'
 import type { Device } from './config'
 import * as native from './native'

@@ -1,6 +1,7 @@
 import { analyzeChunks, type ClusterAnalysis } from '../analysis'
 import { SequentialSoftClustering } from '../clustering'
-import { printJson, resolveChunks } from './chunks'
+import { resolveChunks } from '../chunks'
+import { printJson } from './chunks'
 import { progressReporter } from './progress'
 
 export interface AnalyzeCommandOptions {

@@ -2,7 +2,8 @@ import { resolve } from 'node:path'
 import { SequentialSoftClustering } from '../clustering'
 import type { ClusteringConfig, Device } from '../config'
 import * as native from '../native'
-import { membershipsFiles, printJson, resolveChunks } from './chunks'
+import { resolveChunks } from '../chunks'
+import { membershipsFiles, printJson } from './chunks'
 import { progressReporter } from './progress'
 
 export interface FitCommandOptions {

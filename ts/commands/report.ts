@@ -4,7 +4,8 @@ import { analyzeSequentialClusters, type ClusterAnalysis } from '../analysis'
 import { idDecoder, tokenizerDecoder, vocabDecoder, type TokenDecoder } from '../decode'
 import { renderReport } from '../report'
 import { analyzeModel } from './analyze'
-import { printJson, resolveChunks } from './chunks'
+import { resolveChunks } from '../chunks'
+import { printJson } from './chunks'
 
 export interface ReportCommandOptions {
   model: string

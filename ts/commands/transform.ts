@@ -1,6 +1,7 @@
 import { resolve } from 'node:path'
 import { SequentialSoftClustering } from '../clustering'
-import { membershipsFiles, printJson, resolveChunks } from './chunks'
+import { resolveChunks } from '../chunks'
+import { membershipsFiles, printJson } from './chunks'
 import { progressReporter } from './progress'
 
 export interface TransformCommandOptions {

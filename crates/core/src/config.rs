@@ -219,8 +219,8 @@ impl ClusteringConfig {
         if let Some(unknown) = map.keys().find(|k| !FIELDS.contains(&k.as_str())) {
             return Err(Error::config(unknown, format!("unknown field (known: {})", FIELDS.join(", "))));
         }
-        let n_clusters = integer(map, "nClusters")?.ok_or_else(|| Error::config("nClusters", "is required"))?;
-        let d_model = integer(map, "dModel")?.ok_or_else(|| Error::config("dModel", "is required"))?;
+        let n_clusters = integer(map, "nClusters", 1)?.ok_or_else(|| Error::config("nClusters", "is required"))?;
+        let d_model = integer(map, "dModel", 1)?.ok_or_else(|| Error::config("dModel", "is required"))?;
         let mut c = ClusteringConfig::new(n_clusters as usize, d_model as usize);
         match map.get("temperature") {
             None | Some(Value::Null) => {}
@@ -235,11 +235,11 @@ impl ClusteringConfig {
         if let Some(v) = map.get("device") {
             c.device = v.as_str().ok_or_else(|| Error::config("device", "must be a string"))?.parse()?;
         }
-        if let Some(v) = integer(map, "nExemplars")? { c.n_exemplars = v as usize; }
-        if let Some(v) = integer(map, "contextWindow")? { c.context_window = v as usize; }
-        if let Some(v) = integer(map, "nIterations")? { c.n_iterations = v as usize; }
-        if let Some(v) = integer(map, "warmupIterations")? { c.warmup_iterations = v as usize; }
-        if let Some(v) = integer(map, "seed")? { c.seed = v; }
+        if let Some(v) = integer(map, "nExemplars", 0)? { c.n_exemplars = v as usize; }
+        if let Some(v) = integer(map, "contextWindow", 0)? { c.context_window = v as usize; }
+        if let Some(v) = integer(map, "nIterations", 0)? { c.n_iterations = v as usize; }
+        if let Some(v) = integer(map, "warmupIterations", 0)? { c.warmup_iterations = v as usize; }
+        if let Some(v) = integer(map, "seed", 0)? { c.seed = v; }
         if let Some(v) = number(map, "tol")? { c.tol = v; }
         if let Some(v) = map.get("precision") {
             c.precision = v.as_str().ok_or_else(|| Error::config("precision", "must be a string"))?.parse()?;
@@ -289,10 +289,11 @@ fn number(map: &Map<String, Value>, field: &str) -> Result<Option<f64>> {
     }
 }
 
-fn integer(map: &Map<String, Value>, field: &str) -> Result<Option<u64>> {
+/// An integer field of at least `least`.
+fn integer(map: &Map<String, Value>, field: &str, least: u64) -> Result<Option<u64>> {
     let Some(v) = number(map, field)? else { return Ok(None) };
-    if v.fract() != 0.0 || v < 0.0 || v > MAX_SAFE_INTEGER {
-        return Err(Error::config(field, format!("must be a non-negative integer, got {v}")));
+    if v.fract() != 0.0 || v < least as f64 || v > MAX_SAFE_INTEGER {
+        return Err(Error::config(field, format!("must be an integer >= {least}, got {v}")));
     }
     Ok(Some(v as u64))
 }

@@ -12,29 +12,43 @@ use std::time::Instant;
 
 /// `(batch, seq_len, d)` of a caller's `shape` (`[B, S, D]` or `[T, D]`) for an array of `len`
 /// values, checked: whole non-negative dimensions whose product is `len`, and `D = d_model`.
-pub fn layout_of(shape: &[f64], len: usize, d_model: usize) -> Result<(usize, usize, usize)> {
+pub fn layout_of(shape: Option<&[f64]>, len: usize, d_model: usize) -> Result<(usize, usize, usize)> {
+    let Some(shape) = shape else {
+        // No shape: `[T, D]` rows of the model's D.
+        if d_model == 0 || len % d_model != 0 {
+            return Err(Error::invalid_input("activations", format!("has {len} values, not a whole number of rows of dModel = {d_model}; give shape [B, S, D] or [T, D]")));
+        }
+        return Ok((1, len / d_model, d_model));
+    };
+    let shown = show_shape(shape);
     let dims: Vec<usize> = shape
         .iter()
         .map(|&v| {
             if v >= 0.0 && v.fract() == 0.0 && v <= u32::MAX as f64 {
                 Ok(v as usize)
             } else {
-                Err(Error::invalid_input("shape", format!("dimensions must be non-negative integers, got {shape:?}")))
+                Err(Error::invalid_input("shape", format!("dimensions must be non-negative integers, got {shown}")))
             }
         })
         .collect::<Result<_>>()?;
     let (batch, seq_len, d) = match dims[..] {
         [b, s, d] => (b, s, d),
         [t, d] => (1, t, d),
-        _ => return Err(Error::invalid_input("shape", format!("must be [B, S, D] or [T, D], got {shape:?}"))),
+        _ => return Err(Error::invalid_input("shape", format!("must be [B, S, D] or [T, D], got {shown}"))),
     };
     if d != d_model {
         return Err(Error::invalid_input("shape", format!("D = {d} but the model's dModel is {d_model}")));
     }
     if batch.checked_mul(seq_len).and_then(|n| n.checked_mul(d)) != Some(len) {
-        return Err(Error::invalid_input("activations", format!("has {len} values but shape {shape:?} needs {}", batch as f64 * seq_len as f64 * d as f64)));
+        return Err(Error::invalid_input("activations", format!("has {len} values but shape {shown} needs {}", batch as u128 * seq_len as u128 * d as u128)));
     }
     Ok((batch, seq_len, d))
+}
+
+/// `[16, 64, 384]`: a shape as the user wrote it (JS numbers arrive as floats).
+fn show_shape(shape: &[f64]) -> String {
+    let dims: Vec<String> = shape.iter().map(|&v| if v.fract() == 0.0 && v.abs() < 1e15 { format!("{}", v as i64) } else { format!("{v}") }).collect();
+    format!("[{}]", dims.join(", "))
 }
 
 /// Memberships of every real token of `tokens`; `dense` adds the `[rows, K]` matrix.
@@ -82,13 +96,16 @@ mod tests {
 
     #[test]
     fn shapes_are_checked() {
-        assert_eq!(layout_of(&[2.0, 3.0, 4.0], 24, 4).unwrap(), (2, 3, 4));
-        assert_eq!(layout_of(&[6.0, 4.0], 24, 4).unwrap(), (1, 6, 4));
-        let msg = |s: &[f64], len, d| layout_of(s, len, d).unwrap_err().to_string();
+        assert_eq!(layout_of(Some(&[2.0, 3.0, 4.0]), 24, 4).unwrap(), (2, 3, 4));
+        assert_eq!(layout_of(Some(&[6.0, 4.0]), 24, 4).unwrap(), (1, 6, 4));
+        assert_eq!(layout_of(None, 24, 4).unwrap(), (1, 6, 4));
+        assert!(layout_of(None, 23, 4).unwrap_err().to_string().contains("23 values, not a whole number of rows of dModel = 4"));
+        let msg = |s: &[f64], len, d| layout_of(Some(s), len, d).unwrap_err().to_string();
         assert!(msg(&[2.0, -3.0, 4.0], 24, 4).contains("non-negative integers"));
         assert!(msg(&[2.0, 1.5, 4.0], 24, 4).contains("non-negative integers"));
         assert!(msg(&[24.0], 24, 4).contains("must be [B, S, D] or [T, D]"));
-        assert!(msg(&[2.0, 3.0, 4.0], 23, 4).contains("has 23 values but shape"));
+        assert!(msg(&[2.0, 3.0, 4.0], 23, 4).contains("has 23 values but shape [2, 3, 4] needs 24"));
+        assert!(msg(&[2.0, 1.5, 4.0], 24, 4).contains("got [2, 1.5, 4]"));
         assert!(msg(&[2.0, 3.0, 4.0], 24, 5).contains("D = 4 but the model's dModel is 5"));
     }
 }

@@ -1,6 +1,6 @@
 //! Files as JS reads them: input chunks, `.npy` arrays, memberships files and their names.
 
-use crate::errors::js_error;
+use crate::errors::{invalid_input, js_error};
 use crate::tasks::Work;
 use napi::bindgen_prelude::*;
 use napi::Env;
@@ -18,31 +18,43 @@ pub struct ChunkData {
     /// `[B * S]`, 1 = real token; absent when the chunk has no mask.
     pub attention_mask: Option<Uint8Array>,
     /// `[B * S]`; absent when the chunk has no token ids.
-    pub token_ids: Option<BigInt64Array>,
+    pub token_ids: Option<Int32Array>,
 }
 
-impl From<Chunk> for ChunkData {
-    fn from(c: Chunk) -> Self {
-        ChunkData {
+/// Integers stored as int64 in files, as the `Int32Array` every result uses: token ids and
+/// indices are far below 2^31; a value that is not is refused rather than wrapped.
+fn int32s(values: Vec<i64>, what: &str) -> soft_cluster_core::Result<Int32Array> {
+    let out: Vec<i32> = values
+        .iter()
+        .enumerate()
+        .map(|(i, &v)| i32::try_from(v).map_err(|_| invalid_input(what, &format!("value {v} at {i} does not fit in an Int32Array"))))
+        .collect::<soft_cluster_core::Result<_>>()?;
+    Ok(Int32Array::new(out))
+}
+
+impl ChunkData {
+    fn new(c: Chunk) -> soft_cluster_core::Result<Self> {
+        let what = format!("{}: token_ids", c.source);
+        Ok(ChunkData {
             activations: Float32Array::new(c.activations.to_f32()),
             shape: vec![c.batch as u32, c.seq_len as u32, c.d_model as u32],
             dtype: c.activations.dtype().to_string(),
             attention_mask: c.attention_mask.map(Uint8Array::new),
-            token_ids: c.token_ids.map(BigInt64Array::new),
-        }
+            token_ids: c.token_ids.map(|t| int32s(t, &what)).transpose()?,
+        })
     }
 }
 
 /// Reads one chunk file (docs/formats.md "Input chunks") on the calling thread.
 #[napi]
 pub fn read_chunk(env: Env, path: String) -> Result<ChunkData> {
-    soft_cluster_core::read_chunk(Path::new(&path)).map(ChunkData::from).map_err(|e| js_error(&env, e))
+    soft_cluster_core::read_chunk(Path::new(&path)).and_then(ChunkData::new).map_err(|e| js_error(&env, e))
 }
 
 /// Reads one chunk file on the libuv thread pool.
 #[napi(ts_return_type = "Promise<ChunkData>")]
 pub fn read_chunk_async(path: String) -> AsyncTask<Work<ChunkData>> {
-    Work::new(move || soft_cluster_core::read_chunk(Path::new(&path)).map(ChunkData::from))
+    Work::new(move || soft_cluster_core::read_chunk(Path::new(&path)).and_then(ChunkData::new))
 }
 
 /// `[B, S, D]` of a chunk, from its header alone (no data is read).
@@ -70,7 +82,7 @@ pub fn read_npy(env: Env, path: String) -> Result<NpyArray> {
 #[napi(object)]
 pub struct MembershipsFile {
     /// `[nnz, 3]`: (batch, position, cluster).
-    pub indices: BigInt64Array,
+    pub indices: Int32Array,
     pub values: Float32Array,
     pub total_sequences: Option<f64>,
     pub sequence_length: Option<f64>,
@@ -83,7 +95,7 @@ pub struct MembershipsFile {
 pub fn read_memberships(env: Env, path: String) -> Result<MembershipsFile> {
     let m = soft_cluster_core::memberships_file::read(Path::new(&path)).map_err(|e| js_error(&env, e))?;
     Ok(MembershipsFile {
-        indices: BigInt64Array::new(m.indices),
+        indices: int32s(m.indices, &format!("{path}: indices")).map_err(|e| js_error(&env, e))?,
         values: Float32Array::new(m.values),
         total_sequences: m.total_sequences.map(|v| v as f64),
         sequence_length: m.sequence_length.map(|v| v as f64),

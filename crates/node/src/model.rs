@@ -28,6 +28,8 @@ pub struct TransformOutput {
     /// Nonzero memberships as `[nnz, 3]` (batch, position, cluster), sorted.
     pub indices: Int32Array,
     pub values: Float32Array,
+    /// Hard labels: the cluster of each row's largest membership (the lowest id on ties).
+    pub labels: Int32Array,
     pub n_rows: u32,
     pub n_clusters: u32,
     /// Real tokens skipped because their vector is all zeros.
@@ -37,6 +39,7 @@ pub struct TransformOutput {
 impl TransformOutput {
     fn new(out: PassOutput, seq_len: usize, k: usize) -> Self {
         let indices = out.coo_indices(seq_len).into_iter().map(|v| v as i32).collect();
+        let labels = out.hard_labels().into_iter().map(|c| c as i32).collect();
         let sparse = out.sparse.unwrap_or_default();
         TransformOutput {
             n_rows: out.rows.len() as u32,
@@ -46,6 +49,7 @@ impl TransformOutput {
             row_tokens: Uint32Array::new(out.rows.token),
             indices: Int32Array::new(indices),
             values: Float32Array::new(sparse.value),
+            labels: Int32Array::new(labels),
         }
     }
 }
@@ -178,12 +182,12 @@ impl NativeModel {
         &self,
         env: Env,
         activations: Float32ArraySlice,
-        shape: Vec<f64>,
+        shape: Option<Vec<f64>>,
         attention_mask: Option<Uint8ArraySlice>,
         dense: bool,
     ) -> Result<TransformOutput> {
         let model = self.model_or_error(&env)?;
-        run_transform(&model, &activations, &shape, attention_mask.as_deref(), dense).map_err(|e| js_error(&env, e))
+        run_transform(&model, &activations, shape.as_deref(), attention_mask.as_deref(), dense).map_err(|e| js_error(&env, e))
     }
 
     /// The same as `transform`, on the libuv thread pool. The arrays are copied here, on the JS
@@ -194,13 +198,13 @@ impl NativeModel {
         &self,
         env: Env,
         activations: Float32Array,
-        shape: Vec<f64>,
+        shape: Option<Vec<f64>>,
         attention_mask: Option<Uint8Array>,
         dense: bool,
     ) -> Result<AsyncTask<Work<TransformOutput>>> {
         let model = self.model_or_error(&env)?;
         let (activations, attention_mask) = (activations.to_vec(), attention_mask.map(|m| m.to_vec()));
-        Ok(Work::new(move || run_transform(&model, &activations, &shape, attention_mask.as_deref(), dense)))
+        Ok(Work::new(move || run_transform(&model, &activations, shape.as_deref(), attention_mask.as_deref(), dense)))
     }
 
     /// Quality metrics of a batch of tokens, on the calling thread.
@@ -209,14 +213,15 @@ impl NativeModel {
         &self,
         env: Env,
         activations: Float32ArraySlice,
-        shape: Vec<f64>,
+        shape: Option<Vec<f64>>,
         attention_mask: Option<Uint8ArraySlice>,
-        token_ids: Option<BigInt64ArraySlice>,
+        token_ids: Option<Int32ArraySlice>,
         options: Option<AnalyzeParams>,
     ) -> Result<ClusterAnalysis> {
         let model = self.model_or_error(&env)?;
+        let token_ids: Option<Vec<i64>> = token_ids.map(|ids| ids.iter().map(|&v| i64::from(v)).collect());
         let run = || -> soft_cluster_core::Result<ClusterAnalysis> {
-            let (_, seq_len, d) = layout_of(&shape, activations.len(), model.config.d_model)?;
+            let (_, seq_len, d) = layout_of(shape.as_deref(), activations.len(), model.config.d_model)?;
             let tokens = Tokens { source: "activations", chunk_index: 0, first_row: 0, activations: ActivationsRef::F32(&activations), seq_len, d, mask: attention_mask.as_deref() };
             let backend = backend_for(&model.config)?;
             let analysis = analyze(backend.as_ref(), &model.config, &model.centers, &tokens, token_ids.as_deref(), analysis::options(options.as_ref()))?;
@@ -327,7 +332,7 @@ impl NativeModel {
     }
 }
 
-fn run_transform(model: &Model, activations: &[f32], shape: &[f64], mask: Option<&[u8]>, dense: bool) -> soft_cluster_core::Result<TransformOutput> {
+fn run_transform(model: &Model, activations: &[f32], shape: Option<&[f64]>, mask: Option<&[u8]>, dense: bool) -> soft_cluster_core::Result<TransformOutput> {
     let (_, seq_len, d) = layout_of(shape, activations.len(), model.config.d_model)?;
     let tokens = Tokens { source: "activations", chunk_index: 0, first_row: 0, activations: ActivationsRef::F32(activations), seq_len, d, mask };
     let backend = backend_for(&model.config)?;

@@ -460,6 +460,18 @@ pub(crate) fn check_shapes(centers: &Centers, tokens: &Tokens) -> Result<()> {
 }
 
 impl PassOutput {
+    /// Hard labels: for each row, the cluster of its largest membership (the lowest id on
+    /// ties). Thresholding always keeps that entry, so the sparse rows hold it.
+    pub fn hard_labels(&self) -> Vec<u32> {
+        let Some(sparse) = &self.sparse else { return Vec::new() };
+        (0..self.rows.len())
+            .map(|r| {
+                let (clusters, values) = sparse.row(r);
+                clusters.iter().zip(values).fold((u32::MAX, f32::NEG_INFINITY), |best, (&c, &v)| if v > best.1 || (v == best.1 && c < best.0) { (c, v) } else { best }).0
+            })
+            .collect()
+    }
+
     /// Nonzero memberships as flattened `(batch, position, cluster)` triplets, sorted in that
     /// order (docs/formats.md "Memberships file"), for tokens laid out `seq_len` to a sequence.
     pub fn coo_indices(&self, seq_len: usize) -> Vec<i64> {
