@@ -32,13 +32,13 @@ export declare class NativeModel {
    * Memberships of `activations` (`shape` `[B, S, D]` or `[T, D]`) on the calling thread.
    * The typed arrays are read in place, without a copy.
    */
-  transform(activations: Float32Array, shape: Array<number> | undefined | null, attentionMask: Uint8Array | undefined | null, dense: boolean): TransformOutput
+  transform(activations: Float32Array, shape: Array<number> | undefined | null, attentionMask: Uint8Array | undefined | null, dense: boolean, level?: number | undefined | null): TransformOutput
   /**
    * The same as `transform`, on the libuv thread pool. The arrays are copied here, on the JS
    * thread, before the work starts: the caller may reuse, change or detach its buffers as soon
    * as the call returns, without touching the result.
    */
-  transformAsync(activations: Float32Array, shape: Array<number> | undefined | null, attentionMask: Uint8Array | undefined | null, dense: boolean): Promise<TransformOutput>
+  transformAsync(activations: Float32Array, shape: Array<number> | undefined | null, attentionMask: Uint8Array | undefined | null, dense: boolean, level?: number | undefined | null): Promise<TransformOutput>
   /** Quality metrics of a batch of tokens, on the calling thread. */
   analyze(activations: Float32Array, shape?: Array<number> | undefined | null, attentionMask?: Uint8Array | undefined | null, tokenIds?: Int32Array | undefined | null, options?: AnalyzeParams | undefined | null): ClusterAnalysis
   /** Quality metrics over chunk files, streamed on the libuv thread pool. */
@@ -54,7 +54,29 @@ export declare class NativeModel {
    * Writes `<outputDir>/<chunk>.memberships.npz` for every chunk under this model's centers,
    * on the libuv pool. Resolves with the number of token rows written.
    */
-  transformChunks(chunkPaths: Array<string>, outputDir: string, onProgress?: ((progress: FitProgress) => void) | undefined | null, overwrite?: boolean | undefined | null): Promise<number>
+  transformChunks(chunkPaths: Array<string>, outputDir: string, onProgress?: ((progress: FitProgress) => void) | undefined | null, overwrite?: boolean | undefined | null, level?: number | undefined | null): Promise<number>
+  /**
+   * The tree over the clusters (docs/algorithm.md "Hierarchy"): `[K - 1]` rows of scipy's
+   * linkage layout `[a, b, distance, clusters]` (ids >= K name the group made by row id - K).
+   */
+  hierarchy(): Array<Array<number>>
+  /**
+   * A new model with `clusters` merged into one (docs/algorithm.md "Merge"); with chunks,
+   * `iterations` passes over them follow (decay 0: the model then describes those chunks).
+   */
+  merge(clusters: Array<number>, chunkPaths?: Array<string> | undefined | null, iterations?: number | undefined | null, onProgress?: ((progress: FitProgress) => void) | undefined | null): Promise<NativeModel>
+  /**
+   * A new model with `cluster` split into `parts` by its member tokens in the chunks, then
+   * `iterations` passes over them (docs/algorithm.md "Split").
+   */
+  split(cluster: number, parts: number, chunkPaths: Array<string>, iterations?: number | undefined | null, onProgress?: ((progress: FitProgress) => void) | undefined | null): Promise<NativeModel>
+  /**
+   * Folds new chunks into this model (docs/algorithm.md "Update"): `iterations` passes whose
+   * sums are added to the stored ones scaled by `decay`, then the output pass, which writes the
+   * new chunks' memberships files and `model.safetensors` into `outputDir`. This model becomes
+   * the updated one; resolves with its whole history.
+   */
+  partialFit(chunkPaths: Array<string>, outputDir: string, iterations?: number | undefined | null, decay?: number | undefined | null, overwrite?: boolean | undefined | null, onProgress?: ((progress: FitProgress) => void) | undefined | null): Promise<Array<HistoryEntry>>
   /** Writes the model file (docs/formats.md "Model file") atomically, on the libuv pool. */
   save(path: string): Promise<void>
   /** Reads a model file, on the libuv pool. */
@@ -281,12 +303,32 @@ export interface ModelSummary {
    * (docs/algorithm.md "Collapse warning"); empty when all is well.
    */
   warnings: Array<string>
+  /** Whether the model keeps the sums an update, merge or split needs (`format_version` 2). */
+  hasStatistics: boolean
+  /** Merges, splits, updates and refits since the fit, in order. */
+  operations: Array<OperationInfo>
 }
 
 /** A float `.npy` array (e.g. initial centers), as float32. */
 export interface NpyArray {
   shape: Array<number>
   data: Float32Array
+}
+
+/** An operation on a fitted model (docs/formats.md "Model file", metadata `operations`). */
+export interface OperationInfo {
+  /** `merge`, `split`, `update` or `refit` (an update with decay 0). */
+  op: string
+  /** The clusters it acted on, as numbered before it. */
+  clusters: Array<number>
+  /** `mapping[old] = new` cluster id. */
+  mapping: Array<number>
+  /** K after it. */
+  nClusters: number
+  /** Chunk files an update added. */
+  chunks: Array<string>
+  /** Passes over the data run after it. */
+  iterations: number
 }
 
 /** Metrics of the whole partition. */

@@ -50,3 +50,29 @@ export function expectError(fn: () => unknown, code: string, ...needles: string[
   }
   return err
 }
+
+/** Writes a little-endian float32 `.npy` file (what `np.save` writes for a C-ordered array). */
+export function writeNpy(path: string, data: Float32Array, shape: readonly number[]): void {
+  let header = `{'descr': '<f4', 'fortran_order': False, 'shape': (${shape.join(', ')}${shape.length === 1 ? ',' : ''}), }`
+  header += ' '.repeat(64 - ((10 + header.length + 1) % 64)) + '\n'
+  const head = Buffer.alloc(10)
+  head.write('\x93NUMPY', 0, 'latin1')
+  head.writeUInt8(1, 6)
+  head.writeUInt8(0, 7)
+  head.writeUInt16LE(header.length, 8)
+  require('node:fs').writeFileSync(path, Buffer.concat([head, Buffer.from(header, 'latin1'), Buffer.from(data.buffer, data.byteOffset, data.byteLength)]))
+}
+
+/** A seeded uniform generator in [0, 1) (mulberry32), and a standard normal from it. */
+export function seeded(seed: number): { uniform: () => number; normal: () => number } {
+  let a = seed >>> 0
+  const uniform = (): number => {
+    a = (a + 0x6d2b79f5) >>> 0
+    let t = a
+    t = Math.imul(t ^ (t >>> 15), t | 1)
+    t ^= t + Math.imul(t ^ (t >>> 7), t | 61)
+    return ((t ^ (t >>> 14)) >>> 0) / 4294967296
+  }
+  const normal = (): number => Math.sqrt(-2 * Math.log(1 - uniform())) * Math.cos(2 * Math.PI * uniform())
+  return { uniform, normal }
+}

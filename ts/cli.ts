@@ -6,7 +6,11 @@ import { analyzeCommand } from './commands/analyze'
 import { demo } from './commands/demo'
 import { fit } from './commands/fit'
 import { reportCommand } from './commands/report'
+import { mergeCommand } from './commands/merge'
+import { splitCommand } from './commands/split'
 import { transformCommand } from './commands/transform'
+import { treeCommand } from './commands/tree'
+import { updateCommand } from './commands/update'
 import { setActivationsKey, setMaxChunkBytes } from './index'
 
 const number = (value: string): number => {
@@ -85,10 +89,54 @@ export function main(argv: string[]): void {
     .argument('<chunks...>', 'chunk files (.npz, .safetensors, .npy, .arrow), directories (their chunk files, by name) or globs')
     .requiredOption('--model <file>', 'a model.safetensors written by fit')
     .requiredOption('--out <dir>', 'output folder')
+    .option('--level <N>', 'memberships of the N groups of the tree cut (soft-cluster tree) instead of the clusters', count)
     .option('--overwrite', "replace an earlier run's outputs in --out, once this run is complete")
     .option('--progress', 'show progress on stderr even when it is not a terminal')
     .option('--json', 'print what was written as JSON'))
     .action(transformCommand)
+  program
+    .command('tree')
+    .description("the tree over a model's clusters (average linkage on cosine distance, weighted by mass), as scipy linkage rows")
+    .requiredOption('--model <file>', 'a model.safetensors')
+    .option('--json', 'print the linkage table as JSON')
+    .action(treeCommand)
+  withReadOptions(program
+    .command('merge')
+    .description('merge clusters of a model into one, from their summed statistics; write the new model')
+    .requiredOption('--model <file>', 'a model.safetensors written by fit (format_version 2)')
+    .requiredOption('--clusters <ids>', 'the clusters to merge, e.g. 3,7')
+    .requiredOption('--out <file>', 'the new model file')
+    .option('--refit <chunks...>', 'then run passes over these chunks (files, directories or globs)')
+    .option('--iterations <N>', 'passes with --refit (3)', count)
+    .option('--overwrite', 'replace --out if it exists')
+    .option('--progress', 'show progress on stderr even when it is not a terminal')
+    .option('--json', 'print the new ids (old -> new) as JSON'))
+    .action(mergeCommand)
+  withReadOptions(program
+    .command('split')
+    .description("split a cluster by its member tokens in the chunks, then run passes; write the new model")
+    .argument('<chunks...>', 'chunk files, directories or globs')
+    .requiredOption('--model <file>', 'a model.safetensors')
+    .requiredOption('--cluster <id>', 'the cluster to split', count)
+    .option('--into <N>', 'parts (2)', count, 2)
+    .requiredOption('--out <file>', 'the new model file')
+    .option('--iterations <N>', 'passes over the chunks after the split (3)', count)
+    .option('--overwrite', 'replace --out if it exists')
+    .option('--progress', 'show progress on stderr even when it is not a terminal')
+    .option('--json', 'print the new clusters as JSON'))
+    .action(splitCommand)
+  withReadOptions(program
+    .command('update')
+    .description('fold new chunks into a fitted model: passes whose sums add to the stored ones, memberships of the new chunks')
+    .argument('<chunks...>', 'new chunk files, directories or globs')
+    .requiredOption('--model <file>', 'a model.safetensors written by fit (format_version 2)')
+    .requiredOption('--out <dir>', 'output folder (model.safetensors and the new memberships files)')
+    .option('--iterations <N>', 'passes over the new chunks (3)', count)
+    .option('--decay <d>', 'weight of the stored statistics, in [0, 1] (1: all data weighs the same)', number)
+    .option('--overwrite', "replace an earlier run's outputs in --out, once this run is complete")
+    .option('--progress', 'show progress on stderr even when it is not a terminal')
+    .option('--json', 'print what was written, and the history, as JSON'))
+    .action(updateCommand)
   withMetricOptions(program
     .command('analyze')
     .description('quality metrics of a fitted model over chunk files: per cluster and overall')

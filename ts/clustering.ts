@@ -10,6 +10,8 @@ export interface TransformOptions {
   attentionMask?: Uint8Array | ArrayLike<number | boolean>
   /** Also return the dense `[nRows, K]` matrix (default true). */
   dense?: boolean
+  /** Memberships of the `level` groups of the tree's cut (`hierarchy()`) instead of the K clusters, summed per group. */
+  level?: number
 }
 
 /**
@@ -166,9 +168,49 @@ export class SequentialSoftClustering {
    * Writes `<outputDir>/<chunk>.memberships.npz` for every chunk under this model's centers (the
    * fit's output pass, on other data). Resolves with the number of token rows written.
    */
-  async transformChunks(chunkPaths: readonly string[], outputDir: string, options: Pick<FitOptions, 'onProgress' | 'overwrite'> = {}): Promise<number> {
+  async transformChunks(chunkPaths: readonly string[], outputDir: string, options: Pick<FitOptions, 'onProgress' | 'overwrite'> & { level?: number } = {}): Promise<number> {
     const chunks = chunkList(chunkPaths)
-    return withProgress(options.onProgress, (cb) => this.model.transformChunks(chunks, outputDir, cb, options.overwrite ?? false))
+    return withProgress(options.onProgress, (cb) => this.model.transformChunks(chunks, outputDir, cb, options.overwrite ?? false, options.level))
+  }
+
+  /**
+   * The tree over the clusters (docs/algorithm.md "Hierarchy"): `K - 1` rows `[a, b, distance,
+   * clusters]` in scipy's linkage layout (ids >= K name the group made by row id - K).
+   */
+  hierarchy(): number[][] {
+    return this.model.hierarchy()
+  }
+
+  /**
+   * A new model with `clusters` merged into one (docs/algorithm.md "Merge"). With `chunks`,
+   * `iterations` (3) passes over them follow. `summary.operations` records the id mapping.
+   */
+  async merge(clusters: readonly number[], options: { chunks?: readonly string[]; iterations?: number; onProgress?: (p: FitProgress) => void } = {}): Promise<SequentialSoftClustering> {
+    const chunks = options.chunks === undefined ? undefined : chunkList(options.chunks)
+    const model = await withProgress(options.onProgress, (cb) => this.model.merge([...clusters], chunks, options.iterations, cb))
+    return new SequentialSoftClustering(model.config, model)
+  }
+
+  /**
+   * A new model with `cluster` split into `parts` by its member tokens in `chunks`, then
+   * `iterations` (3) passes over them (docs/algorithm.md "Split"). The first part keeps the id;
+   * the others become clusters K, K + 1, ...
+   */
+  async split(cluster: number, parts: number, chunkPaths: readonly string[], options: { iterations?: number; onProgress?: (p: FitProgress) => void } = {}): Promise<SequentialSoftClustering> {
+    const chunks = chunkList(chunkPaths)
+    const model = await withProgress(options.onProgress, (cb) => this.model.split(cluster, parts, chunks, options.iterations, cb))
+    return new SequentialSoftClustering(model.config, model)
+  }
+
+  /**
+   * Folds new chunks into this model (docs/algorithm.md "Update"): `iterations` (3) passes whose
+   * sums are added to the stored ones scaled by `decay` (1: old and new tokens weigh the same),
+   * then the new chunks' memberships files and `model.safetensors` are written into `outputDir`.
+   * Resolves with the whole history.
+   */
+  async partialFit(chunkPaths: readonly string[], outputDir: string, options: { iterations?: number; decay?: number; overwrite?: boolean; onProgress?: (p: FitProgress) => void } = {}): Promise<HistoryEntry[]> {
+    const chunks = chunkList(chunkPaths)
+    return withProgress(options.onProgress, (cb) => this.model.partialFit(chunks, outputDir, options.iterations, options.decay, options.overwrite ?? false, cb))
   }
 
   /** Writes the model file (safetensors, docs/formats.md "Model file"). */
@@ -193,7 +235,7 @@ export class SequentialSoftClustering {
    */
   transform(activations: Float32Array | ArrayLike<number>, options: TransformOptions = {}): TransformResult {
     return stripNull(
-      this.model.transform(activationsArray(activations), shapeArg(options.shape), maskArray(options.attentionMask), options.dense ?? true),
+      this.model.transform(activationsArray(activations), shapeArg(options.shape), maskArray(options.attentionMask), options.dense ?? true, options.level),
     )
   }
 
@@ -203,7 +245,7 @@ export class SequentialSoftClustering {
    */
   async transformAsync(activations: Float32Array | ArrayLike<number>, options: TransformOptions = {}): Promise<TransformResult> {
     return stripNull(
-      await this.model.transformAsync(activationsArray(activations), shapeArg(options.shape), maskArray(options.attentionMask), options.dense ?? true),
+      await this.model.transformAsync(activationsArray(activations), shapeArg(options.shape), maskArray(options.attentionMask), options.dense ?? true, options.level),
     )
   }
 }

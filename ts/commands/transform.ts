@@ -7,6 +7,7 @@ import { progressReporter } from './progress'
 export interface TransformCommandOptions {
   model: string
   out: string
+  level?: number
   overwrite?: boolean
   progress?: boolean
   json?: boolean
@@ -19,7 +20,7 @@ export async function transformCommand(chunkSpecs: string[], options: TransformC
   const progress = progressReporter(options.progress ?? false)
   const out = resolve(options.out)
   try {
-    const rows = await model.transformChunks(chunks, out, { onProgress: progress.onProgress, overwrite: options.overwrite })
+    const rows = await model.transformChunks(chunks, out, { onProgress: progress.onProgress, overwrite: options.overwrite, level: options.level })
     progress.stop()
     if (options.json) return printJson({ outputDir: out, rows, memberships: membershipsFiles(out, chunks), chunks })
     console.log(`wrote memberships of ${rows} tokens in ${chunks.length} .memberships.npz files into ${out}`)

@@ -12,7 +12,7 @@ use crate::init::{sample_size, start, suggested_temperature};
 use crate::kernels::{for_each_cosine_row, Backend, Centers, MembershipParams, Tokens, Want, COSINE_BLOCK_BYTES};
 use crate::memberships_file;
 use crate::memory::available_memory;
-use crate::model::{HistoryEntry, Model};
+use crate::model::{HistoryEntry, Model, SufficientStats};
 use crate::run_folder::{RunFolder, RunKind, RunOptions};
 use crate::pass::PassStats;
 use crate::cache::{self, ChunkCache};
@@ -97,56 +97,17 @@ fn fit_into(config: &ClusteringConfig, initial_centers: Option<Centers>, chunks:
     let mut iteration = history.len();
     while !iterations_done && iteration < config.n_iterations {
         iteration += 1;
-        let started = Instant::now();
-        let mut pass = backend.begin_pass(config.n_clusters, config.d_model, true);
-        let data = cache.describe();
-        cache.stream(chunks, config.d_model, |i, chunk| {
-            pass.run(&centers, &Tokens::from_chunk(chunk, i), params, Want::default())?;
-            report(progress, Phase::Iterate, iteration, config.n_iterations, i, chunks.len(), pass.n_rows(), started);
-            Ok(())
-        })?;
-        let stats = pass.finish()?;
-        if stats.n_rows == 0 {
-            return Err(Error::invalid_input("chunks", "hold no real, non-zero tokens to cluster"));
-        }
-        let (next, reseeds, twins) = updated_centers(&centers, &stats, backend)?;
-        let max_shift = (0..centers.k)
-            .map(|c| 1.0 - centers.row(c).iter().zip(next.row(c)).map(|(&a, &b)| f64::from(a) * f64::from(b)).sum::<f64>())
-            .fold(0.0, f64::max);
-        history.push(HistoryEntry {
-            iteration,
-            objective: stats.objective(),
-            max_shift,
-            mass: stats.mass.clone(),
-            reseeds,
-            twins,
-            skipped: stats.skipped,
-            seconds: started.elapsed().as_secs_f64(),
-            data,
-        });
+        let (next, entry) = iterate(config, &centers, chunks, &mut cache, backend, (iteration, iteration, config.n_iterations), None, progress)?;
+        let max_shift = entry.max_shift;
+        history.push(entry);
         centers = next;
         iterations_done = max_shift < config.tol || iteration == config.n_iterations;
         Checkpoint::write(output_dir, config, &centers, &history, &fingerprints, iterations_done)?;
     }
 
     // The output pass: memberships files, exemplars, per-cluster statistics.
-    let started = Instant::now();
-    let mut heaps = ExemplarHeaps::new(config.n_clusters, config.n_exemplars);
-    let mut pass = backend.begin_pass(config.n_clusters, config.d_model, false);
-    let mut entropy_sum = 0f64;
-    let mut memberships = memberships_file::FileMemberships::default();
-    cache.stream(chunks, config.d_model, |i, chunk| {
-        let out = pass.run(&centers, &Tokens::from_chunk(chunk, i), params, Want { sparse: true, ..Want::default() })?;
-        entropy_sum += out.sparse.as_ref().map_or(0.0, |s| s.value.iter().filter(|&&p| p > 0.0).map(|&p| -f64::from(p) * f64::from(p).ln()).sum());
-        exemplars::collect(&mut heaps, chunk, i, &out, config.context_window);
-        if memberships.add(chunk, &out) {
-            memberships.write(&folder.staged(&memberships_file::file_name_for(&names[i])), &names[i], chunk, config.n_clusters)?;
-        }
-        report(progress, Phase::Output, 0, config.n_iterations, i, chunks.len(), pass.n_rows(), started);
-        Ok(())
-    })?;
-    let stats = pass.finish()?;
-    let entropy = if config.n_clusters > 1 && stats.n_rows > 0 { entropy_sum / stats.n_rows as f64 / (config.n_clusters as f64).ln() } else { 0.0 };
+    let out = output_pass(config, &centers, chunks, names, 0, ExemplarHeaps::new(config.n_clusters, config.n_exemplars), &mut cache, Some(folder), backend, progress)?;
+    let (stats, entropy) = (out.stats, out.entropy);
     let twins = twin_pairs(&centers, backend)?.len();
     let mut warnings = Vec::new();
     if twins > 0 || entropy >= COLLAPSED_ENTROPY {
@@ -167,16 +128,97 @@ fn fit_into(config: &ClusteringConfig, initial_centers: Option<Centers>, chunks:
     let model = Model {
         config: config.clone(),
         centers,
-        cluster_mass: stats.mass,
+        cluster_mass: stats.mass.clone(),
         cluster_count: stats.hard_count,
-        exemplars: heaps.into_sorted(),
+        exemplars: out.exemplars.into_sorted(),
         history,
         chunks: names.to_vec(),
         warnings,
         device: Some(device),
-    };
+        stats: Some(SufficientStats { s: stats.s, m: stats.mass, tokens: stats.n_rows }),
+        linkage: None,
+        operations: Vec::new(),
+    }
+    .with_hierarchy()?;
     model.save(&folder.staged("model.safetensors"))?;
     Ok(model)
+}
+
+/// `old * decay + new`, element by element; `new` alone without old sums, so that a pass with
+/// nothing carried over gives the same bits as a fit's.
+pub(crate) fn with_prior(prior: Option<(&[f64], f64)>, new: &[f64]) -> Vec<f64> {
+    match prior {
+        Some((old, decay)) => old.iter().zip(new).map(|(a, b)| a * decay + b).collect(),
+        None => new.to_vec(),
+    }
+}
+
+/// One iteration (docs/algorithm.md "Iterations"): a pass over the chunks under `centers`, its
+/// sums added to `prior` (an update's stored sums and their decay; none in a fit), the center
+/// update with reseeding, and the history entry. `numbers` = (history number, step, steps).
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn iterate(config: &ClusteringConfig, centers: &Centers, chunks: &[PathBuf], cache: &mut ChunkCache, backend: &dyn Backend, numbers: (usize, usize, usize), prior: Option<(&SufficientStats, f64)>, progress: &mut dyn FnMut(&Progress)) -> Result<(Centers, HistoryEntry)> {
+    let (number, step, steps) = numbers;
+    let params = MembershipParams::try_from(config)?;
+    let started = Instant::now();
+    let mut pass = backend.begin_pass(config.n_clusters, config.d_model, true);
+    let data = cache.describe();
+    cache.stream(chunks, config.d_model, |i, chunk| {
+        pass.run(centers, &Tokens::from_chunk(chunk, i), params, Want::default())?;
+        report(progress, Phase::Iterate, step, steps, i, chunks.len(), pass.n_rows(), started);
+        Ok(())
+    })?;
+    let mut stats = pass.finish()?;
+    if stats.n_rows == 0 {
+        return Err(Error::invalid_input("chunks", "hold no real, non-zero tokens to cluster"));
+    }
+    let (objective, skipped) = (stats.objective(), stats.skipped);
+    if let Some((old, decay)) = prior {
+        stats.s = with_prior(Some((&old.s, decay)), &stats.s);
+        stats.mass = with_prior(Some((&old.m, decay)), &stats.mass);
+    }
+    let (next, reseeds, twins) = updated_centers(centers, &stats, backend)?;
+    let max_shift = (0..centers.k)
+        .map(|c| 1.0 - centers.row(c).iter().zip(next.row(c)).map(|(&a, &b)| f64::from(a) * f64::from(b)).sum::<f64>())
+        .fold(0.0, f64::max);
+    let entry = HistoryEntry { iteration: number, objective, max_shift, mass: stats.mass, reseeds, twins, skipped, seconds: started.elapsed().as_secs_f64(), data };
+    Ok((next, entry))
+}
+
+/// What the output pass learns besides the memberships files it writes.
+pub(crate) struct OutputPass {
+    /// The pass's sums and counts under the final centers (`S` included: the model keeps it).
+    pub stats: PassStats,
+    pub exemplars: ExemplarHeaps,
+    /// Mean normalized partition entropy of the tokens.
+    pub entropy: f64,
+}
+
+/// The output pass (docs/algorithm.md "Output pass"): one more pass under `centers` that writes
+/// each chunk's memberships file into the folder's staging area (when there is a folder) and
+/// offers exemplars to `heaps` (chunk `i` is numbered `first_chunk + i` in exemplar locations).
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn output_pass(config: &ClusteringConfig, centers: &Centers, chunks: &[PathBuf], names: &[String], first_chunk: usize, mut heaps: ExemplarHeaps, cache: &mut ChunkCache, mut folder: Option<&mut RunFolder>, backend: &dyn Backend, progress: &mut dyn FnMut(&Progress)) -> Result<OutputPass> {
+    let started = Instant::now();
+    let params = MembershipParams::try_from(config)?;
+    let mut pass = backend.begin_pass(config.n_clusters, config.d_model, true);
+    let mut entropy_sum = 0f64;
+    let mut memberships = memberships_file::FileMemberships::default();
+    cache.stream(chunks, config.d_model, |i, chunk| {
+        let out = pass.run(centers, &Tokens::from_chunk(chunk, i), params, Want { sparse: true, ..Want::default() })?;
+        entropy_sum += out.sparse.as_ref().map_or(0.0, |s| s.value.iter().filter(|&&p| p > 0.0).map(|&p| -f64::from(p) * f64::from(p).ln()).sum());
+        exemplars::collect(&mut heaps, chunk, first_chunk + i, &out, config.context_window);
+        if let Some(folder) = folder.as_deref_mut() {
+            if memberships.add(chunk, &out) {
+                memberships.write(&folder.staged(&memberships_file::file_name_for(&names[i])), &names[i], chunk, config.n_clusters)?;
+            }
+        }
+        report(progress, Phase::Output, 0, config.n_iterations, i, chunks.len(), pass.n_rows(), started);
+        Ok(())
+    })?;
+    let stats = pass.finish()?;
+    let entropy = if config.n_clusters > 1 && stats.n_rows > 0 { entropy_sum / stats.n_rows as f64 / (config.n_clusters as f64).ln() } else { 0.0 };
+    Ok(OutputPass { stats, exemplars: heaps, entropy })
 }
 
 /// Refuses, before any work, a fit whose sums, init sample and cosine blocks would not fit in
@@ -215,7 +257,7 @@ fn twin_pairs(centers: &Centers, backend: &dyn Backend) -> Result<Vec<(usize, us
 /// help and the fit warns instead), moves to the next token of the pass with the lowest
 /// best-cosine (docs/algorithm.md "Empty clusters and twins"). Returns the new centers, the
 /// number of reseeds and the number of twin pairs found.
-fn updated_centers(old: &Centers, stats: &PassStats, backend: &dyn Backend) -> Result<(Centers, usize, usize)> {
+pub(crate) fn updated_centers(old: &Centers, stats: &PassStats, backend: &dyn Backend) -> Result<(Centers, usize, usize)> {
     let (k, d) = (old.k, old.d);
     let mut data = Vec::with_capacity(k * d);
     let mut empty = vec![false; k];

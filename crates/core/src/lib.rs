@@ -11,7 +11,8 @@
 //! - `init`: the init sample and spherical k-means++
 //! - `fit`: the iteration loop and the output pass; `transform`: memberships under fixed centers
 //! - `exemplars`: the bounded top-k heaps and what they are offered
-//! - `analysis`: quality metrics; `model` and `checkpoint`: the saved files
+//! - `analysis`: quality metrics; `model` and `checkpoint`: the saved files; `hierarchy`: the tree over the clusters
+//! - `merge`, `split`, `update`: operations on a fitted model
 //! - `memory`: available memory and the per-array read limit
 //! - `output`: atomic writes; `run_folder`: an output folder held by a run (lock, staging, manifest); `error`: the error type and its stable codes
 
@@ -24,9 +25,11 @@ pub mod config;
 pub mod error;
 pub mod exemplars;
 pub mod fit;
+pub mod hierarchy;
 pub mod init;
 pub mod kernels;
 pub mod memberships_file;
+pub mod merge;
 pub mod memory;
 pub mod model;
 pub mod npz;
@@ -35,8 +38,10 @@ pub mod pass;
 pub mod run_folder;
 pub mod safetensors_chunk;
 pub mod sources;
+pub mod split;
 pub mod stream;
 pub mod transform;
+pub mod update;
 
 pub use config::{CacheSetting, ClusteringConfig, Device, Precision, Temperature};
 pub use model::{HistoryEntry, Model};

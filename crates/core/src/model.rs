@@ -4,6 +4,7 @@
 use crate::config::ClusteringConfig;
 use crate::error::{Error, Result};
 use crate::exemplars::Exemplar;
+use crate::hierarchy::{self, LinkageRow};
 use crate::kernels::Centers;
 use safetensors::tensor::TensorView;
 use safetensors::{Dtype, SafeTensors};
@@ -12,7 +13,11 @@ use std::collections::HashMap;
 use std::path::Path;
 
 pub const FORMAT: &str = "soft-cluster-model";
-pub const FORMAT_VERSION: u32 = 1;
+/// 2 added the sufficient statistics (`stats_s`, `stats_m`, metadata `stats_tokens`), the tree
+/// (`linkage`) and metadata `operations`; version-1 files still load, without them.
+pub const FORMAT_VERSION: u32 = 2;
+/// Largest K whose tree is computed and stored when a model is saved (`4 K^2` bytes of work).
+pub const STORED_TREE_MAX_K: usize = 8192;
 
 /// One iteration of a fit (docs/algorithm.md "History").
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -59,6 +64,43 @@ pub struct Model {
     /// Where the fit ran and why (e.g. `cpu (auto: no usable GPU: ...)`); metadata key `device`.
     /// `None` for a model that was never fitted.
     pub device: Option<String>,
+    /// What an update needs: the output pass's sums (`None` in version-1 files and for a model
+    /// that was never fitted).
+    pub stats: Option<SufficientStats>,
+    /// The tree over the clusters (`hierarchy::linkage`), when it was computed.
+    pub linkage: Option<Vec<LinkageRow>>,
+    /// Merges, splits and updates applied since the fit, in order (metadata `operations`).
+    pub operations: Vec<Operation>,
+}
+
+/// The sums of a pass under the model's centers (docs/algorithm.md "Iterations"):
+/// `S = sum_x p(x) x` (`[K, D]`) and `m = sum_x p(x)`, over `tokens` real tokens.
+#[derive(Debug, Clone, PartialEq)]
+pub struct SufficientStats {
+    pub s: Vec<f64>,
+    pub m: Vec<f64>,
+    pub tokens: u64,
+}
+
+/// An operation on a fitted model (docs/formats.md "Model file", metadata `operations`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Operation {
+    /// `merge`, `split` or `update`.
+    pub op: String,
+    /// The clusters it acted on, as numbered before it.
+    pub clusters: Vec<usize>,
+    /// The new id of each cluster as numbered before it (`mapping[old] = new`); a split cluster
+    /// keeps its id for its first part, the other parts are appended.
+    pub mapping: Vec<usize>,
+    /// K after the operation.
+    pub n_clusters: usize,
+    /// Chunk files an update added (empty otherwise).
+    #[serde(default)]
+    pub chunks: Vec<String>,
+    /// Passes over the data run after it.
+    #[serde(default)]
+    pub iterations: usize,
 }
 
 fn le_bytes<T: Copy, const N: usize>(values: &[T], to: fn(T) -> [u8; N]) -> Vec<u8> {
@@ -79,7 +121,34 @@ impl Model {
             chunks: Vec::new(),
             warnings: Vec::new(),
             device: None,
+            stats: None,
+            linkage: None,
+            operations: Vec::new(),
         }
+    }
+
+    /// The tree over the clusters: the stored one, or computed now from the centers and masses.
+    pub fn hierarchy(&self) -> Result<Vec<LinkageRow>> {
+        match &self.linkage {
+            Some(rows) => Ok(rows.clone()),
+            None => hierarchy::linkage(&self.centers, &self.cluster_mass),
+        }
+    }
+
+    /// The group of each cluster when the tree is cut into `level` groups (`hierarchy::cut`).
+    pub fn groups(&self, level: usize) -> Result<Vec<usize>> {
+        if level == 0 || level > self.centers.k {
+            return Err(Error::invalid_input("level", format!("must be between 1 and the number of clusters ({}), got {level}", self.centers.k)));
+        }
+        hierarchy::cut(&self.hierarchy()?, self.centers.k, level)
+    }
+
+    /// Computes and keeps the tree, for K up to `STORED_TREE_MAX_K` (called before saving).
+    pub fn with_hierarchy(mut self) -> Result<Self> {
+        if self.linkage.is_none() && self.centers.k <= STORED_TREE_MAX_K {
+            self.linkage = Some(hierarchy::linkage(&self.centers, &self.cluster_mass)?);
+        }
+        Ok(self)
     }
 
     /// The file's bytes. Deterministic: the same model gives the same bytes.
@@ -103,7 +172,7 @@ impl Model {
             }
         }
         let counts: Vec<i64> = self.cluster_count.iter().map(|&c| c as i64).collect();
-        let tensors: Vec<(&str, Dtype, Vec<usize>, Vec<u8>)> = vec![
+        let mut tensors: Vec<(&str, Dtype, Vec<usize>, Vec<u8>)> = vec![
             ("centers", Dtype::F32, vec![k, d], le_bytes(&self.centers.data, f32::to_le_bytes)),
             ("cluster_mass", Dtype::F64, vec![k], le_bytes(&self.cluster_mass, f64::to_le_bytes)),
             ("cluster_count", Dtype::I64, vec![k], le_bytes(&counts, i64::to_le_bytes)),
@@ -113,6 +182,14 @@ impl Model {
             ("exemplar_tokens", Dtype::I64, vec![k, e, w], le_bytes(&tokens, i64::to_le_bytes)),
             ("exemplar_context_memberships", Dtype::F32, vec![k, e, w], le_bytes(&context, f32::to_le_bytes)),
         ];
+        if let Some(st) = &self.stats {
+            tensors.push(("stats_s", Dtype::F64, vec![k, d], le_bytes(&st.s, f64::to_le_bytes)));
+            tensors.push(("stats_m", Dtype::F64, vec![k], le_bytes(&st.m, f64::to_le_bytes)));
+        }
+        if let Some(rows) = self.linkage.as_ref().filter(|r| !r.is_empty()) {
+            let flat: Vec<f64> = rows.iter().flatten().copied().collect();
+            tensors.push(("linkage", Dtype::F64, vec![rows.len(), 4], le_bytes(&flat, f64::to_le_bytes)));
+        }
         let views: Vec<(&str, TensorView)> = tensors
             .iter()
             .map(|(name, dtype, shape, bytes)| (*name, TensorView::new(*dtype, shape.clone(), bytes).expect("sizes match shapes")))
@@ -128,6 +205,8 @@ impl Model {
         .into_iter()
         .chain(warnings)
         .chain(self.device.clone().map(|d| ("device", d)))
+        .chain(self.stats.as_ref().map(|st| ("stats_tokens", st.tokens.to_string())))
+        .chain((!self.operations.is_empty()).then(|| ("operations", serde_json::to_string(&self.operations).expect("operations serialize"))))
         .map(|(k, v)| (k.to_string(), v))
         .collect();
         let bytes = safetensors::serialize(views, Some(metadata))
@@ -146,12 +225,13 @@ impl Model {
         fn first_bad(values: impl Iterator<Item = f64>) -> Option<usize> {
             values.enumerate().find(|(_, v)| !v.is_finite()).map(|(i, _)| i)
         }
-        let checks: [(&str, Option<usize>); 5] = [
+        let checks: [(&str, Option<usize>); 6] = [
             ("centers", first_bad(self.centers.data.iter().map(|&v| f64::from(v)))),
             ("cluster_mass", first_bad(self.cluster_mass.iter().copied())),
             ("exemplar_values", first_bad(self.exemplars.iter().flatten().map(|e| f64::from(e.value)))),
             ("exemplar_context_memberships", first_bad(self.exemplars.iter().flatten().flat_map(|e| e.context_memberships.iter().map(|&v| f64::from(v))))),
             ("history", first_bad(self.history.iter().flat_map(|h| [h.objective, h.max_shift]))),
+            ("stats_s", first_bad(self.stats.iter().flat_map(|st| st.s.iter().chain(&st.m).copied()))),
         ];
         match checks.iter().find(|(_, at)| at.is_some()) {
             Some((name, Some(i))) => Err(format!("`{name}` holds a non-finite value (at flat index {i}); the fit went wrong, and this is a bug to report with its input")),
@@ -189,6 +269,10 @@ impl Model {
         let device = meta.get("device").cloned();
         let warnings: Vec<String> = match meta.get("warnings") {
             Some(w) => serde_json::from_str(w).map_err(|e| bad(format!("metadata `warnings`: {e}")))?,
+            None => Vec::new(),
+        };
+        let operations: Vec<Operation> = match meta.get("operations") {
+            Some(o) => serde_json::from_str(o).map_err(|e| bad(format!("metadata `operations`: {e}")))?,
             None => Vec::new(),
         };
 
@@ -243,7 +327,30 @@ impl Model {
                     .collect(),
             );
         }
-        Ok(Model { config, centers, cluster_mass, cluster_count, exemplars, history, chunks, warnings, device })
+        let stats = match (st.tensor("stats_s").is_ok(), meta.get("stats_tokens")) {
+            (false, _) => None,
+            (true, tokens) => {
+                let s = f64s(tensor("stats_s", Dtype::F64, &[k, d])?);
+                let m = f64s(tensor("stats_m", Dtype::F64, &[k])?);
+                finite("stats_s", Box::new(s.iter().copied()))?;
+                finite("stats_m", Box::new(m.iter().copied()))?;
+                let tokens = tokens.and_then(|t| t.parse().ok()).ok_or_else(|| bad("metadata `stats_tokens` is missing or not a number".into()))?;
+                Some(SufficientStats { s, m, tokens })
+            }
+        };
+        let linkage = match st.tensor("linkage") {
+            Err(_) => None,
+            Ok(_) => {
+                let flat = f64s(tensor("linkage", Dtype::F64, &[k.saturating_sub(1), 4])?);
+                let rows: Vec<LinkageRow> = flat.chunks_exact(4).map(|r| [r[0], r[1], r[2], r[3]]).collect();
+                let in_range = rows.iter().enumerate().all(|(i, r)| r[0].fract() == 0.0 && r[1].fract() == 0.0 && r[0] >= 0.0 && r[1] < (k + i) as f64 && r[2].is_finite());
+                if !in_range {
+                    return Err(bad("tensor `linkage` holds ids or distances out of range".into()));
+                }
+                Some(rows)
+            }
+        };
+        Ok(Model { config, centers, cluster_mass, cluster_count, exemplars, history, chunks, warnings, device, stats, linkage, operations })
     }
 }
 
@@ -280,7 +387,9 @@ mod tests {
         m.exemplars[1] = vec![Exemplar { value: 0.9, chunk: 1, batch: 2, position: 3, tokens: vec![-1, 7, 8], context_memberships: vec![0.0, 0.9, 0.5] }];
         m.history = vec![HistoryEntry { iteration: 1, objective: 0.5, max_shift: 0.1, mass: vec![1.0, 3.0], reseeds: 0, twins: 0, skipped: 2, seconds: 0.25, data: "host cache, 96 bytes".into() }];
         m.chunks = vec!["a.npz".into(), "b.npz".into()];
-        m
+        m.stats = Some(SufficientStats { s: vec![1.0, 0.0, 0.0, 0.0, 1.5, 2.0], m: vec![1.5, 2.5], tokens: 4 });
+        m.operations = vec![Operation { op: "merge".into(), clusters: vec![1, 2], mapping: vec![0, 1, 1], n_clusters: 2, chunks: vec![], iterations: 0 }];
+        m.with_hierarchy().unwrap()
     }
 
     #[test]

@@ -64,13 +64,17 @@ pub struct TransformRequest<'a> {
     pub model_file: Option<&'a Path>,
     /// Replace another run's outputs in `output_dir` once this run is complete.
     pub overwrite: bool,
+    /// Memberships of the `level` groups of the tree's cut instead of the clusters.
+    pub level: Option<usize>,
 }
 
 /// Writes `<output_dir>/<chunk stem>.memberships.npz` for every chunk under a fitted model's
 /// centers: the output pass of a fit, on new data (`soft-cluster transform`).
 pub fn transform_chunks(model: &Model, request: TransformRequest, backend: &dyn Backend, progress: &mut dyn FnMut(&Progress)) -> Result<u64> {
-    let TransformRequest { chunks, output_dir, model_file, overwrite } = request;
+    let TransformRequest { chunks, output_dir, model_file, overwrite, level } = request;
     let names = chunk_names(chunks)?;
+    let groups = level.map(|n| model.groups(n).map(|g| (g, n))).transpose()?;
+    let n_columns = groups.as_ref().map_or(model.config.n_clusters, |g| g.1);
     let params = MembershipParams::try_from(&model.config)?;
     let inputs: Vec<PathBuf> = chunks.iter().cloned().chain(model_file.map(Path::to_path_buf)).collect();
     let mut folder = RunFolder::open(output_dir, RunKind::Transform, &inputs, RunOptions { resume: false, overwrite })?;
@@ -79,8 +83,12 @@ pub fn transform_chunks(model: &Model, request: TransformRequest, backend: &dyn 
     let mut memberships = memberships_file::FileMemberships::default();
     stream_chunks(chunks, model.config.d_model, |i, chunk| {
         let out = backend.run(&model.centers, &Tokens::from_chunk(&chunk, i), params, Want { sparse: true, ..Want::default() })?;
+        let out = match &groups {
+            Some((group_of, n)) => out.grouped(group_of, *n),
+            None => out,
+        };
         if memberships.add(&chunk, &out) {
-            memberships.write(&folder.staged(&memberships_file::file_name_for(&names[i])), &names[i], &chunk, model.config.n_clusters)?;
+            memberships.write(&folder.staged(&memberships_file::file_name_for(&names[i])), &names[i], &chunk, n_columns)?;
         }
         rows += out.rows.len() as u64;
         report(progress, Phase::Output, 0, model.config.n_iterations, i, chunks.len(), rows, started);

@@ -356,12 +356,12 @@ fn transform_chunks_writes_what_the_output_pass_wrote() {
     let dir = tempfile::tempdir().unwrap();
     let chunks = vec![fixture("planted_a_f32.npz"), fixture("planted_b_f16_compressed.npz")];
     let model = fit(&planted_config(), Some(centers_file("planted_init_centers.npy")), &chunks, &dir.path().join("fit"));
-    let rows = transform_chunks(&model, TransformRequest { chunks: &chunks, output_dir: &dir.path().join("again"), model_file: None, overwrite: false }, &CpuBackend::default(), &mut |_| {}).unwrap();
+    let rows = transform_chunks(&model, TransformRequest { chunks: &chunks, output_dir: &dir.path().join("again"), model_file: None, overwrite: false, level: None }, &CpuBackend::default(), &mut |_| {}).unwrap();
     assert_eq!(rows, 215);
     for name in ["planted_a_f32.memberships.npz", "planted_b_f16_compressed.memberships.npz"] {
         assert_eq!(std::fs::read(dir.path().join("fit").join(name)).unwrap(), std::fs::read(dir.path().join("again").join(name)).unwrap(), "{name}");
     }
-    let err = transform_chunks(&model, TransformRequest { chunks: &[fixture("bad/wrong_d_model.npz")], output_dir: &dir.path().join("bad"), model_file: None, overwrite: false }, &CpuBackend::default(), &mut |_| {}).unwrap_err();
+    let err = transform_chunks(&model, TransformRequest { chunks: &[fixture("bad/wrong_d_model.npz")], output_dir: &dir.path().join("bad"), model_file: None, overwrite: false, level: None }, &CpuBackend::default(), &mut |_| {}).unwrap_err();
     assert!(err.to_string().contains("D = 48"), "{err}");
 }
 

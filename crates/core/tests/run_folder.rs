@@ -51,7 +51,7 @@ fn a_second_run_into_a_folder_with_outputs_is_refused_and_changes_nothing() {
     assert_eq!(contents(&out), before);
     // A transform into it, too.
     let model = Model::load(&out.join("model.safetensors")).unwrap();
-    let request = TransformRequest { chunks: &paths[..1], output_dir: &out, model_file: None, overwrite: false };
+    let request = TransformRequest { chunks: &paths[..1], output_dir: &out, model_file: None, overwrite: false, level: None };
     assert_eq!(transform_chunks(&model, request, &CpuBackend::default(), &mut |_| {}).unwrap_err().code(), "ERR_OUTPUT_EXISTS");
     assert_eq!(contents(&out), before);
 
@@ -155,7 +155,7 @@ fn inputs_are_never_replaced_or_deleted() {
     let model_file = out.join("model.safetensors");
     let model = Model::load(&model_file).unwrap();
     // Transform into the fit's folder, replacing its outputs, would delete the model in use.
-    let request = TransformRequest { chunks: &paths, output_dir: &out, model_file: Some(&model_file), overwrite: true };
+    let request = TransformRequest { chunks: &paths, output_dir: &out, model_file: Some(&model_file), overwrite: true, level: None };
     let err = transform_chunks(&model, request, &CpuBackend::default(), &mut |_| {}).unwrap_err();
     assert_eq!(err.code(), "ERR_OUTPUT_EXISTS");
     assert!(err.to_string().contains("would replace or delete model.safetensors, which is one of its inputs"), "{err}");

@@ -89,6 +89,9 @@ fn progress_reporter(callback: Option<ProgressCallback>) -> impl FnMut(&soft_clu
     }
 }
 
+/// Passes over the data after a merge with chunks, a split or an update, unless given.
+const DEFAULT_OPERATION_PASSES: u32 = 3;
+
 /// What a `NativeModel` holds between calls. Shared with its running work.
 struct State {
     /// The fitted or loaded model; `None` until there are centers.
@@ -135,6 +138,13 @@ impl NativeModel {
             .map_err(|e| js_error(&env, e))?;
         let model = initial.clone().map(|c| Arc::new(Model::new(config.clone(), c)));
         Ok(NativeModel { config, state: Arc::new(Mutex::new(State { model, initial, fitting: false, file: None })) })
+    }
+
+    /// A model made by an operation, not yet saved anywhere.
+    fn from_unsaved(model: Model) -> Self {
+        let config = model.config.clone();
+        let state = State { model: Some(Arc::new(model)), initial: None, fitting: false, file: None };
+        NativeModel { config, state: Arc::new(Mutex::new(state)) }
     }
 
     fn from_model(model: Model, file: PathBuf) -> Self {
@@ -185,9 +195,10 @@ impl NativeModel {
         shape: Option<Vec<f64>>,
         attention_mask: Option<Uint8ArraySlice>,
         dense: bool,
+        level: Option<u32>,
     ) -> Result<TransformOutput> {
         let model = self.model_or_error(&env)?;
-        run_transform(&model, &activations, shape.as_deref(), attention_mask.as_deref(), dense).map_err(|e| js_error(&env, e))
+        run_transform(&model, &activations, shape.as_deref(), attention_mask.as_deref(), dense, level).map_err(|e| js_error(&env, e))
     }
 
     /// The same as `transform`, on the libuv thread pool. The arrays are copied here, on the JS
@@ -201,10 +212,11 @@ impl NativeModel {
         shape: Option<Vec<f64>>,
         attention_mask: Option<Uint8Array>,
         dense: bool,
+        level: Option<u32>,
     ) -> Result<AsyncTask<Work<TransformOutput>>> {
         let model = self.model_or_error(&env)?;
         let (activations, attention_mask) = (activations.to_vec(), attention_mask.map(|m| m.to_vec()));
-        Ok(Work::new(move || run_transform(&model, &activations, shape.as_deref(), attention_mask.as_deref(), dense)))
+        Ok(Work::new(move || run_transform(&model, &activations, shape.as_deref(), attention_mask.as_deref(), dense, level)))
     }
 
     /// Quality metrics of a batch of tokens, on the calling thread.
@@ -297,6 +309,7 @@ impl NativeModel {
         output_dir: String,
         #[napi(ts_arg_type = "((progress: FitProgress) => void) | undefined | null")] on_progress: Option<ProgressCallback>,
         overwrite: Option<bool>,
+        level: Option<u32>,
     ) -> Result<AsyncTask<Work<f64>>> {
         let model = self.model_or_error(&env)?;
         let model_file = lock(&self.state).file.clone();
@@ -304,8 +317,110 @@ impl NativeModel {
         let output_dir = PathBuf::from(output_dir);
         Ok(Work::new(move || {
             let backend = backend_for(&model.config)?;
-            let request = TransformRequest { chunks: &chunks, output_dir: &output_dir, model_file: model_file.as_deref(), overwrite: overwrite.unwrap_or(false) };
+            let request = TransformRequest { chunks: &chunks, output_dir: &output_dir, model_file: model_file.as_deref(), overwrite: overwrite.unwrap_or(false), level: level.map(|l| l as usize) };
             transform_chunks(&model, request, backend.as_ref(), &mut progress_reporter(on_progress)).map(|rows| rows as f64)
+        }))
+    }
+
+    /// The tree over the clusters (docs/algorithm.md "Hierarchy"): `[K - 1]` rows of scipy's
+    /// linkage layout `[a, b, distance, clusters]` (ids >= K name the group made by row id - K).
+    #[napi]
+    pub fn hierarchy(&self, env: Env) -> Result<Vec<Vec<f64>>> {
+        let model = self.model_or_error(&env)?;
+        model.hierarchy().map(|rows| rows.iter().map(|r| r.to_vec()).collect()).map_err(|e| js_error(&env, e))
+    }
+
+    /// A new model with `clusters` merged into one (docs/algorithm.md "Merge"); with chunks,
+    /// `iterations` passes over them follow (decay 0: the model then describes those chunks).
+    #[napi(ts_return_type = "Promise<NativeModel>")]
+    pub fn merge(
+        &self,
+        env: Env,
+        clusters: Vec<u32>,
+        chunk_paths: Option<Vec<String>>,
+        iterations: Option<u32>,
+        #[napi(ts_arg_type = "((progress: FitProgress) => void) | undefined | null")] on_progress: Option<ProgressCallback>,
+    ) -> Result<AsyncTask<Work<NativeModel>>> {
+        let model = self.model_or_error(&env)?;
+        let clusters: Vec<usize> = clusters.into_iter().map(|c| c as usize).collect();
+        Ok(Work::new(move || {
+            let chunks: Option<Vec<PathBuf>> = chunk_paths.map(|p| p.into_iter().map(PathBuf::from).collect());
+            let chosen = choose_backend(&model.config)?;
+            let passes = iterations.unwrap_or(DEFAULT_OPERATION_PASSES) as usize;
+            let mut merged = soft_cluster_core::merge::merge_with_passes(&model, &clusters, chunks.as_deref().map(|c| (c, passes)), chosen.backend.as_ref(), &mut progress_reporter(on_progress))?;
+            if chunks.is_some() {
+                merged.device = Some(chosen.reason);
+            }
+            Ok(NativeModel::from_unsaved(merged.with_hierarchy()?))
+        }))
+    }
+
+    /// A new model with `cluster` split into `parts` by its member tokens in the chunks, then
+    /// `iterations` passes over them (docs/algorithm.md "Split").
+    #[napi(ts_return_type = "Promise<NativeModel>")]
+    pub fn split(
+        &self,
+        env: Env,
+        cluster: u32,
+        parts: u32,
+        chunk_paths: Vec<String>,
+        iterations: Option<u32>,
+        #[napi(ts_arg_type = "((progress: FitProgress) => void) | undefined | null")] on_progress: Option<ProgressCallback>,
+    ) -> Result<AsyncTask<Work<NativeModel>>> {
+        let model = self.model_or_error(&env)?;
+        let chunks: Vec<PathBuf> = chunk_paths.into_iter().map(PathBuf::from).collect();
+        Ok(Work::new(move || {
+            let chosen = choose_backend(&model.config)?;
+            let request = soft_cluster_core::split::SplitRequest { model: &model, cluster: cluster as usize, parts: parts as usize, chunks: &chunks, iterations: iterations.unwrap_or(DEFAULT_OPERATION_PASSES) as usize };
+            let mut out = soft_cluster_core::split::split(request, chosen.backend.as_ref(), &mut progress_reporter(on_progress))?;
+            out.device = Some(chosen.reason);
+            Ok(NativeModel::from_unsaved(out))
+        }))
+    }
+
+    /// Folds new chunks into this model (docs/algorithm.md "Update"): `iterations` passes whose
+    /// sums are added to the stored ones scaled by `decay`, then the output pass, which writes the
+    /// new chunks' memberships files and `model.safetensors` into `outputDir`. This model becomes
+    /// the updated one; resolves with its whole history.
+    #[napi(ts_return_type = "Promise<Array<HistoryEntry>>")]
+    #[allow(clippy::too_many_arguments)]
+    pub fn partial_fit(
+        &self,
+        env: Env,
+        chunk_paths: Vec<String>,
+        output_dir: String,
+        iterations: Option<u32>,
+        decay: Option<f64>,
+        overwrite: Option<bool>,
+        #[napi(ts_arg_type = "((progress: FitProgress) => void) | undefined | null")] on_progress: Option<ProgressCallback>,
+    ) -> Result<AsyncTask<Work<Vec<HistoryEntry>>>> {
+        let model = self.model_or_error(&env)?;
+        {
+            let mut state = lock(&self.state);
+            state.fitting = true;
+        }
+        let fitting = Fitting(self.state.clone());
+        let model_file = lock(&self.state).file.clone();
+        let chunks: Vec<PathBuf> = chunk_paths.into_iter().map(PathBuf::from).collect();
+        let output_dir = PathBuf::from(output_dir);
+        Ok(Work::new(move || {
+            let chosen = choose_backend(&model.config)?;
+            let request = soft_cluster_core::update::UpdateRequest {
+                model: &model,
+                model_file: model_file.as_deref(),
+                chunks: &chunks,
+                output_dir: &output_dir,
+                iterations: iterations.unwrap_or(DEFAULT_OPERATION_PASSES) as usize,
+                decay: decay.unwrap_or(1.0),
+                overwrite: overwrite.unwrap_or(false),
+                device: Some(&chosen.reason),
+            };
+            let updated = soft_cluster_core::update::update(request, chosen.backend.as_ref(), &mut progress_reporter(on_progress))?;
+            let history = updated.history.iter().map(HistoryEntry::from).collect();
+            let mut state = lock(&fitting.0);
+            state.model = Some(Arc::new(updated));
+            state.file = Some(output_dir.join("model.safetensors"));
+            Ok(history)
         }))
     }
 
@@ -332,10 +447,14 @@ impl NativeModel {
     }
 }
 
-fn run_transform(model: &Model, activations: &[f32], shape: Option<&[f64]>, mask: Option<&[u8]>, dense: bool) -> soft_cluster_core::Result<TransformOutput> {
+fn run_transform(model: &Model, activations: &[f32], shape: Option<&[f64]>, mask: Option<&[u8]>, dense: bool, level: Option<u32>) -> soft_cluster_core::Result<TransformOutput> {
     let (_, seq_len, d) = layout_of(shape, activations.len(), model.config.d_model)?;
+    let groups = level.map(|n| model.groups(n as usize).map(|g| (g, n as usize))).transpose()?;
     let tokens = Tokens { source: "activations", chunk_index: 0, first_row: 0, activations: ActivationsRef::F32(activations), seq_len, d, mask };
     let backend = backend_for(&model.config)?;
     let out = transform(backend.as_ref(), &model.config, &model.centers, &tokens, dense)?;
-    Ok(TransformOutput::new(out, seq_len, model.centers.k))
+    Ok(match groups {
+        Some((group_of, n)) => TransformOutput::new(out.grouped(&group_of, n), seq_len, n),
+        None => TransformOutput::new(out, seq_len, model.centers.k),
+    })
 }

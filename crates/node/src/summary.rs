@@ -93,6 +93,40 @@ pub struct ModelSummary {
     /// What the fit found wrong with its result (collapse, twins), one line each
     /// (docs/algorithm.md "Collapse warning"); empty when all is well.
     pub warnings: Vec<String>,
+    /// Whether the model keeps the sums an update, merge or split needs (`format_version` 2).
+    pub has_statistics: bool,
+    /// Merges, splits, updates and refits since the fit, in order.
+    pub operations: Vec<OperationInfo>,
+}
+
+/// An operation on a fitted model (docs/formats.md "Model file", metadata `operations`).
+#[napi(object)]
+pub struct OperationInfo {
+    /// `merge`, `split`, `update` or `refit` (an update with decay 0).
+    pub op: String,
+    /// The clusters it acted on, as numbered before it.
+    pub clusters: Vec<u32>,
+    /// `mapping[old] = new` cluster id.
+    pub mapping: Vec<u32>,
+    /// K after it.
+    pub n_clusters: u32,
+    /// Chunk files an update added.
+    pub chunks: Vec<String>,
+    /// Passes over the data run after it.
+    pub iterations: u32,
+}
+
+impl From<&soft_cluster_core::model::Operation> for OperationInfo {
+    fn from(o: &soft_cluster_core::model::Operation) -> Self {
+        OperationInfo {
+            op: o.op.clone(),
+            clusters: o.clusters.iter().map(|&c| c as u32).collect(),
+            mapping: o.mapping.iter().map(|&c| c as u32).collect(),
+            n_clusters: o.n_clusters as u32,
+            chunks: o.chunks.clone(),
+            iterations: o.iterations as u32,
+        }
+    }
 }
 
 impl ModelSummary {
@@ -105,6 +139,8 @@ impl ModelSummary {
             chunks: m.chunks.clone(),
             device: m.device.clone(),
             warnings: m.warnings.clone(),
+            has_statistics: m.stats.is_some(),
+            operations: m.operations.iter().map(OperationInfo::from).collect(),
         }
     }
 }

@@ -460,6 +460,42 @@ pub(crate) fn check_shapes(centers: &Centers, tokens: &Tokens) -> Result<()> {
 }
 
 impl PassOutput {
+    /// Memberships of groups of clusters (`group_of[cluster]`, `groups` of them): each row's
+    /// memberships summed per group, sparse rows sorted by group (`level` of a transform, the
+    /// cut of the tree). Statistics are left out.
+    pub fn grouped(self, group_of: &[usize], groups: usize) -> PassOutput {
+        let k = group_of.len();
+        let dense = self.dense.map(|d| {
+            let mut out = vec![0f32; self.rows.len() * groups];
+            for (r, row) in d.chunks_exact(k.max(1)).enumerate() {
+                row.iter().enumerate().for_each(|(c, &v)| out[r * groups + group_of[c]] += v);
+            }
+            out
+        });
+        let sparse = self.sparse.map(|sp| {
+            let mut out = SparseRows { offset: vec![0], ..Default::default() };
+            let mut acc: Vec<(u32, f32)> = Vec::new();
+            for r in 0..self.rows.len() {
+                let (clusters, values) = sp.row(r);
+                acc.clear();
+                acc.extend(clusters.iter().zip(values).map(|(&c, &v)| (group_of[c as usize] as u32, v)));
+                acc.sort_by_key(|&(g, _)| g);
+                let start = out.cluster.len();
+                for &(g, v) in acc.iter() {
+                    if out.cluster.len() > start && out.cluster.last() == Some(&g) {
+                        *out.value.last_mut().unwrap() += v;
+                    } else {
+                        out.cluster.push(g);
+                        out.value.push(v);
+                    }
+                }
+                out.offset.push(out.cluster.len());
+            }
+            out
+        });
+        PassOutput { rows: self.rows, dense, sparse, stats: None }
+    }
+
     /// Hard labels: for each row, the cluster of its largest membership (the lowest id on
     /// ties). Thresholding always keeps that entry, so the sparse rows hold it.
     pub fn hard_labels(&self) -> Vec<u32> {
