@@ -4,7 +4,7 @@ import { existsSync, mkdtempSync, readdirSync, readFileSync, writeFileSync } fro
 import { tmpdir } from 'node:os'
 import { join } from 'node:path'
 import { beforeAll, describe, expect, it } from 'vitest'
-import { analyzeChunks, SequentialSoftClustering } from '../ts'
+import { analyzeChunks, readMemberships, SequentialSoftClustering } from '../ts'
 import { fixture } from './helpers'
 
 const BIN = join(__dirname, '..', 'bin', 'soft-cluster.js')
@@ -186,4 +186,47 @@ describe('soft-cluster errors', () => {
     expect(rh.status).toBe(0)
     expect(rh.stdout).toContain('--tokenizer <file>')
   })
+})
+
+describe('soft-cluster tree, merge, split, update and transform --level', () => {
+  it('prints the tree, merges with the id mapping, splits, updates, and cuts memberships at a level', () => {
+    const tree = run('tree', '--model', model, '--json')
+    expect(tree.status, tree.stderr).toBe(0)
+    const t = JSON.parse(tree.stdout)
+    expect(t.nClusters).toBe(6)
+    expect(t.linkage).toHaveLength(5)
+    expect(run('tree', '--model', model).stdout).toContain('tree of 6 clusters')
+
+    const merged = join(dir, 'merged.safetensors')
+    const m = run('merge', '--model', model, '--clusters', '5,2', '--out', merged, '--json')
+    expect(m.status, m.stderr).toBe(0)
+    expect(JSON.parse(m.stdout)).toMatchObject({ model: merged, nClusters: 5, merged: [2, 5], mapping: [0, 1, 2, 3, 4, 2], iterations: 0 })
+    expectFailure(run('merge', '--model', model, '--clusters', '1,3', '--out', merged), '--out', 'exists; pass --overwrite', 'ERR_OUTPUT_EXISTS')
+    expectFailure(run('merge', '--model', model, '--clusters', '1,3', '--out', model, '--overwrite'), 'is the input model')
+    expectFailure(run('merge', '--model', model, '--clusters', '1,x', '--out', join(dir, 'm2.safetensors')), '--clusters 1,x', 'cluster ids')
+    expectFailure(run('merge', '--model', model, '--clusters', '1,6', '--out', join(dir, 'm2.safetensors')), '6 is not a cluster id', 'ERR_INVALID_INPUT')
+    expect(existsSync(join(dir, 'm2.safetensors'))).toBe(false)
+
+    const split = join(dir, 'split.safetensors')
+    const s = run('split', '--model', merged, '--cluster', '2', a, b, '--out', split, '--json')
+    expect(s.status, s.stderr).toBe(0)
+    expect(JSON.parse(s.stdout)).toMatchObject({ model: split, nClusters: 6, split: 2, parts: [2, 5], iterations: 3 })
+    expectFailure(run('split', '--model', merged, '--cluster', '2', '--into', '5000', a, '--out', join(dir, 's2.safetensors')), 'fewer than the 5000 parts')
+    expect(existsSync(join(dir, 's2.safetensors'))).toBe(false)
+
+    const u = run('update', '--model', model, b, '--out', join(dir, 'upd'), '--iterations', '2', '--json')
+    expect(u.status, u.stderr).toBe(0)
+    const upd = JSON.parse(u.stdout)
+    expect(upd.history).toHaveLength(5 + 2)
+    expect(upd.memberships).toEqual([join(dir, 'upd', 'planted_b_f16_compressed.memberships.npz')])
+    expectFailure(run('update', '--model', model, fixture('bad/wrong_d_model.npz'), '--out', join(dir, 'upd2')), 'wrong_d_model.npz', "the model's dModel is 64")
+    expect(existsSync(join(dir, 'upd2'))).toBe(false)
+
+    const lv = run('transform', '--model', model, a, '--level', '2', '--out', join(dir, 'level'), '--json')
+    expect(lv.status, lv.stderr).toBe(0)
+    const grouped = readMemberships(join(dir, 'level', 'planted_a_f32.memberships.npz'))
+    expect(JSON.parse(grouped.metadata!).n_clusters).toBe(2)
+    expect(Math.max(...Array.from(grouped.indices).filter((_, i) => i % 3 === 2))).toBe(1)
+    expectFailure(run('transform', '--model', model, a, '--level', '9', '--out', join(dir, 'level9')), 'level: must be between 1 and the number of clusters (6), got 9')
+  }, 60_000)
 })

@@ -181,9 +181,11 @@ describe('save and load', () => {
       centers: ['float32', [6, 64]], cluster_mass: ['float64', [6]], cluster_count: ['int64', [6]],
       exemplar_count: ['int64', [6]], exemplar_values: ['float32', [6, 3]], exemplar_locations: ['int64', [6, 3, 3]],
       exemplar_tokens: ['int64', [6, 3, 5]], exemplar_context_memberships: ['float32', [6, 3, 5]],
+      stats_s: ['float64', [6, 64]], stats_m: ['float64', [6]], linkage: ['float64', [5, 4]],
     })
     expect(report.metadata.format).toBe('soft-cluster-model')
-    expect(report.metadata.format_version).toBe('1')
+    expect(report.metadata.format_version).toBe('2')
+    expect(Number(report.metadata.stats_tokens)).toBe(137 + 78)
     expect(JSON.parse(report.metadata.config)).toMatchObject({ nClusters: 6, dModel: 64, temperature: 0.25 })
     expect(JSON.parse(report.metadata.history)).toHaveLength(5)
     expect(JSON.parse(report.metadata.chunks)).toEqual(['planted_a_f32.npz', 'planted_b_f16_compressed.npz'])

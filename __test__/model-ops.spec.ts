@@ -157,6 +157,16 @@ print(json.dumps({"k": [len(a["centers"]), len(b["centers"])], "first": a["linka
     console.log(`update vs fit over all chunks: max 1 - cos = ${gap.toExponential(2)}`)
   }, 60_000)
 
+  it('loads a format_version 1 model: its tree is computed on load, operations that need sums say so', async () => {
+    const v1 = await SequentialSoftClustering.load(join(__dirname, '..', 'fuzz', 'corpus', 'model', 'k16.safetensors'))
+    expect(v1.summary!.hasStatistics).toBe(false)
+    const rows = v1.hierarchy()
+    expect(rows).toHaveLength(15)
+    expect(rows[14]![3]).toBe(16)
+    rows.forEach((r, i) => expect(i === 0 || r[2]! >= rows[i - 1]![2]!).toBe(true))
+    await expect(v1.merge([0, 1])).rejects.toMatchObject({ code: 'ERR_INVALID_INPUT', message: expect.stringContaining('format_version 1') })
+  })
+
   it('refuses bad input, naming the argument, and writes nothing', async () => {
     const out = tmp()
     const model = await fitPlanted(join(out, 'fit'))
