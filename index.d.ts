@@ -55,11 +55,8 @@ export declare class NativeModel {
    * on the libuv pool. Resolves with the number of token rows written.
    */
   transformChunks(chunkPaths: Array<string>, outputDir: string, onProgress?: ((progress: FitProgress) => void) | undefined | null, overwrite?: boolean | undefined | null, level?: number | undefined | null): Promise<number>
-  /**
-   * The tree over the clusters (docs/algorithm.md "Hierarchy"): `[K - 1]` rows of scipy's
-   * linkage layout `[a, b, distance, clusters]` (ids >= K name the group made by row id - K).
-   */
-  hierarchy(): Array<Array<number>>
+  /** The tree over the clusters (docs/algorithm.md "Hierarchy") and its dendrogram. */
+  hierarchy(): Hierarchy
   /**
    * A new model with `clusters` merged into one (docs/algorithm.md "Merge"); with chunks,
    * `iterations` passes over them follow (decay 0: the model then describes those chunks).
@@ -242,6 +239,21 @@ export interface FitProgress {
   nChunks: number
   tokensDone: number
   tokensPerS: number
+}
+
+/** The tree over a model's clusters (docs/algorithm.md "Hierarchy"), in scipy's terms. */
+export interface Hierarchy {
+  /**
+   * `[K - 1]` rows `[a, b, distance, clusters]` (scipy's linkage layout; ids >= K name the
+   * group made by row `id - K`).
+   */
+  linkage: Array<Array<number>>
+  /** The clusters as a dendrogram draws its leaves, left to right. */
+  order: Array<number>
+  /** Per linkage row, the x of the four corners of its U (leaf `i` of `order` at `10 i + 5`). */
+  icoord: Array<Array<number>>
+  /** Per linkage row, the heights of those corners (0 at a leaf). */
+  dcoord: Array<Array<number>>
 }
 
 /** One iteration of a fit (docs/algorithm.md "History"). */

@@ -203,6 +203,13 @@ describe('soft-cluster tree, merge, split, update and transform --level', () => 
     expect(JSON.parse(m.stdout)).toMatchObject({ model: merged, nClusters: 5, merged: [2, 5], mapping: [0, 1, 2, 3, 4, 2], iterations: 0 })
     expectFailure(run('merge', '--model', model, '--clusters', '1,3', '--out', merged), '--out', 'exists; pass --overwrite', 'ERR_OUTPUT_EXISTS')
     expectFailure(run('merge', '--model', model, '--clusters', '1,3', '--out', model, '--overwrite'), 'is the input model')
+    const r = run('report', '--model', merged, '--out', join(dir, 'merged.html'))
+    expect(r.status, r.stderr).toBe(0)
+    const html = readFileSync(join(dir, 'merged.html'), 'utf8')
+    expect(html).toContain('merge of clusters 2, 5 into 2 (now 5 clusters)')
+    expect(html).toContain('id="plot-tree"')
+    const treeOrder = JSON.parse(run('tree', '--model', merged, '--json').stdout).order as number[]
+    expect([...html.matchAll(/<section class="cluster" id="cluster-(\d+)"/g)].map((m) => Number(m[1]))).toEqual(treeOrder)
     expectFailure(run('merge', '--model', model, '--clusters', '1,x', '--out', join(dir, 'm2.safetensors')), '--clusters 1,x', 'cluster ids')
     expectFailure(run('merge', '--model', model, '--clusters', '1,6', '--out', join(dir, 'm2.safetensors')), '6 is not a cluster id', 'ERR_INVALID_INPUT')
     expect(existsSync(join(dir, 'm2.safetensors'))).toBe(false)

@@ -62,7 +62,7 @@ describe('soft-cluster demo', () => {
       await page.screenshot({ path: shot })
       expect(statSync(shot).size).toBeGreaterThan(10_000)
       // The three overview plots are drawn by Plotly.
-      for (const id of ['plot-mass', 'plot-similarity', 'plot-map']) expect(await page.locator(`#${id} .main-svg`).count(), id).toBeGreaterThan(0)
+      for (const id of ['plot-mass', 'plot-tree', 'plot-similarity', 'plot-map']) expect(await page.locator(`#${id} .main-svg`).count(), id).toBeGreaterThan(0)
       expect(await page.locator('#plot-similarity .hm, #plot-similarity image').count()).toBeGreaterThan(0)
       // One section per cluster, each with exemplars whose center token is decoded text, not an id.
       expect(await page.locator('section.cluster').count()).toBe(N_CLUSTERS)

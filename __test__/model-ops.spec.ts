@@ -63,7 +63,7 @@ print(json.dumps({"k": [len(a["centers"]), len(b["centers"])], "first": a["linka
 `
     const res = JSON.parse(execFileSync(python, ['-c', check, join(out, 'model.safetensors'), join(out, 'merged.safetensors')], { encoding: 'utf8' }))
     expect(res.k).toEqual([6, 5])
-    expect(res.first).toEqual(model.hierarchy()[0])
+    expect(res.first).toEqual(model.hierarchy().linkage[0])
   }, 60_000)
 
   it('split: two planted directions fused by a merge are separated again', async () => {
@@ -160,7 +160,7 @@ print(json.dumps({"k": [len(a["centers"]), len(b["centers"])], "first": a["linka
   it('loads a format_version 1 model: its tree is computed on load, operations that need sums say so', async () => {
     const v1 = await SequentialSoftClustering.load(join(__dirname, '..', 'fuzz', 'corpus', 'model', 'k16.safetensors'))
     expect(v1.summary!.hasStatistics).toBe(false)
-    const rows = v1.hierarchy()
+    const rows = v1.hierarchy().linkage
     expect(rows).toHaveLength(15)
     expect(rows[14]![3]).toBe(16)
     rows.forEach((r, i) => expect(i === 0 || r[2]! >= rows[i - 1]![2]!).toBe(true))

@@ -208,10 +208,12 @@ describe('renderReport', () => {
     const html = renderReport({
       modelPath: evil,
       config: model.config,
-      summary: { clusterMass: [1, 2], clusterCount: [1, 2], exemplars: [[{ value: 1, chunk: 0, batch: 0, position: 0, tokens: [1, 2, 3], contextMemberships: [0, 1, 0] }], []], history: [], chunks: [evil] },
+      summary: { clusterMass: [1, 2], clusterCount: [1, 2], exemplars: [[{ value: 1, chunk: 0, batch: 0, position: 0, tokens: [1, 2, 3], contextMemberships: [0, 1, 0] }], []], history: [], chunks: [evil], warnings: [], hasStatistics: false,
+        operations: [{ op: 'update', clusters: [], mapping: [0, 1], nClusters: 2, chunks: [evil], iterations: 1 }] },
       analysis,
       chunks: [evil],
       decoder: { description: evil, window: (ids) => ids.map(() => ({ text: evil, missing: false })), token: () => evil },
+      tree: model.hierarchy(),
     })
     expect(html).not.toContain('<img')
     expect(html).toContain('&lt;/script&gt;&lt;img src=x onerror=alert(1)&gt;')
@@ -228,10 +230,11 @@ describe('renderReport', () => {
     const html = renderReport({
       modelPath: 'm',
       config: model.config,
-      summary: { clusterMass: [1], clusterCount: [1], exemplars: [[{ value: 1, chunk: 0, batch: 0, position: 1, tokens: [1, 2, 3], contextMemberships: [0, 1, 0] }]], history: [], chunks: ['c'], warnings: [] },
+      summary: { clusterMass: [1], clusterCount: [1], exemplars: [[{ value: 1, chunk: 0, batch: 0, position: 1, tokens: [1, 2, 3], contextMemberships: [0, 1, 0] }]], history: [], chunks: ['c'], warnings: [], hasStatistics: false, operations: [] },
       analysis,
       chunks: ['c'],
       decoder: { description: 'd', window: (ids) => ids.map(() => ({ text: rlo, missing: false })), token: () => rlo },
+      tree: model.hierarchy(),
     })
     expect(html).toMatch(/\.tok\{[^}]*unicode-bidi:isolate/)
     expect(html).toMatch(/\.ctx\{[^}]*unicode-bidi:isolate/)

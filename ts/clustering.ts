@@ -94,6 +94,9 @@ export interface FitOptions {
   overwrite?: boolean
 }
 
+/** The tree over a model's clusters and its dendrogram. */
+export type Hierarchy = native.Hierarchy
+
 /** One iteration of a fit (docs/algorithm.md "History"). */
 export type HistoryEntry = native.HistoryEntry
 
@@ -174,10 +177,11 @@ export class SequentialSoftClustering {
   }
 
   /**
-   * The tree over the clusters (docs/algorithm.md "Hierarchy"): `K - 1` rows `[a, b, distance,
-   * clusters]` in scipy's linkage layout (ids >= K name the group made by row id - K).
+   * The tree over the clusters (docs/algorithm.md "Hierarchy"): `linkage`, `K - 1` rows `[a, b,
+   * distance, clusters]` in scipy's layout (ids >= K name the group made by row id - K), and
+   * what a dendrogram draws (`order` of the leaves, `icoord`, `dcoord` as scipy names them).
    */
-  hierarchy(): number[][] {
+  hierarchy(): Hierarchy {
     return this.model.hierarchy()
   }
 

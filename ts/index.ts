@@ -5,6 +5,7 @@ export {
   type Exemplar,
   type FitOptions,
   type FitProgress,
+  type Hierarchy,
   type HistoryEntry,
   type ModelSummary,
   type TransformOptions,

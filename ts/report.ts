@@ -3,7 +3,7 @@
 // model file; every piece of text is escaped here.
 import { readFileSync } from 'node:fs'
 import type { ClusterAnalysis } from './analysis'
-import type { ModelSummary } from './clustering'
+import type { Hierarchy, ModelSummary } from './clustering'
 import type { ResolvedConfig } from './config'
 import type { TokenDecoder } from './decode'
 
@@ -16,6 +16,24 @@ export interface ReportInput {
   /** The chunk files the metrics were computed on (may be empty). */
   chunks: readonly string[]
   decoder: TokenDecoder
+  /** The tree over the clusters: the dendrogram, and the order of the clusters on the page. */
+  tree: Hierarchy
+}
+
+/** One line per merge, split, update or refit since the fit. */
+function operationLines(summary: ModelSummary): string[] {
+  return summary.operations.map((o) => {
+    switch (o.op) {
+      case 'merge':
+        return `merge of clusters ${o.clusters.join(', ')} into ${o.mapping[o.clusters[0]!]} (now ${o.nClusters} clusters)${o.iterations ? `, then ${o.iterations} passes` : ''}`
+      case 'split':
+        return `split of cluster ${o.clusters[0]} into ${o.nClusters - o.mapping.length + 1} (now ${o.nClusters} clusters), then ${o.iterations} passes`
+      case 'update':
+        return `update with ${o.chunks.length} chunks (${o.chunks.join(', ')}), ${o.iterations} passes`
+      default:
+        return `${o.op} on ${o.chunks.length} chunks, ${o.iterations} passes`
+    }
+  })
 }
 
 const ESCAPES: Record<string, string> = { '&': '&amp;', '<': '&lt;', '>': '&gt;', '"': '&quot;', "'": '&#39;' }
@@ -56,7 +74,7 @@ function exemplarHtml(input: ReportInput, e: ModelSummary['exemplars'][number][n
   return `<li><span class="val">${e.value.toFixed(3)}</span><span class="ctx">${spans}</span><span class="where">${escapeHtml(where)}</span></li>`
 }
 
-function clusterSection(input: ReportInput, c: number, rank: number): string {
+function clusterSection(input: ReportInput, c: number): string {
   const s = input.analysis.clusters[c]!
   const hasTokens = input.analysis.overall.nTokens > 0
   const mass = hasTokens ? s.mass : input.summary.clusterMass[c]!
@@ -79,7 +97,7 @@ function clusterSection(input: ReportInput, c: number, rank: number): string {
   const exemplars = input.summary.exemplars[c] ?? []
   const list = exemplars.length ? `<ol class="exemplars">${exemplars.map((e) => exemplarHtml(input, e)).join('')}</ol>` : '<p>No exemplars.</p>'
   const histogram = hasTokens ? `<div class="plot hist" data-cluster="${c}"></div>` : ''
-  return `<section class="cluster" id="cluster-${c}"><h3>#${rank + 1} · cluster ${c}</h3><div class="row">${table(rows)}${histogram}</div>${top}<h4>Exemplars</h4>${list}</section>`
+  return `<section class="cluster" id="cluster-${c}"><h3>cluster ${c}</h3><div class="row">${table(rows)}${histogram}</div>${top}<h4>Exemplars</h4>${list}</section>`
 }
 
 const STYLE = `
@@ -107,9 +125,17 @@ const CLIENT = `
   Plotly.newPlot('plot-mass', [{ type: 'bar', x: labels, y: data.order.map(function (c) { return data.mass[c]; }),
     hovertext: data.order.map(function (c) { return data.hover[c]; }), marker: { color: '#e67814' } }],
     { title: { text: 'Cluster mass (sum of memberships), largest first' }, xaxis: { type: 'category' }, margin: { t: 40 } }, cfg);
-  Plotly.newPlot('plot-similarity', [{ type: 'heatmap', x: labels, y: labels, colorscale: 'RdBu', zmin: -1, zmax: 1,
-    z: data.order.map(function (j) { return data.order.map(function (l) { return data.similarity[j][l]; }); }) }],
-    { title: { text: 'Center-to-center cosine similarity' }, xaxis: { type: 'category' }, yaxis: { type: 'category', autorange: 'reversed' }, margin: { t: 40 } }, cfg);
+  var treeLabels = data.tree.order.map(function (c) { return 'c' + c; });
+  Plotly.newPlot('plot-similarity', [{ type: 'heatmap', x: treeLabels, y: treeLabels, colorscale: 'RdBu', zmin: -1, zmax: 1,
+    z: data.tree.order.map(function (j) { return data.tree.order.map(function (l) { return data.similarity[j][l]; }); }) }],
+    { title: { text: 'Center-to-center cosine similarity, in the order of the tree' }, xaxis: { type: 'category' }, yaxis: { type: 'category', autorange: 'reversed' }, margin: { t: 40 } }, cfg);
+  // The dendrogram: one U per merge, as scipy draws it (leaf i of the order at x = 10 i + 5).
+  var xs = [], ys = [];
+  data.tree.icoord.forEach(function (ix, i) { xs.push(ix[0], ix[1], ix[2], ix[3], null); var d = data.tree.dcoord[i]; ys.push(d[0], d[1], d[2], d[3], null); });
+  Plotly.newPlot('plot-tree', [{ type: 'scatter', mode: 'lines', x: xs, y: ys, line: { color: '#4a78b0', width: 1 }, hoverinfo: 'skip' }],
+    { title: { text: 'Tree of the clusters (average linkage on cosine distance, weighted by mass)' }, showlegend: false, margin: { t: 40, b: 60 },
+      xaxis: { tickvals: data.tree.order.map(function (_, i) { return 10 * i + 5; }), ticktext: treeLabels, tickangle: -90, zeroline: false },
+      yaxis: { title: { text: '1 - cosine' }, rangemode: 'tozero' } }, cfg);
   var maxMass = Math.max.apply(null, data.mass.concat([1e-12]));
   Plotly.newPlot('plot-map', [{ type: 'scatter', mode: 'markers+text', x: data.map.map(function (p) { return p[0]; }), y: data.map.map(function (p) { return p[1]; }),
     text: data.mass.map(function (_, c) { return 'c' + c; }), textposition: 'top center', hovertext: data.hover, hoverinfo: 'text',
@@ -139,6 +165,7 @@ export function renderReport(input: ReportInput): string {
   const k = analysis.nClusters
   const mass = hasTokens ? analysis.clusters.map((s) => s.mass) : summary.clusterMass
   const order = mass.map((m, c) => [m, c] as const).sort((a, b) => b[0] - a[0] || a[1] - b[1]).map(([, c]) => c)
+  const treeOrder = input.tree.order
   // Everything the page shows decoded, asked for at once: a tokenizer's decoding runs under a time
   // limit, and past it the whole page shows ids (and the overview says why), not half of it.
   const exemplars = summary.exemplars.flat()
@@ -158,6 +185,7 @@ export function renderReport(input: ReportInput): string {
     map: analysis.centerMap,
     variance: `${(100 * (analysis.centerMapVariance[0] + analysis.centerMapVariance[1])).toFixed(0)}%`,
     histograms: analysis.clusters.map((s) => s.histogram),
+    tree: { order: treeOrder, icoord: input.tree.icoord, dcoord: input.tree.dcoord },
   }
   const o = analysis.overall
   const last = summary.history[summary.history.length - 1]
@@ -168,6 +196,8 @@ export function renderReport(input: ReportInput): string {
     ['fitted on', `${summary.chunks.length} chunks, ${summary.history.length} iterations${last ? `, final objective ${fmt(last.objective, 4)}` : ''}`],
     ['tokens decoded with', input.decoder.description],
   ]
+  const operations = operationLines(summary)
+  if (operations.length > 0) overview.push(['operations since the fit', operations.join('; ')])
   if (hasTokens) {
     overview.push(
       ['metrics over', `${input.chunks.length} chunks, ${o.nTokens} tokens${o.skipped ? ` (${o.skipped} all-zero skipped)` : ''}`],
@@ -181,8 +211,9 @@ export function renderReport(input: ReportInput): string {
   } else {
     overview.push(['metrics', 'none: pass CHUNKS to compute them (mass and counts below are the model’s)'])
   }
-  const index = `<table class="index"><tr><th>#</th><th>cluster</th><th>mass</th><th>${hasTokens ? 'top tokens' : 'best exemplar tokens'}</th></tr>${order
-    .map((c, r) => `<tr><td>${r + 1}</td><td><a href="#cluster-${c}">cluster ${c}</a></td><td>${mass[c]!.toFixed(1)}</td><td>${escapeHtml(hasTokens ? topText(c) : exemplarText(c))}</td></tr>`)
+  const rank = new Map(order.map((c, r) => [c, r + 1]))
+  const index = `<table class="index"><tr><th>cluster</th><th>mass (rank)</th><th>${hasTokens ? 'top tokens' : 'best exemplar tokens'}</th></tr>${treeOrder
+    .map((c) => `<tr><td><a href="#cluster-${c}">cluster ${c}</a></td><td>${mass[c]!.toFixed(1)} (#${rank.get(c)})</td><td>${escapeHtml(hasTokens ? topText(c) : exemplarText(c))}</td></tr>`)
     .join('')}</table>`
   return `<!DOCTYPE html>
 <html lang="en"><head><meta charset="utf-8"><meta name="viewport" content="width=device-width,initial-scale=1">
@@ -190,10 +221,10 @@ export function renderReport(input: ReportInput): string {
 <body>
 <h1>soft-cluster report</h1>
 <section id="overview"><h2>Overview</h2>${table(overview)}
-<div class="plots"><div id="plot-mass" class="plot wide"></div><div id="plot-similarity" class="plot"></div><div id="plot-map" class="plot"></div></div>
-<h3>Clusters, largest first</h3>${index}</section>
-<section id="clusters"><h2>Clusters</h2>
-${order.map((c, r) => clusterSection(input, c, r)).join('\n')}
+<div class="plots"><div id="plot-mass" class="plot wide"></div><div id="plot-tree" class="plot wide"></div><div id="plot-similarity" class="plot"></div><div id="plot-map" class="plot"></div></div>
+<h3>Clusters, in the order of the tree</h3>${index}</section>
+<section id="clusters"><h2>Clusters, in the order of the tree</h2>
+${treeOrder.map((c) => clusterSection(input, c)).join('\n')}
 </section>
 <script type="application/json" id="report-data">${scriptJson(data)}</script>
 <script>${inlineScript(plotlySource())}</script>

@@ -4,6 +4,7 @@
 //! and the cut of that tree into N groups.
 
 use crate::error::{Error, Result};
+use crate::kernels::cpu::{cosines_on_host, GemmCrate};
 use crate::kernels::Centers;
 
 /// One row of the linkage table: the two merged ids (< K: a cluster; K + i: the group row i
@@ -31,12 +32,19 @@ pub fn linkage(centers: &Centers, mass: &[f64]) -> Result<Vec<LinkageRow>> {
         return Ok(Vec::new());
     }
     // Distances between the current groups (slot = lowest cluster id in the group), f32 to
-    // halve the memory at large K; the averages are formed in f64.
+    // halve the memory at large K; the averages are formed in f64. The cosines are one GEMM
+    // (blocks of rows at a time), symmetrized so that d(a, b) and d(b, a) are the same bits.
+    let d = centers.d;
     let mut dist = vec![0f32; k * k];
+    const ROWS: usize = 1024;
+    for first in (0..k).step_by(ROWS) {
+        let rows = &centers.data[first * d..(first + ROWS).min(k) * d];
+        dist[first * k..first * k + rows.len() / d * k].copy_from_slice(&cosines_on_host(GemmCrate::default(), rows, &centers.data, d));
+    }
     for a in 0..k {
+        dist[a * k + a] = 0.0;
         for b in (a + 1)..k {
-            let cos: f64 = centers.row(a).iter().zip(centers.row(b)).map(|(&x, &y)| f64::from(x) * f64::from(y)).sum();
-            let v = (1.0 - cos).max(0.0) as f32;
+            let v = (1.0 - dist[a * k + b]).max(0.0);
             dist[a * k + b] = v;
             dist[b * k + a] = v;
         }
@@ -157,6 +165,34 @@ pub fn leaf_order(linkage: &[LinkageRow], k: usize) -> Vec<usize> {
     order
 }
 
+/// What a dendrogram draws, in scipy's terms: the leaves left to right (`order`), and for each
+/// linkage row the U joining its two children: x (`icoord`, leaf `i` of the order at `10 i + 5`)
+/// and height (`dcoord`, 0 for a leaf, else the merge distance) of its four corners.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Dendrogram {
+    pub order: Vec<usize>,
+    pub icoord: Vec<[f64; 4]>,
+    pub dcoord: Vec<[f64; 4]>,
+}
+
+pub fn dendrogram(linkage: &[LinkageRow], k: usize) -> Dendrogram {
+    let order = leaf_order(linkage, k);
+    let mut x = vec![0f64; k + linkage.len()];
+    let mut height = vec![0f64; k + linkage.len()];
+    for (i, &leaf) in order.iter().enumerate() {
+        x[leaf] = 10.0 * i as f64 + 5.0;
+    }
+    let (mut icoord, mut dcoord) = (Vec::with_capacity(linkage.len()), Vec::with_capacity(linkage.len()));
+    for (i, row) in linkage.iter().enumerate() {
+        let (a, b) = (row[0] as usize, row[1] as usize);
+        icoord.push([x[a], x[a], x[b], x[b]]);
+        dcoord.push([height[a], row[2], row[2], height[b]]);
+        x[k + i] = (x[a] + x[b]) / 2.0;
+        height[k + i] = row[2];
+    }
+    Dendrogram { order, icoord, dcoord }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -181,6 +217,11 @@ mod tests {
         let pos = |c: usize| order.iter().position(|&x| x == c).unwrap();
         assert_eq!(pos(0).abs_diff(pos(2)), 1);
         assert_eq!(pos(1).abs_diff(pos(3)), 1);
+        let tree = dendrogram(&rows, 4);
+        assert_eq!(tree.order, order);
+        // The top U spans the two groups' midpoints at the last distance.
+        assert_eq!(tree.dcoord[2][1], rows[2][2]);
+        assert_eq!((tree.icoord[2][0] + tree.icoord[2][2]) / 2.0, 20.0);
     }
 
     #[test]

@@ -54,6 +54,20 @@ impl TransformOutput {
     }
 }
 
+/// The tree over a model's clusters (docs/algorithm.md "Hierarchy"), in scipy's terms.
+#[napi(object)]
+pub struct Hierarchy {
+    /// `[K - 1]` rows `[a, b, distance, clusters]` (scipy's linkage layout; ids >= K name the
+    /// group made by row `id - K`).
+    pub linkage: Vec<Vec<f64>>,
+    /// The clusters as a dendrogram draws its leaves, left to right.
+    pub order: Vec<u32>,
+    /// Per linkage row, the x of the four corners of its U (leaf `i` of `order` at `10 i + 5`).
+    pub icoord: Vec<Vec<f64>>,
+    /// Per linkage row, the heights of those corners (0 at a leaf).
+    pub dcoord: Vec<Vec<f64>>,
+}
+
 /// Reported after every chunk of a fit, transform or analysis.
 #[napi(object)]
 pub struct FitProgress {
@@ -322,12 +336,18 @@ impl NativeModel {
         }))
     }
 
-    /// The tree over the clusters (docs/algorithm.md "Hierarchy"): `[K - 1]` rows of scipy's
-    /// linkage layout `[a, b, distance, clusters]` (ids >= K name the group made by row id - K).
+    /// The tree over the clusters (docs/algorithm.md "Hierarchy") and its dendrogram.
     #[napi]
-    pub fn hierarchy(&self, env: Env) -> Result<Vec<Vec<f64>>> {
+    pub fn hierarchy(&self, env: Env) -> Result<Hierarchy> {
         let model = self.model_or_error(&env)?;
-        model.hierarchy().map(|rows| rows.iter().map(|r| r.to_vec()).collect()).map_err(|e| js_error(&env, e))
+        let linkage = model.hierarchy().map_err(|e| js_error(&env, e))?;
+        let tree = soft_cluster_core::hierarchy::dendrogram(&linkage, model.centers.k);
+        Ok(Hierarchy {
+            linkage: linkage.iter().map(|r| r.to_vec()).collect(),
+            order: tree.order.iter().map(|&c| c as u32).collect(),
+            icoord: tree.icoord.iter().map(|r| r.to_vec()).collect(),
+            dcoord: tree.dcoord.iter().map(|r| r.to_vec()).collect(),
+        })
     }
 
     /// A new model with `clusters` merged into one (docs/algorithm.md "Merge"); with chunks,
