@@ -12,7 +12,7 @@ use crate::init::{sample_size, start, suggested_temperature};
 use crate::kernels::{for_each_cosine_row, Backend, Centers, MembershipParams, Tokens, Want, COSINE_BLOCK_BYTES};
 use crate::memberships_file;
 use crate::memory::available_memory;
-use crate::model::{HistoryEntry, Model, SufficientStats};
+use crate::model::{HistoryEntry, Model, SufficientStats, STORED_TREE_MAX_K};
 use crate::run_folder::{RunFolder, RunKind, RunOptions};
 use crate::pass::PassStats;
 use crate::cache::{self, ChunkCache};
@@ -230,7 +230,9 @@ fn check_memory(config: &ClusteringConfig, backend: &dyn Backend) -> Result<()> 
     // nExemplars or contextWindow values are refused here instead of aborting an allocation.
     let (e, w) = (config.n_exemplars as f64, 2.0 * config.context_window as f64 + 1.0);
     let exemplars = 2.0 * k as f64 * e * (w * 12.0 + 64.0);
-    let needed = backend.host_bytes_for_pass(k, d) + sample_size(k) as f64 * d as f64 * 4.0 + COSINE_BLOCK_BYTES as f64 + 1024.0 * k as f64 * 4.0 + exemplars;
+    // The tree stored with the model: a K x K float32 distance matrix while it is built.
+    let tree = if k <= STORED_TREE_MAX_K { 4.0 * (k as f64).powi(2) } else { 0.0 };
+    let needed = backend.host_bytes_for_pass(k, d) + sample_size(k) as f64 * d as f64 * 4.0 + COSINE_BLOCK_BYTES as f64 + 1024.0 * k as f64 * 4.0 + exemplars + tree;
     if let Some(available) = available_memory() {
         if needed > available as f64 {
             return Err(Error::TooLarge {

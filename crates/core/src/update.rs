@@ -15,6 +15,9 @@ use crate::sources::chunk_shape;
 use crate::stream::{chunk_names, Progress};
 use std::path::{Path, PathBuf};
 
+/// Passes over the data after an update, a split or a merge with chunks, unless given.
+pub const DEFAULT_PASSES: usize = 3;
+
 pub struct UpdateRequest<'a> {
     pub model: &'a Model,
     /// The file the model came from: an input, never replaced.

@@ -103,9 +103,6 @@ fn progress_reporter(callback: Option<ProgressCallback>) -> impl FnMut(&soft_clu
     }
 }
 
-/// Passes over the data after a merge with chunks, a split or an update, unless given.
-const DEFAULT_OPERATION_PASSES: u32 = 3;
-
 /// What a `NativeModel` holds between calls. Shared with its running work.
 struct State {
     /// The fitted or loaded model; `None` until there are centers.
@@ -366,7 +363,7 @@ impl NativeModel {
         Ok(Work::new(move || {
             let chunks: Option<Vec<PathBuf>> = chunk_paths.map(|p| p.into_iter().map(PathBuf::from).collect());
             let chosen = choose_backend(&model.config)?;
-            let passes = iterations.unwrap_or(DEFAULT_OPERATION_PASSES) as usize;
+            let passes = iterations.map_or(soft_cluster_core::update::DEFAULT_PASSES, |n| n as usize);
             let mut merged = soft_cluster_core::merge::merge_with_passes(&model, &clusters, chunks.as_deref().map(|c| (c, passes)), chosen.backend.as_ref(), &mut progress_reporter(on_progress))?;
             if chunks.is_some() {
                 merged.device = Some(chosen.reason);
@@ -391,7 +388,7 @@ impl NativeModel {
         let chunks: Vec<PathBuf> = chunk_paths.into_iter().map(PathBuf::from).collect();
         Ok(Work::new(move || {
             let chosen = choose_backend(&model.config)?;
-            let request = soft_cluster_core::split::SplitRequest { model: &model, cluster: cluster as usize, parts: parts as usize, chunks: &chunks, iterations: iterations.unwrap_or(DEFAULT_OPERATION_PASSES) as usize };
+            let request = soft_cluster_core::split::SplitRequest { model: &model, cluster: cluster as usize, parts: parts as usize, chunks: &chunks, iterations: iterations.map_or(soft_cluster_core::update::DEFAULT_PASSES, |n| n as usize) };
             let mut out = soft_cluster_core::split::split(request, chosen.backend.as_ref(), &mut progress_reporter(on_progress))?;
             out.device = Some(chosen.reason);
             Ok(NativeModel::from_unsaved(out))
@@ -430,7 +427,7 @@ impl NativeModel {
                 model_file: model_file.as_deref(),
                 chunks: &chunks,
                 output_dir: &output_dir,
-                iterations: iterations.unwrap_or(DEFAULT_OPERATION_PASSES) as usize,
+                iterations: iterations.map_or(soft_cluster_core::update::DEFAULT_PASSES, |n| n as usize),
                 decay: decay.unwrap_or(1.0),
                 overwrite: overwrite.unwrap_or(false),
                 device: Some(&chosen.reason),
