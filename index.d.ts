@@ -319,6 +319,11 @@ export interface ModelSummary {
   hasStatistics: boolean
   /** Merges, splits, updates and refits since the fit, in order. */
   operations: Array<OperationInfo>
+  /**
+   * `[cluster][bin]`: examples across the range of memberships (bin `b` of 10 holds
+   * `b / 10 <= p < (b + 1) / 10`), highest first; empty for models written before them.
+   */
+  quantiles: Array<Array<Array<Exemplar>>>
 }
 
 /** A float `.npy` array (e.g. initial centers), as float32. */

@@ -5,7 +5,7 @@ import { existsSync, mkdtempSync } from 'node:fs'
 import { tmpdir } from 'node:os'
 import { join } from 'node:path'
 import { describe, expect, it } from 'vitest'
-import { readNpy, SequentialSoftClustering } from '../ts'
+import { readChunk, readNpy, SequentialSoftClustering } from '../ts'
 import { expectError, fixture, seeded, writeNpy } from './helpers'
 
 const tmp = (): string => mkdtempSync(join(tmpdir(), 'soft-cluster-ops-'))
@@ -185,5 +185,54 @@ print(json.dumps({"k": [len(a["centers"]), len(b["centers"])], "first": a["linka
     await expect(plain.partialFit([planted[1]!], join(out, 'never'))).rejects.toMatchObject({ message: expect.stringContaining('no sufficient statistics') })
     expect(existsSync(join(out, 'never'))).toBe(false)
     expectError(() => model.transform(new Float32Array(64), { level: 7 }), 'ERR_INVALID_INPUT', 'level: must be between 1 and the number of clusters (6), got 7')
+  }, 60_000)
+})
+
+describe('examples across the range of memberships', () => {
+  it('samples every bin that has tokens: counts as documented, values in their bin, the same sample for the same seed', async () => {
+    // A soft temperature, so that memberships spread over the bins.
+    const soft = { temperature: 0.4 }
+    const model = await fitPlanted(tmp(), planted, soft)
+    const bins = model.summary!.quantiles
+    expect(bins).toHaveLength(6)
+    // Direct computation: every token's memberships under the fitted centers.
+    const members: Map<string, number>[] = Array.from({ length: 6 }, () => new Map())
+    const binCounts = Array.from({ length: 6 }, () => new Array(10).fill(0) as number[])
+    const binOf = (p: number): number => Math.min(9, Math.floor(Math.fround(Math.fround(p) * 10)))
+    planted.forEach((path, chunk) => {
+      const c = readChunk(path)
+      const out = model.transform(c.activations, { shape: c.shape, attentionMask: c.attentionMask })
+      for (let r = 0; r < out.nRows; r++) {
+        for (let k = 0; k < 6; k++) {
+          const p = out.memberships![r * 6 + k]!
+          if (p <= 0) continue
+          const t = out.rowTokens[r]!
+          members[k]!.set(`${chunk}/${Math.floor(t / c.shape[1]!)}/${t % c.shape[1]!}`, p)
+          binCounts[k]![binOf(p)]! += 1
+        }
+      }
+    })
+    let sampled = 0
+    for (let k = 0; k < 6; k++) {
+      expect(bins[k]).toHaveLength(10)
+      bins[k]!.forEach((list, b) => {
+        expect(list.length, `cluster ${k} bin ${b}`).toBe(Math.min(5, binCounts[k]![b]!))
+        for (const e of list) {
+          expect(binOf(e.value)).toBe(b)
+          expect(e.value).toBeCloseTo(members[k]!.get(`${e.chunk}/${e.batch}/${e.position}`)!, 6)
+          expect(e.contextMemberships[model.config.contextWindow]).toBe(e.value)
+        }
+        sampled += list.length
+      })
+    }
+    expect(sampled).toBeGreaterThan(100) // tokens in many bins (116 at this temperature)
+    const again = await fitPlanted(tmp(), planted, soft)
+    expect(again.summary!.quantiles).toEqual(bins)
+    const otherSeed = await fitPlanted(tmp(), planted, { ...soft, seed: 1 })
+    expect(otherSeed.summary!.quantiles).not.toEqual(bins)
+    // Saved and loaded, the sample stays.
+    const out = tmp()
+    await model.save(join(out, 'm.safetensors'))
+    expect((await SequentialSoftClustering.load(join(out, 'm.safetensors'))).summary!.quantiles).toEqual(bins)
   }, 60_000)
 })

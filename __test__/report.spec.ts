@@ -209,6 +209,7 @@ describe('renderReport', () => {
       modelPath: evil,
       config: model.config,
       summary: { clusterMass: [1, 2], clusterCount: [1, 2], exemplars: [[{ value: 1, chunk: 0, batch: 0, position: 0, tokens: [1, 2, 3], contextMemberships: [0, 1, 0] }], []], history: [], chunks: [evil], warnings: [], hasStatistics: false,
+        quantiles: [Array.from({ length: 10 }, (_, b) => (b === 1 ? [{ value: 0.15, chunk: 0, batch: 0, position: 0, tokens: [1, 2, 3], contextMemberships: [0, 0.15, 0] }] : [])), []],
         operations: [{ op: 'update', clusters: [], mapping: [0, 1], nClusters: 2, chunks: [evil], iterations: 1 }] },
       analysis,
       chunks: [evil],
@@ -217,6 +218,8 @@ describe('renderReport', () => {
     })
     expect(html).not.toContain('<img')
     expect(html).toContain('&lt;/script&gt;&lt;img src=x onerror=alert(1)&gt;')
+    // The quantile example of cluster 0, bin 1, with its range.
+    expect(html).toMatch(/Across the range of memberships[\s\S]*<span class="range">0\.1–0\.2<\/span>/)
     expect(html.match(/<section class="cluster"/g)).toHaveLength(2)
     // The twin pairs of the centers are in the overview (two orthogonal centers: none).
     expect(html).toContain(`twin center pairs (cosine &gt; 0.99)</th><td>${analysis.overall.twins}</td>`)
@@ -230,7 +233,7 @@ describe('renderReport', () => {
     const html = renderReport({
       modelPath: 'm',
       config: model.config,
-      summary: { clusterMass: [1], clusterCount: [1], exemplars: [[{ value: 1, chunk: 0, batch: 0, position: 1, tokens: [1, 2, 3], contextMemberships: [0, 1, 0] }]], history: [], chunks: ['c'], warnings: [], hasStatistics: false, operations: [] },
+      summary: { clusterMass: [1], clusterCount: [1], exemplars: [[{ value: 1, chunk: 0, batch: 0, position: 1, tokens: [1, 2, 3], contextMemberships: [0, 1, 0] }]], history: [], chunks: ['c'], warnings: [], hasStatistics: false, operations: [], quantiles: [] },
       analysis,
       chunks: ['c'],
       decoder: { description: 'd', window: (ids) => ids.map(() => ({ text: rlo, missing: false })), token: () => rlo },

@@ -97,7 +97,19 @@ function clusterSection(input: ReportInput, c: number): string {
   const exemplars = input.summary.exemplars[c] ?? []
   const list = exemplars.length ? `<ol class="exemplars">${exemplars.map((e) => exemplarHtml(input, e)).join('')}</ol>` : '<p>No exemplars.</p>'
   const histogram = hasTokens ? `<div class="plot hist" data-cluster="${c}"></div>` : ''
-  return `<section class="cluster" id="cluster-${c}"><h3>cluster ${c}</h3><div class="row">${table(rows)}${histogram}</div>${top}<h4>Exemplars</h4>${list}</section>`
+  return `<section class="cluster" id="cluster-${c}"><h3>cluster ${c}</h3><div class="row">${table(rows)}${histogram}</div>${top}<h4>Exemplars</h4>${list}${rangeHtml(input, c)}</section>`
+}
+
+/** Examples across the range of the cluster's memberships: a sample per bin, highest bin first. */
+function rangeHtml(input: ReportInput, c: number): string {
+  const bins = input.summary.quantiles[c] ?? []
+  const n = bins.length
+  const parts = bins
+    .map((list, b) => ({ list, b }))
+    .filter(({ list }) => list.length > 0)
+    .reverse()
+    .map(({ list, b }) => `<li class="bin"><span class="range">${(b / n).toFixed(1)}–${((b + 1) / n).toFixed(1)}</span><ol class="exemplars">${list.map((e) => exemplarHtml(input, e)).join('')}</ol></li>`)
+  return parts.length ? `<details class="quantiles"><summary>Across the range of memberships (a sample per bin)</summary><ul class="bins">${parts.join('')}</ul></details>` : ''
 }
 
 const STYLE = `
@@ -113,6 +125,7 @@ ol.exemplars{padding-left:1.5em} ol.exemplars li{margin:.3em 0}
 .ctx{font-family:ui-monospace,monospace;white-space:pre-wrap;unicode-bidi:isolate} .tok{border-radius:2px;unicode-bidi:isolate}
 /* A token's own direction controls (U+202E ...) stay inside it: isolate every piece of text that comes from the data. */
 code,.where,td{unicode-bidi:isolate}
+ul.bins{list-style:none;padding-left:0} .range{display:inline-block;font-weight:600;color:#555;margin-top:.4em}
 .tok.center{outline:2px solid #a33;font-weight:700} .where{color:#888;font-size:85%;margin-left:1em}
 code{background:#f3f3f3;padding:0 3px;border-radius:2px;white-space:pre}
 `
@@ -168,7 +181,7 @@ export function renderReport(input: ReportInput): string {
   const treeOrder = input.tree.order
   // Everything the page shows decoded, asked for at once: a tokenizer's decoding runs under a time
   // limit, and past it the whole page shows ids (and the overview says why), not half of it.
-  const exemplars = summary.exemplars.flat()
+  const exemplars = [...summary.exemplars.flat(), ...summary.quantiles.flat(2)]
   input.decoder.prepare?.(
     exemplars.map((e) => e.tokens),
     [...analysis.clusters.flatMap((s) => s.topTokens.map((t) => t.tokenId)), ...exemplars.map((e) => e.tokens[config.contextWindow] ?? -1)],

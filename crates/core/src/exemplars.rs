@@ -110,8 +110,31 @@ impl ExemplarHeaps {
     }
 }
 
+/// What keeps some of the tokens a pass offers: the top-k heaps, the quantile sample.
+pub trait Candidates {
+    /// Whether a token with this membership in `cluster`, at `at`, would be kept (asked before
+    /// its context is gathered).
+    fn wants(&self, cluster: usize, value: f32, at: Location) -> bool;
+    fn keep(&mut self, cluster: usize, exemplar: Exemplar);
+}
+
+impl Candidates for ExemplarHeaps {
+    fn wants(&self, cluster: usize, value: f32, at: Location) -> bool {
+        self.would_accept(cluster, value, at)
+    }
+    fn keep(&mut self, cluster: usize, exemplar: Exemplar) {
+        self.offer(cluster, exemplar)
+    }
+}
+
 /// Offers every nonzero membership of a chunk to the heaps, with its context when it is kept.
 pub fn collect(heaps: &mut ExemplarHeaps, chunk: &Chunk, chunk_index: usize, out: &PassOutput, w: usize) {
+    visit_candidates(chunk, chunk_index, out, w, heaps);
+}
+
+/// Offers every nonzero membership of a chunk to `sink`, with the token's context (its ids and
+/// this cluster's memberships at `position - w ..= position + w`) when `sink` wants it.
+pub fn visit_candidates(chunk: &Chunk, chunk_index: usize, out: &PassOutput, w: usize, sink: &mut impl Candidates) {
     let Some(sparse) = &out.sparse else { return };
     let seq = chunk.seq_len;
     let mut row_of = vec![u32::MAX; chunk.n_tokens()];
@@ -133,7 +156,7 @@ pub fn collect(heaps: &mut ExemplarHeaps, chunk: &Chunk, chunk_index: usize, out
         let file_batch = chunk.first_row + batch;
         let (clusters, values) = sparse.row(r);
         for (&cluster, &value) in clusters.iter().zip(values) {
-            if !heaps.would_accept(cluster as usize, value, (chunk_index, file_batch, position)) {
+            if !sink.wants(cluster as usize, value, (chunk_index, file_batch, position)) {
                 continue;
             }
             let window = (position as isize - w as isize..=position as isize + w as isize).map(|p| {
@@ -145,7 +168,7 @@ pub fn collect(heaps: &mut ExemplarHeaps, chunk: &Chunk, chunk_index: usize, out
                     None => (-1, 0.0),
                 })
                 .unzip();
-            heaps.offer(cluster as usize, Exemplar { value, chunk: chunk_index, batch: file_batch, position, tokens, context_memberships });
+            sink.keep(cluster as usize, Exemplar { value, chunk: chunk_index, batch: file_batch, position, tokens, context_memberships });
         }
     }
 }

@@ -15,6 +15,7 @@ use crate::memory::available_memory;
 use crate::model::{HistoryEntry, Model, SufficientStats, STORED_TREE_MAX_K};
 use crate::run_folder::{RunFolder, RunKind, RunOptions};
 use crate::pass::PassStats;
+use crate::quantiles::QuantileSample;
 use crate::cache::{self, ChunkCache};
 use crate::stream::{chunk_names, report, Phase, Progress};
 use std::path::{Path, PathBuf};
@@ -106,7 +107,8 @@ fn fit_into(config: &ClusteringConfig, initial_centers: Option<Centers>, chunks:
     }
 
     // The output pass: memberships files, exemplars, per-cluster statistics.
-    let out = output_pass(config, &centers, chunks, names, 0, ExemplarHeaps::new(config.n_clusters, config.n_exemplars), &mut cache, Some(folder), backend, progress)?;
+    let candidates = (ExemplarHeaps::new(config.n_clusters, config.n_exemplars), QuantileSample::new(config.n_clusters, config.seed));
+    let out = output_pass(config, &centers, chunks, names, 0, candidates, &mut cache, Some(folder), backend, progress)?;
     let (stats, entropy) = (out.stats, out.entropy);
     let twins = twin_pairs(&centers, backend)?.len();
     let mut warnings = Vec::new();
@@ -131,6 +133,7 @@ fn fit_into(config: &ClusteringConfig, initial_centers: Option<Centers>, chunks:
         cluster_mass: stats.mass.clone(),
         cluster_count: stats.hard_count,
         exemplars: out.exemplars.into_sorted(),
+        quantiles: out.quantiles.into_bins(),
         history,
         chunks: names.to_vec(),
         warnings,
@@ -190,16 +193,19 @@ pub(crate) struct OutputPass {
     /// The pass's sums and counts under the final centers (`S` included: the model keeps it).
     pub stats: PassStats,
     pub exemplars: ExemplarHeaps,
+    pub quantiles: QuantileSample,
     /// Mean normalized partition entropy of the tokens.
     pub entropy: f64,
 }
 
 /// The output pass (docs/algorithm.md "Output pass"): one more pass under `centers` that writes
 /// each chunk's memberships file into the folder's staging area (when there is a folder) and
-/// offers exemplars to `heaps` (chunk `i` is numbered `first_chunk + i` in exemplar locations).
+/// offers every token to the exemplar heaps and the quantile sample (chunk `i` is numbered
+/// `first_chunk + i` in their locations).
 #[allow(clippy::too_many_arguments)]
-pub(crate) fn output_pass(config: &ClusteringConfig, centers: &Centers, chunks: &[PathBuf], names: &[String], first_chunk: usize, mut heaps: ExemplarHeaps, cache: &mut ChunkCache, mut folder: Option<&mut RunFolder>, backend: &dyn Backend, progress: &mut dyn FnMut(&Progress)) -> Result<OutputPass> {
+pub(crate) fn output_pass(config: &ClusteringConfig, centers: &Centers, chunks: &[PathBuf], names: &[String], first_chunk: usize, candidates: (ExemplarHeaps, QuantileSample), cache: &mut ChunkCache, mut folder: Option<&mut RunFolder>, backend: &dyn Backend, progress: &mut dyn FnMut(&Progress)) -> Result<OutputPass> {
     let started = Instant::now();
+    let (mut heaps, mut quantiles) = candidates;
     let params = MembershipParams::try_from(config)?;
     let mut pass = backend.begin_pass(config.n_clusters, config.d_model, true);
     let mut entropy_sum = 0f64;
@@ -208,6 +214,7 @@ pub(crate) fn output_pass(config: &ClusteringConfig, centers: &Centers, chunks: 
         let out = pass.run(centers, &Tokens::from_chunk(chunk, i), params, Want { sparse: true, ..Want::default() })?;
         entropy_sum += out.sparse.as_ref().map_or(0.0, |s| s.value.iter().filter(|&&p| p > 0.0).map(|&p| -f64::from(p) * f64::from(p).ln()).sum());
         exemplars::collect(&mut heaps, chunk, first_chunk + i, &out, config.context_window);
+        quantiles.collect(chunk, first_chunk + i, &out, config.context_window);
         if let Some(folder) = folder.as_deref_mut() {
             if memberships.add(chunk, &out) {
                 memberships.write(&folder.staged(&memberships_file::file_name_for(&names[i])), &names[i], chunk, config.n_clusters)?;
@@ -218,7 +225,7 @@ pub(crate) fn output_pass(config: &ClusteringConfig, centers: &Centers, chunks: 
     })?;
     let stats = pass.finish()?;
     let entropy = if config.n_clusters > 1 && stats.n_rows > 0 { entropy_sum / stats.n_rows as f64 / (config.n_clusters as f64).ln() } else { 0.0 };
-    Ok(OutputPass { stats, exemplars: heaps, entropy })
+    Ok(OutputPass { stats, exemplars: heaps, quantiles, entropy })
 }
 
 /// Refuses, before any work, a fit whose sums, init sample and cosine blocks would not fit in

@@ -10,7 +10,7 @@
 //! - `pass`: what a pass accumulates, merged in one place
 //! - `init`: the init sample and spherical k-means++
 //! - `fit`: the iteration loop and the output pass; `transform`: memberships under fixed centers
-//! - `exemplars`: the bounded top-k heaps and what they are offered
+//! - `exemplars`: the bounded top-k heaps and what they are offered; `quantiles`: examples across the range of memberships
 //! - `analysis`: quality metrics; `model` and `checkpoint`: the saved files; `hierarchy`: the tree over the clusters
 //! - `merge`, `split`, `update`: operations on a fitted model
 //! - `memory`: available memory and the per-array read limit
@@ -35,6 +35,7 @@ pub mod model;
 pub mod npz;
 pub mod output;
 pub mod pass;
+pub mod quantiles;
 pub mod run_folder;
 pub mod safetensors_chunk;
 pub mod sources;

@@ -8,6 +8,7 @@ use crate::exemplars::ExemplarHeaps;
 use crate::kernels::Centers;
 use crate::kernels::Backend;
 use crate::model::{Model, Operation, SufficientStats};
+use crate::quantiles::QuantileSample;
 use crate::stream::Progress;
 use crate::update::passes;
 use std::path::PathBuf;
@@ -85,6 +86,13 @@ pub fn merge(model: &Model, clusters: &[usize]) -> Result<Model> {
             heaps.offer(mapping[old], e.clone());
         }
     }
+    // Quantile examples: both samples, each example in the bin of its stored membership.
+    let mut quantiles = QuantileSample::new(new_k, model.config.seed);
+    for (old, bins) in model.quantiles.iter().enumerate() {
+        for e in bins.iter().flatten() {
+            quantiles.offer(mapping[old], e.clone());
+        }
+    }
     let mut operations = model.operations.clone();
     operations.push(Operation { op: "merge".into(), clusters: ids.clone(), mapping: mapping.clone(), n_clusters: new_k, chunks: Vec::new(), iterations: 0 });
     let mut config = model.config.clone();
@@ -95,6 +103,7 @@ pub fn merge(model: &Model, clusters: &[usize]) -> Result<Model> {
         cluster_mass: mass,
         cluster_count: count,
         exemplars: heaps.into_sorted(),
+        quantiles: quantiles.into_bins(),
         history: model.history.clone(),
         chunks: model.chunks.clone(),
         warnings: Vec::new(),

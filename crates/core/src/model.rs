@@ -5,6 +5,7 @@ use crate::config::ClusteringConfig;
 use crate::error::{Error, Result};
 use crate::exemplars::Exemplar;
 use crate::hierarchy::{self, LinkageRow};
+use crate::quantiles::{QUANTILE_BINS, QUANTILE_EXAMPLES};
 use crate::kernels::Centers;
 use safetensors::tensor::TensorView;
 use safetensors::{Dtype, SafeTensors};
@@ -71,6 +72,59 @@ pub struct Model {
     pub linkage: Option<Vec<LinkageRow>>,
     /// Merges, splits and updates applied since the fit, in order (metadata `operations`).
     pub operations: Vec<Operation>,
+    /// `[cluster][bin]`: examples across the range of memberships (`quantiles`), highest
+    /// membership first in each bin; empty lists in files written before them.
+    pub quantiles: Vec<Vec<Vec<Exemplar>>>,
+}
+
+/// Lists of examples as the model file stores them: `count [n]`, `values [n, slots]`,
+/// `locations [n, slots, 3]`, `tokens` and `context [n, slots, w]`; unused slots hold location
+/// -1, value 0, token ids -1 and context 0.
+struct PackedExamples {
+    count: Vec<i64>,
+    values: Vec<f32>,
+    locations: Vec<i64>,
+    tokens: Vec<i64>,
+    context: Vec<f32>,
+}
+
+fn pack_examples<'a>(lists: impl ExactSizeIterator<Item = &'a Vec<Exemplar>>, slots: usize, w: usize) -> PackedExamples {
+    let n = lists.len();
+    let mut p = PackedExamples { count: vec![0; n], values: vec![0.0; n * slots], locations: vec![-1; n * slots * 3], tokens: vec![-1; n * slots * w], context: vec![0.0; n * slots * w] };
+    for (l, list) in lists.enumerate() {
+        p.count[l] = list.len().min(slots) as i64;
+        for (i, ex) in list.iter().take(slots).enumerate() {
+            let slot = l * slots + i;
+            p.values[slot] = ex.value;
+            p.locations[slot * 3..slot * 3 + 3].copy_from_slice(&[ex.chunk as i64, ex.batch as i64, ex.position as i64]);
+            p.tokens[slot * w..(slot + 1) * w].copy_from_slice(&ex.tokens[..w]);
+            p.context[slot * w..(slot + 1) * w].copy_from_slice(&ex.context_memberships[..w]);
+        }
+    }
+    p
+}
+
+/// The lists `pack_examples` stored; `what` names the count tensor in errors.
+fn unpack_examples(p: &PackedExamples, slots: usize, w: usize, what: &str) -> std::result::Result<Vec<Vec<Exemplar>>, String> {
+    (0..p.count.len())
+        .map(|l| {
+            let n = usize::try_from(p.count[l]).ok().filter(|&n| n <= slots).ok_or_else(|| format!("{what}[{l}] = {} is out of range", p.count[l]))?;
+            Ok((0..n)
+                .map(|i| {
+                    let slot = l * slots + i;
+                    let loc = &p.locations[slot * 3..slot * 3 + 3];
+                    Exemplar {
+                        value: p.values[slot],
+                        chunk: loc[0].max(0) as usize,
+                        batch: loc[1].max(0) as usize,
+                        position: loc[2].max(0) as usize,
+                        tokens: p.tokens[slot * w..(slot + 1) * w].to_vec(),
+                        context_memberships: p.context[slot * w..(slot + 1) * w].to_vec(),
+                    }
+                })
+                .collect())
+        })
+        .collect()
 }
 
 /// The sums of a pass under the model's centers (docs/algorithm.md "Iterations"):
@@ -124,6 +178,7 @@ impl Model {
             stats: None,
             linkage: None,
             operations: Vec::new(),
+            quantiles: vec![vec![Vec::new(); QUANTILE_BINS]; k],
         }
     }
 
@@ -156,32 +211,27 @@ impl Model {
         let (k, d) = (self.centers.k, self.centers.d);
         let e = self.config.n_exemplars;
         let w = 2 * self.config.context_window + 1;
-        let mut count = vec![0i64; k];
-        let mut values = vec![0f32; k * e];
-        let mut locations = vec![-1i64; k * e * 3];
-        let mut tokens = vec![-1i64; k * e * w];
-        let mut context = vec![0f32; k * e * w];
-        for (c, list) in self.exemplars.iter().enumerate() {
-            count[c] = list.len().min(e) as i64;
-            for (i, ex) in list.iter().take(e).enumerate() {
-                let slot = c * e + i;
-                values[slot] = ex.value;
-                locations[slot * 3..slot * 3 + 3].copy_from_slice(&[ex.chunk as i64, ex.batch as i64, ex.position as i64]);
-                tokens[slot * w..(slot + 1) * w].copy_from_slice(&ex.tokens[..w]);
-                context[slot * w..(slot + 1) * w].copy_from_slice(&ex.context_memberships[..w]);
-            }
-        }
+        let top = pack_examples(self.exemplars.iter(), e, w);
+        let (bins, q) = (QUANTILE_BINS, QUANTILE_EXAMPLES);
+        let quantiles = pack_examples(self.quantiles.iter().flatten().collect::<Vec<_>>().into_iter(), q, w);
         let counts: Vec<i64> = self.cluster_count.iter().map(|&c| c as i64).collect();
         let mut tensors: Vec<(&str, Dtype, Vec<usize>, Vec<u8>)> = vec![
             ("centers", Dtype::F32, vec![k, d], le_bytes(&self.centers.data, f32::to_le_bytes)),
             ("cluster_mass", Dtype::F64, vec![k], le_bytes(&self.cluster_mass, f64::to_le_bytes)),
             ("cluster_count", Dtype::I64, vec![k], le_bytes(&counts, i64::to_le_bytes)),
-            ("exemplar_count", Dtype::I64, vec![k], le_bytes(&count, i64::to_le_bytes)),
-            ("exemplar_values", Dtype::F32, vec![k, e], le_bytes(&values, f32::to_le_bytes)),
-            ("exemplar_locations", Dtype::I64, vec![k, e, 3], le_bytes(&locations, i64::to_le_bytes)),
-            ("exemplar_tokens", Dtype::I64, vec![k, e, w], le_bytes(&tokens, i64::to_le_bytes)),
-            ("exemplar_context_memberships", Dtype::F32, vec![k, e, w], le_bytes(&context, f32::to_le_bytes)),
+            ("exemplar_count", Dtype::I64, vec![k], le_bytes(&top.count, i64::to_le_bytes)),
+            ("exemplar_values", Dtype::F32, vec![k, e], le_bytes(&top.values, f32::to_le_bytes)),
+            ("exemplar_locations", Dtype::I64, vec![k, e, 3], le_bytes(&top.locations, i64::to_le_bytes)),
+            ("exemplar_tokens", Dtype::I64, vec![k, e, w], le_bytes(&top.tokens, i64::to_le_bytes)),
+            ("exemplar_context_memberships", Dtype::F32, vec![k, e, w], le_bytes(&top.context, f32::to_le_bytes)),
         ];
+        if self.quantiles.len() == k && self.quantiles.iter().flatten().any(|l| !l.is_empty()) {
+            tensors.push(("quantile_count", Dtype::I64, vec![k, bins], le_bytes(&quantiles.count, i64::to_le_bytes)));
+            tensors.push(("quantile_values", Dtype::F32, vec![k, bins, q], le_bytes(&quantiles.values, f32::to_le_bytes)));
+            tensors.push(("quantile_locations", Dtype::I64, vec![k, bins, q, 3], le_bytes(&quantiles.locations, i64::to_le_bytes)));
+            tensors.push(("quantile_tokens", Dtype::I64, vec![k, bins, q, w], le_bytes(&quantiles.tokens, i64::to_le_bytes)));
+            tensors.push(("quantile_context_memberships", Dtype::F32, vec![k, bins, q, w], le_bytes(&quantiles.context, f32::to_le_bytes)));
+        }
         if let Some(st) = &self.stats {
             tensors.push(("stats_s", Dtype::F64, vec![k, d], le_bytes(&st.s, f64::to_le_bytes)));
             tensors.push(("stats_m", Dtype::F64, vec![k], le_bytes(&st.m, f64::to_le_bytes)));
@@ -225,11 +275,12 @@ impl Model {
         fn first_bad(values: impl Iterator<Item = f64>) -> Option<usize> {
             values.enumerate().find(|(_, v)| !v.is_finite()).map(|(i, _)| i)
         }
-        let checks: [(&str, Option<usize>); 6] = [
+        let checks: [(&str, Option<usize>); 7] = [
             ("centers", first_bad(self.centers.data.iter().map(|&v| f64::from(v)))),
             ("cluster_mass", first_bad(self.cluster_mass.iter().copied())),
             ("exemplar_values", first_bad(self.exemplars.iter().flatten().map(|e| f64::from(e.value)))),
             ("exemplar_context_memberships", first_bad(self.exemplars.iter().flatten().flat_map(|e| e.context_memberships.iter().map(|&v| f64::from(v))))),
+            ("quantile_values", first_bad(self.quantiles.iter().flatten().flatten().map(|e| f64::from(e.value)))),
             ("history", first_bad(self.history.iter().flat_map(|h| [h.objective, h.max_shift]))),
             ("stats_s", first_bad(self.stats.iter().flat_map(|st| st.s.iter().chain(&st.m).copied()))),
         ];
@@ -294,39 +345,36 @@ impl Model {
         let centers = Centers::from_saved(k, d, f32s(tensor("centers", Dtype::F32, &[k, d])?)).map_err(|e| bad(format!("tensor `centers`: {e}")))?;
         let cluster_mass = f64s(tensor("cluster_mass", Dtype::F64, &[k])?);
         let cluster_count = i64s(tensor("cluster_count", Dtype::I64, &[k])?).into_iter().map(|c| c.max(0) as u64).collect();
-        let count = i64s(tensor("exemplar_count", Dtype::I64, &[k])?);
-        let values = f32s(tensor("exemplar_values", Dtype::F32, &[k, e])?);
-        let locations = i64s(tensor("exemplar_locations", Dtype::I64, &[k, e, 3])?);
-        let tokens = i64s(tensor("exemplar_tokens", Dtype::I64, &[k, e, w])?);
-        let context = f32s(tensor("exemplar_context_memberships", Dtype::F32, &[k, e, w])?);
+        let read = |prefix: &str, lead: &[usize], slots: usize| -> Result<PackedExamples> {
+            let shape = |tail: &[usize]| [lead, tail].concat();
+            Ok(PackedExamples {
+                count: i64s(tensor(&format!("{prefix}_count"), Dtype::I64, lead)?),
+                values: f32s(tensor(&format!("{prefix}_values"), Dtype::F32, &shape(&[slots]))?),
+                locations: i64s(tensor(&format!("{prefix}_locations"), Dtype::I64, &shape(&[slots, 3]))?),
+                tokens: i64s(tensor(&format!("{prefix}_tokens"), Dtype::I64, &shape(&[slots, w]))?),
+                context: f32s(tensor(&format!("{prefix}_context_memberships"), Dtype::F32, &shape(&[slots, w]))?),
+            })
+        };
+        let top = read("exemplar", &[k], e)?;
         // Every later command trusts these numbers: a non-finite one is a broken file, said here.
         let finite = |name: &str, mut values: Box<dyn Iterator<Item = f64> + '_>| match values.position(|v| !v.is_finite()) {
             Some(i) => Err(bad(format!("tensor `{name}` holds a non-finite value (at flat index {i})"))),
             None => Ok(()),
         };
         finite("cluster_mass", Box::new(cluster_mass.iter().copied()))?;
-        finite("exemplar_values", Box::new(values.iter().map(|&v| f64::from(v))))?;
-        finite("exemplar_context_memberships", Box::new(context.iter().map(|&v| f64::from(v))))?;
-        let mut exemplars = Vec::with_capacity(k);
-        for c in 0..k {
-            let n = usize::try_from(count[c]).ok().filter(|&n| n <= e).ok_or_else(|| bad(format!("exemplar_count[{c}] = {} is out of range", count[c])))?;
-            exemplars.push(
-                (0..n)
-                    .map(|i| {
-                        let slot = c * e + i;
-                        let loc = &locations[slot * 3..slot * 3 + 3];
-                        Exemplar {
-                            value: values[slot],
-                            chunk: loc[0].max(0) as usize,
-                            batch: loc[1].max(0) as usize,
-                            position: loc[2].max(0) as usize,
-                            tokens: tokens[slot * w..(slot + 1) * w].to_vec(),
-                            context_memberships: context[slot * w..(slot + 1) * w].to_vec(),
-                        }
-                    })
-                    .collect(),
-            );
-        }
+        finite("exemplar_values", Box::new(top.values.iter().map(|&v| f64::from(v))))?;
+        finite("exemplar_context_memberships", Box::new(top.context.iter().map(|&v| f64::from(v))))?;
+        let exemplars = unpack_examples(&top, e, w, "exemplar_count").map_err(bad)?;
+        let quantiles = match st.tensor("quantile_count") {
+            Err(_) => vec![vec![Vec::new(); QUANTILE_BINS]; k],
+            Ok(_) => {
+                let packed = read("quantile", &[k, QUANTILE_BINS], QUANTILE_EXAMPLES)?;
+                finite("quantile_values", Box::new(packed.values.iter().map(|&v| f64::from(v))))?;
+                finite("quantile_context_memberships", Box::new(packed.context.iter().map(|&v| f64::from(v))))?;
+                let flat = unpack_examples(&packed, QUANTILE_EXAMPLES, w, "quantile_count").map_err(bad)?;
+                flat.chunks(QUANTILE_BINS).map(|c| c.to_vec()).collect()
+            }
+        };
         let stats = match (st.tensor("stats_s").is_ok(), meta.get("stats_tokens")) {
             (false, _) => None,
             (true, tokens) => {
@@ -350,7 +398,7 @@ impl Model {
                 Some(rows)
             }
         };
-        Ok(Model { config, centers, cluster_mass, cluster_count, exemplars, history, chunks, warnings, device, stats, linkage, operations })
+        Ok(Model { config, centers, cluster_mass, cluster_count, exemplars, history, chunks, warnings, device, stats, linkage, operations, quantiles })
     }
 }
 
@@ -388,6 +436,8 @@ mod tests {
         m.history = vec![HistoryEntry { iteration: 1, objective: 0.5, max_shift: 0.1, mass: vec![1.0, 3.0], reseeds: 0, twins: 0, skipped: 2, seconds: 0.25, data: "host cache, 96 bytes".into() }];
         m.chunks = vec!["a.npz".into(), "b.npz".into()];
         m.stats = Some(SufficientStats { s: vec![1.0, 0.0, 0.0, 0.0, 1.5, 2.0], m: vec![1.5, 2.5], tokens: 4 });
+        m.quantiles[1][9] = vec![Exemplar { value: 0.95, chunk: 0, batch: 1, position: 2, tokens: vec![4, 5, 6], context_memberships: vec![0.1, 0.95, 0.0] }];
+        m.quantiles[0][2] = vec![Exemplar { value: 0.25, chunk: 1, batch: 0, position: 0, tokens: vec![-1, 7, 8], context_memberships: vec![0.0, 0.25, 0.2] }];
         m.operations = vec![Operation { op: "merge".into(), clusters: vec![1, 2], mapping: vec![0, 1, 1], n_clusters: 2, chunks: vec![], iterations: 0 }];
         m.with_hierarchy().unwrap()
     }

@@ -10,6 +10,7 @@ use crate::exemplars::ExemplarHeaps;
 use crate::fit::{iterate, output_pass, with_prior};
 use crate::kernels::Backend;
 use crate::model::{Model, Operation, SufficientStats};
+use crate::quantiles::QuantileSample;
 use crate::run_folder::{RunFolder, RunKind, RunOptions};
 use crate::sources::chunk_shape;
 use crate::stream::{chunk_names, Progress};
@@ -117,8 +118,10 @@ pub fn passes(model: &Model, chunks: &[PathBuf], iterations: usize, decay: f64, 
             }
         }
     }
+    // Old quantile examples compete by their keys, as if the old chunks were passed again.
+    let quantiles = if keep_old { QuantileSample::from_bins(config.seed, &model.quantiles) } else { QuantileSample::new(k, config.seed) };
     let first_chunk = if keep_old { model.chunks.len() } else { 0 };
-    let out = output_pass(config, &centers, chunks, &names, first_chunk, heaps, &mut cache, folder, backend, progress)?;
+    let out = output_pass(config, &centers, chunks, &names, first_chunk, (heaps, quantiles), &mut cache, folder, backend, progress)?;
     let stats = SufficientStats {
         s: with_prior(prior.map(|(o, dc)| (&o.s[..], dc)), &out.stats.s),
         m: with_prior(prior.map(|(o, dc)| (&o.m[..], dc)), &out.stats.mass),
@@ -131,6 +134,7 @@ pub fn passes(model: &Model, chunks: &[PathBuf], iterations: usize, decay: f64, 
         cluster_mass: stats.m.clone(),
         cluster_count: out.stats.hard_count.iter().enumerate().map(|(c, &n)| old_count(c) + n).collect(),
         exemplars: out.exemplars.into_sorted(),
+        quantiles: out.quantiles.into_bins(),
         history,
         chunks: if keep_old { model.chunks.iter().chain(&names).cloned().collect() } else { names },
         warnings: Vec::new(),

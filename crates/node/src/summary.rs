@@ -97,6 +97,9 @@ pub struct ModelSummary {
     pub has_statistics: bool,
     /// Merges, splits, updates and refits since the fit, in order.
     pub operations: Vec<OperationInfo>,
+    /// `[cluster][bin]`: examples across the range of memberships (bin `b` of 10 holds
+    /// `b / 10 <= p < (b + 1) / 10`), highest first; empty for models written before them.
+    pub quantiles: Vec<Vec<Vec<Exemplar>>>,
 }
 
 /// An operation on a fitted model (docs/formats.md "Model file", metadata `operations`).
@@ -141,6 +144,7 @@ impl ModelSummary {
             warnings: m.warnings.clone(),
             has_statistics: m.stats.is_some(),
             operations: m.operations.iter().map(OperationInfo::from).collect(),
+            quantiles: m.quantiles.iter().map(|bins| bins.iter().map(|list| list.iter().map(Exemplar::from).collect()).collect()).collect(),
         }
     }
 }
