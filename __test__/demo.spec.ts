@@ -67,10 +67,13 @@ describe('soft-cluster demo', () => {
       // One section per cluster, each with exemplars whose center token is decoded text, not an id.
       expect(await page.locator('section.cluster').count()).toBe(N_CLUSTERS)
       const centers = await page
-        .locator('section.cluster ol.exemplars li:first-child .tok.center')
+        .locator('section.cluster > ol.exemplars > li:first-child .tok.center')
         .evaluateAll((els) => els.map((e) => ({ text: e.textContent!.trim(), id: /token id (\d+)/.exec(e.getAttribute('title')!)![1] })))
       expect(centers).toHaveLength(N_CLUSTERS)
       expect(centers.filter((c) => c.text === '' || c.text === c.id)).toEqual([])
+      // Every cluster shows examples across the range of its memberships, by bin.
+      expect(await page.locator('section.cluster details.quantiles').count()).toBe(N_CLUSTERS)
+      expect(await page.locator('section.cluster details.quantiles li.bin').count()).toBeGreaterThanOrEqual(2 * N_CLUSTERS)
       // Histograms are drawn as their sections scroll into view.
       await page.locator('section.cluster').last().scrollIntoViewIfNeeded()
       await page.waitForSelector('section.cluster:last-child .hist[data-drawn="1"] .main-svg', { timeout: 10_000 })

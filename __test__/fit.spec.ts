@@ -182,6 +182,8 @@ describe('save and load', () => {
       exemplar_count: ['int64', [6]], exemplar_values: ['float32', [6, 3]], exemplar_locations: ['int64', [6, 3, 3]],
       exemplar_tokens: ['int64', [6, 3, 5]], exemplar_context_memberships: ['float32', [6, 3, 5]],
       stats_s: ['float64', [6, 64]], stats_m: ['float64', [6]], linkage: ['float64', [5, 4]],
+      quantile_count: ['int64', [6, 10]], quantile_values: ['float32', [6, 10, 5]], quantile_locations: ['int64', [6, 10, 5, 3]],
+      quantile_tokens: ['int64', [6, 10, 5, 5]], quantile_context_memberships: ['float32', [6, 10, 5, 5]],
     })
     expect(report.metadata.format).toBe('soft-cluster-model')
     expect(report.metadata.format_version).toBe('2')
