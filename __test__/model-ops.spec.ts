@@ -157,6 +157,22 @@ print(json.dumps({"k": [len(a["centers"]), len(b["centers"])], "first": a["linka
     console.log(`update vs fit over all chunks: max 1 - cos = ${gap.toExponential(2)}`)
   }, 60_000)
 
+  it('warns after an update that leaves the model collapsed, as a fit does', async () => {
+    const collapsedOut = tmp()
+    const collapsed = await fitPlanted(collapsedOut, [planted[0]!], { temperature: 1 })
+    expect(collapsed.summary!.warnings).toHaveLength(1)
+    const updated = await SequentialSoftClustering.load(join(collapsedOut, 'model.safetensors'))
+    await updated.partialFit([planted[1]!], tmp(), { iterations: 1 })
+    expect(updated.summary!.warnings).toHaveLength(1)
+    expect(updated.summary!.warnings[0]).toContain('collapsed at temperature 1')
+    const healthy = await fitPlanted(tmp(), [planted[0]!])
+    const out = tmp()
+    await healthy.save(join(out, 'm.safetensors'))
+    const fine = await SequentialSoftClustering.load(join(out, 'm.safetensors'))
+    await fine.partialFit([planted[1]!], tmp(), { iterations: 1 })
+    expect(fine.summary!.warnings).toEqual([])
+  }, 60_000)
+
   it('loads a format_version 1 model: its tree is computed on load, operations that need sums say so', async () => {
     const v1 = await SequentialSoftClustering.load(join(__dirname, '..', 'fuzz', 'corpus', 'model', 'k16.safetensors'))
     expect(v1.summary!.hasStatistics).toBe(false)

@@ -94,7 +94,6 @@ fn fit_into(config: &ClusteringConfig, initial_centers: Option<Centers>, chunks:
     };
     let config = &config;
 
-    let params = MembershipParams::try_from(config)?;
     let mut iteration = history.len();
     while !iterations_done && iteration < config.n_iterations {
         iteration += 1;
@@ -110,22 +109,14 @@ fn fit_into(config: &ClusteringConfig, initial_centers: Option<Centers>, chunks:
     let candidates = (ExemplarHeaps::new(config.n_clusters, config.n_exemplars), QuantileSample::new(config.n_clusters, config.seed));
     let out = output_pass(config, &centers, chunks, names, 0, candidates, &mut cache, Some(folder), backend, progress)?;
     let (stats, entropy) = (out.stats, out.entropy);
-    let twins = twin_pairs(&centers, backend)?.len();
-    let mut warnings = Vec::new();
-    if twins > 0 || entropy >= COLLAPSED_ENTROPY {
-        let t = params.temperature;
-        let suggestion = match config.temperature_rule {
-            Some(_) => "it was chosen by \"auto\"; try more nIterations or fewer clusters".to_string(),
-            // Best effort: the suggestion must not fail a fit whose outputs are written.
-            None => match auto_temperature.map_or_else(|| suggested_temperature(config, chunks, &mut cache, backend), Ok) {
-                Ok(t) => format!("temperature \"auto\" would choose {t:.3} for this data"),
-                Err(e) => format!("rerun with temperature \"auto\" (its value could not be computed here: {e})"),
-            },
-        };
-        warnings.push(format!(
-            "the fit ended collapsed at temperature {t}: {twins} twin center pairs above cosine {TWIN_COSINE}, partition entropy {entropy:.3} (1 = every token in every cluster alike); {suggestion}"
-        ));
-    }
+    let warnings = collapse_warning(config, &centers, entropy, backend, |config| match config.temperature_rule {
+        Some(_) => "it was chosen by \"auto\"; try more nIterations or fewer clusters".to_string(),
+        // Best effort: the suggestion must not fail a fit whose outputs are written.
+        None => match auto_temperature.map_or_else(|| suggested_temperature(config, chunks, &mut cache, backend), Ok) {
+            Ok(t) => format!("temperature \"auto\" would choose {t:.3} for this data"),
+            Err(e) => format!("rerun with temperature \"auto\" (its value could not be computed here: {e})"),
+        },
+    })?;
 
     let model = Model {
         config: config.clone(),
@@ -186,6 +177,21 @@ pub(crate) fn iterate(config: &ClusteringConfig, centers: &Centers, chunks: &[Pa
         .fold(0.0, f64::max);
     let entry = HistoryEntry { iteration: number, objective, max_shift, mass: stats.mass, reseeds, twins, skipped, seconds: started.elapsed().as_secs_f64(), data };
     Ok((next, entry))
+}
+
+/// The collapse warning (docs/algorithm.md "Collapse warning") of a model whose output pass
+/// left `entropy`: none unless twin centers remain or the entropy is near 1; `suggestion` says
+/// what to try, and is asked for only then.
+pub(crate) fn collapse_warning(config: &ClusteringConfig, centers: &Centers, entropy: f64, backend: &dyn Backend, suggestion: impl FnOnce(&ClusteringConfig) -> String) -> Result<Vec<String>> {
+    let twins = twin_pairs(centers, backend)?.len();
+    if twins == 0 && entropy < COLLAPSED_ENTROPY {
+        return Ok(Vec::new());
+    }
+    let t = MembershipParams::try_from(config)?.temperature;
+    Ok(vec![format!(
+        "the fit ended collapsed at temperature {t}: {twins} twin center pairs above cosine {TWIN_COSINE}, partition entropy {entropy:.3} (1 = every token in every cluster alike); {}",
+        suggestion(config)
+    )])
 }
 
 /// What the output pass learns besides the memberships files it writes.

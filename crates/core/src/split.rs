@@ -6,7 +6,7 @@
 
 use crate::cache::{self, ChunkCache};
 use crate::error::{Error, Result};
-use crate::kernels::{prepare_rows, unit_row, Backend, Centers, MembershipParams, Tokens, Want};
+use crate::kernels::{unit_row, Backend, Centers, MembershipParams, Tokens, Want};
 use crate::model::{Model, Operation, SufficientStats};
 use crate::stream::Progress;
 use crate::update::{check_chunks_d, passes};
@@ -38,8 +38,8 @@ fn members(model: &Model, cluster: usize, chunks: &[PathBuf], backend: &dyn Back
     let mut cache = ChunkCache::new(crate::config::CacheSetting::Off, cache::estimated_bytes(chunks)?);
     cache.stream(chunks, d, |i, chunk| {
         let tokens = Tokens::from_chunk(chunk, i);
-        let rows = prepare_rows(&tokens)?;
         let out = backend.run(&model.centers, &tokens, params, Want { sparse: true, ..Want::default() })?;
+        let rows = &out.rows;
         let sparse = out.sparse.unwrap_or_default();
         for r in 0..out.rows.len() {
             let (clusters, values) = sparse.row(r);

@@ -7,7 +7,7 @@
 use crate::cache::{self, ChunkCache};
 use crate::error::{Error, Result};
 use crate::exemplars::ExemplarHeaps;
-use crate::fit::{iterate, output_pass, with_prior};
+use crate::fit::{collapse_warning, iterate, output_pass, with_prior};
 use crate::kernels::Backend;
 use crate::model::{Model, Operation, SufficientStats};
 use crate::quantiles::QuantileSample;
@@ -128,6 +128,8 @@ pub fn passes(model: &Model, chunks: &[PathBuf], iterations: usize, decay: f64, 
         tokens: if keep_old { (old.tokens as f64 * decay).round() as u64 } else { 0 } + out.stats.n_rows,
     };
     let old_count = |c: usize| if keep_old { (model.cluster_count[c] as f64 * decay).round() as u64 } else { 0 };
+    // Passes after a merge, split or update can collapse too: they warn as a fit does.
+    let warnings = collapse_warning(config, &centers, out.entropy, backend, |_| "fit again with temperature \"auto\" or fewer clusters".to_string())?;
     Ok(Model {
         config: config.clone(),
         centers,
@@ -137,7 +139,7 @@ pub fn passes(model: &Model, chunks: &[PathBuf], iterations: usize, decay: f64, 
         quantiles: out.quantiles.into_bins(),
         history,
         chunks: if keep_old { model.chunks.iter().chain(&names).cloned().collect() } else { names },
-        warnings: Vec::new(),
+        warnings,
         device: model.device.clone(),
         stats: Some(stats),
         linkage: None,
