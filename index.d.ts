@@ -90,6 +90,8 @@ export interface AnalyzeParams {
   silhouetteSample?: number
   /** Seed of that sample (default 0). */
   seed?: number
+  /** Pseudo-occurrences `a` of the lift `(w + a) / (E + a)` (default 1; README "Quality metrics"). */
+  liftSmoothing?: number
 }
 
 /** A chunk as JS sees it: activations widened to float32, shape `[B, S, D]`. */
@@ -195,6 +197,8 @@ export interface ClusterStats {
   histogram: Array<number>
   /** Token ids with the largest summed membership, largest first. */
   topTokens: Array<TokenWeight>
+  /** Token ids special to the cluster (lift above 1), highest lift first. */
+  liftTokens: Array<TokenLift>
   /** The most similar other center (null when K = 1). */
   nearestCenter: number | null
   /** Its cosine (null when K = 1). */
@@ -424,6 +428,19 @@ export declare function setActivationsKey(key?: string | undefined | null): void
  * (docs/formats.md "Limits").
  */
 export declare function setMaxChunkBytes(bytes?: number | undefined | null): void
+
+/**
+ * A token id special to a cluster: its lift `(w + a) / (E + a)`, with `E` the weight it would
+ * have if it were spread over the clusters like every token.
+ */
+export interface TokenLift {
+  tokenId: number
+  lift: number
+  /** Sum of the cluster's memberships over the occurrences of the token. */
+  weight: number
+  /** Occurrences of the token among all the tokens analyzed. */
+  count: number
+}
 
 /** A token id and its summed membership in a cluster. */
 export interface TokenWeight {

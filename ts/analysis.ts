@@ -3,7 +3,7 @@
 import { activationsArray, chunkList, maskArray, shapeArg, withProgress, type FitProgress, type SequentialSoftClustering } from './clustering'
 import type * as native from './native'
 
-/** Options of the metrics: `topTokens`, `histogramBins`, `silhouetteSample`, `seed` (absent: the core's defaults). */
+/** Options of the metrics: `topTokens`, `histogramBins`, `silhouetteSample`, `seed`, `liftSmoothing` (absent: the core's defaults). */
 export type AnalyzeMetricOptions = native.AnalyzeParams
 
 export interface AnalyzeOptions extends AnalyzeMetricOptions {
@@ -35,7 +35,7 @@ function tokenIdArray(ids: Int32Array | BigInt64Array | ArrayLike<number | bigin
 }
 
 function metricOptions(o: AnalyzeMetricOptions) {
-  return { topTokens: o.topTokens, histogramBins: o.histogramBins, silhouetteSample: o.silhouetteSample, seed: o.seed }
+  return { topTokens: o.topTokens, histogramBins: o.histogramBins, silhouetteSample: o.silhouetteSample, seed: o.seed, liftSmoothing: o.liftSmoothing }
 }
 
 /** Quality metrics of a batch of tokens under the model's centers (`analyzeSequentialClusters`, README "Quality metrics"). */

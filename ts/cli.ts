@@ -42,6 +42,7 @@ const withMetricOptions = (command: Command): Command =>
     .option('--top-tokens <N>', 'token ids listed per cluster (10)', count)
     .option('--sample <N>', 'tokens in the silhouette sample (2000)', count)
     .option('--seed <S>', 'seed of the silhouette sample (0)', count)
+    .option('--lift-smoothing <A>', 'pseudo-occurrences added to a token\'s observed and expected weight in its lift (1)', number)
     .option('--progress', 'show progress on stderr even when it is not a terminal')
 
 export function main(argv: string[]): void {

@@ -17,6 +17,7 @@ export interface ReportCommandOptions {
   topTokens?: number
   sample?: number
   seed?: number
+  liftSmoothing?: number
   progress?: boolean
   json?: boolean
 }

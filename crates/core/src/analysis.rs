@@ -13,6 +13,14 @@
 //! - `histogram[b]` = how many nonzero `p_k(x)` fall in `[b / bins, (b + 1) / bins)` (the last bin
 //!   includes 1);
 //! - `top_tokens`: token ids by `sum p_k(x)` over their occurrences, largest first (ties: smaller id);
+//! - `lift_tokens`: token ids special to the cluster rather than frequent everywhere. With `w_k(t)`
+//!   the cluster's summed membership over the occurrences of token `t`, `n(t)` its occurrences among
+//!   the `N` tokens (counted in the same pass) and `E_k(t) = n(t) mass_k / N` the weight `t` would
+//!   have if it were spread over the clusters like every token,
+//!   `lift_k(t) = (w_k(t) + a) / (E_k(t) + a)` with the smoothing `a = lift_smoothing` (default 1,
+//!   one pseudo-occurrence): a token seen once scores at most about 2, so rare tokens do not crowd
+//!   out frequent ones that land mostly here. Tokens with `lift > 1` only, highest first (ties:
+//!   larger weight, then smaller id), at most `top_tokens`;
 //! - `nearest_center` = `argmax_{j != k} cos(C_k, C_j)` (ties: smaller j) and that cosine.
 //!
 //! Overall:
@@ -56,12 +64,37 @@ pub struct AnalyzeOptions {
     pub silhouette_sample: usize,
     /// Seed of the silhouette's sample.
     pub seed: u64,
+    /// `a` of `lift_k(t)` (module documentation): pseudo-occurrences added to the observed and
+    /// expected weight of a token.
+    pub lift_smoothing: f64,
 }
 
 impl Default for AnalyzeOptions {
     fn default() -> Self {
-        AnalyzeOptions { top_tokens: 10, histogram_bins: 10, silhouette_sample: 2000, seed: 0 }
+        AnalyzeOptions { top_tokens: 10, histogram_bins: 10, silhouette_sample: 2000, seed: 0, lift_smoothing: 1.0 }
     }
+}
+
+impl AnalyzeOptions {
+    /// Refuses options no metric can use.
+    pub fn validate(&self) -> Result<()> {
+        if !(self.lift_smoothing.is_finite() && self.lift_smoothing >= 0.0) {
+            return Err(Error::invalid_input("liftSmoothing", format!("must be a finite number >= 0, got {}", self.lift_smoothing)));
+        }
+        Ok(())
+    }
+}
+
+/// A token id special to a cluster: `lift_k(t)` of the module documentation.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct TokenLift {
+    pub token_id: i64,
+    pub lift: f64,
+    /// `w_k(t)`: the cluster's summed membership over the token's occurrences.
+    pub weight: f64,
+    /// `n(t)`: the token's occurrences among all the tokens analyzed.
+    pub count: u64,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize)]
@@ -85,6 +118,7 @@ pub struct ClusterStats {
     pub nonzero_fraction: f64,
     pub histogram: Vec<u64>,
     pub top_tokens: Vec<TokenWeight>,
+    pub lift_tokens: Vec<TokenLift>,
     pub nearest_center: Option<usize>,
     pub nearest_center_cosine: Option<f64>,
 }
@@ -139,6 +173,8 @@ pub struct Analyzer<'a> {
     nonzero: Vec<u64>,
     histogram: Vec<Vec<u64>>,
     weights: Vec<HashMap<i64, f64>>,
+    /// `n(t)`: occurrences of each token id among the tokens with memberships.
+    token_counts: HashMap<i64, u64>,
     rng: ChaCha8Rng,
     /// Unit vectors of the silhouette sample, `[n, D]`, and their hard clusters.
     sample: Vec<f32>,
@@ -165,6 +201,7 @@ impl<'a> Analyzer<'a> {
             nonzero: vec![0; k],
             histogram: vec![vec![0; options.histogram_bins.max(1)]; k],
             weights: vec![HashMap::new(); k],
+            token_counts: HashMap::new(),
             rng: ChaCha8Rng::seed_from_u64(options.seed),
             sample: Vec::new(),
             sample_label: Vec::new(),
@@ -191,6 +228,9 @@ impl<'a> Analyzer<'a> {
         for (r, (&t, &inv)) in out.rows.token.iter().zip(&out.rows.inv_norm).enumerate() {
             unit_row(tokens, t as usize, inv, &mut x);
             let (clusters, values) = sparse.row(r);
+            if let Some(ids) = token_ids {
+                *self.token_counts.entry(ids[t as usize]).or_default() += 1;
+            }
             let mut argmax = (0usize, f32::NEG_INFINITY);
             for (&c, &p) in clusters.iter().zip(values) {
                 let (c, p64) = (c as usize, f64::from(p));
@@ -237,6 +277,7 @@ impl<'a> Analyzer<'a> {
                 let mut top_tokens: Vec<TokenWeight> = self.weights[c].iter().map(|(&token_id, &weight)| TokenWeight { token_id, weight }).collect();
                 top_tokens.sort_by(|a, b| b.weight.total_cmp(&a.weight).then(a.token_id.cmp(&b.token_id)));
                 top_tokens.truncate(self.options.top_tokens);
+                let lift_tokens = lift_tokens(&self.weights[c], &self.token_counts, self.mass[c], n, self.options);
                 let nearest = (0..k).filter(|&j| j != c).fold(None, |best: Option<usize>, j| match best {
                     Some(b) if similarity[c][b] >= similarity[c][j] => Some(b),
                     _ => Some(j),
@@ -252,6 +293,7 @@ impl<'a> Analyzer<'a> {
                     nonzero_fraction: per_token(self.nonzero[c] as f64),
                     histogram: self.histogram[c].clone(),
                     top_tokens,
+                    lift_tokens,
                     nearest_center: nearest,
                     nearest_center_cosine: nearest.map(|j| similarity[c][j]),
                 }
@@ -278,8 +320,26 @@ impl<'a> Analyzer<'a> {
     }
 }
 
+/// The `lift_tokens` of one cluster from its token weights (module documentation).
+fn lift_tokens(weights: &HashMap<i64, f64>, counts: &HashMap<i64, u64>, mass: f64, n: u64, options: AnalyzeOptions) -> Vec<TokenLift> {
+    let a = options.lift_smoothing;
+    let share = if n > 0 { mass / n as f64 } else { 0.0 };
+    let mut lifts: Vec<TokenLift> = weights
+        .iter()
+        .map(|(&token_id, &weight)| {
+            let count = counts.get(&token_id).copied().unwrap_or(0);
+            TokenLift { token_id, lift: (weight + a) / (count as f64 * share + a), weight, count }
+        })
+        .filter(|t| t.lift > 1.0)
+        .collect();
+    lifts.sort_by(|x, y| y.lift.total_cmp(&x.lift).then(y.weight.total_cmp(&x.weight)).then(x.token_id.cmp(&y.token_id)));
+    lifts.truncate(options.top_tokens);
+    lifts
+}
+
 /// The metrics of one batch of tokens (`analyzeSequentialClusters`).
 pub fn analyze(backend: &dyn Backend, config: &ClusteringConfig, centers: &Centers, tokens: &Tokens, token_ids: Option<&[i64]>, options: AnalyzeOptions) -> Result<Analysis> {
+    options.validate()?;
     let mut analyzer = Analyzer::new(config, centers, options);
     analyzer.add(backend, tokens, token_ids)?;
     Ok(analyzer.finish())
@@ -290,6 +350,7 @@ pub fn analyze_chunks(model: &Model, chunks: &[PathBuf], backend: &dyn Backend, 
     if chunks.is_empty() {
         return Err(Error::invalid_input("chunks", "no chunk files were given"));
     }
+    options.validate()?;
     let mut analyzer = Analyzer::new(&model.config, &model.centers, options);
     let started = Instant::now();
     stream_chunks(chunks, model.config.d_model, |i, chunk| {
@@ -424,6 +485,11 @@ mod tests {
         assert!((stats[0].top_tokens[0].weight - 1.5).abs() < 1e-6);
         assert_eq!(stats[1].top_tokens.iter().map(|t| t.token_id).collect::<Vec<_>>(), vec![9, 7]);
         assert_eq!(stats[0].histogram[5] + stats[0].histogram[9], 2);
+        // Lift (a = 1, N = 3): token 9 is all cluster 1's, token 7 is cluster 0's; 7 is below 1 in cluster 1.
+        assert_eq!(stats[1].lift_tokens, vec![TokenLift { token_id: 9, lift: stats[1].lift_tokens[0].lift, weight: stats[1].lift_tokens[0].weight, count: 1 }]);
+        assert!((stats[1].lift_tokens[0].lift - 2.0 / 1.5).abs() < 1e-6);
+        assert_eq!((stats[0].lift_tokens[0].token_id, stats[0].lift_tokens[0].count), (7, 2));
+        assert!((stats[0].lift_tokens[0].lift - 2.5 / 2.0).abs() < 1e-6 && stats[0].lift_tokens.len() == 1);
         assert!((a.overall.partition_entropy - (2f64.ln() / 3.0) / 2f64.ln()).abs() < 1e-6);
         assert!((a.overall.partition_coefficient - (2.0 + 0.5) / 3.0).abs() < 1e-6);
         assert_eq!(a.clusters[0].nearest_center, Some(1));
@@ -473,9 +539,18 @@ mod tests {
                     *w.entry(row_ids[r]).or_default() += p;
                 }
             }
+            let top_weights = w.clone();
             let mut top_tokens: Vec<TokenWeight> = w.into_iter().map(|(token_id, weight)| TokenWeight { token_id, weight }).collect();
             top_tokens.sort_by(|a, b| b.weight.total_cmp(&a.weight).then(a.token_id.cmp(&b.token_id)));
             top_tokens.truncate(top);
+            let count = |t: i64| row_ids.iter().filter(|&&r| r == t).count() as u64;
+            let mut lift_tokens: Vec<TokenLift> = top_weights
+                .into_iter()
+                .map(|(token_id, weight)| TokenLift { token_id, lift: (weight + 1.0) / (count(token_id) as f64 * mass / n + 1.0), weight, count: count(token_id) })
+                .filter(|t| t.lift > 1.0)
+                .collect();
+            lift_tokens.sort_by(|a, b| b.lift.total_cmp(&a.lift).then(b.weight.total_cmp(&a.weight)).then(a.token_id.cmp(&b.token_id)));
+            lift_tokens.truncate(top);
             let others: Vec<usize> = (0..k).filter(|&j| j != c).collect();
             let nearest = others.iter().copied().reduce(|b, j| if sim(c, j) > sim(c, b) { j } else { b });
             clusters.push(ClusterStats {
@@ -488,6 +563,7 @@ mod tests {
                 nonzero_fraction: nz.len() as f64 / n,
                 histogram: hist,
                 top_tokens,
+                lift_tokens,
                 nearest_center: nearest,
                 nearest_center_cosine: nearest.map(|j| sim(c, j)),
             });
@@ -544,7 +620,7 @@ mod tests {
             config.temperature = Temperature::Fixed(0.2);
             config.min_membership = 0.05;
             let tokens = Tokens { source: "activations", chunk_index: 0, first_row: 0, activations: ActivationsRef::F32(&acts), seq_len: s, d, mask: Some(&mask) };
-            let options = AnalyzeOptions { top_tokens: 5, histogram_bins: 7, silhouette_sample: 1000, seed };
+            let options = AnalyzeOptions { top_tokens: 5, histogram_bins: 7, silhouette_sample: 1000, seed, ..AnalyzeOptions::default() };
             let got = analyze(&CpuBackend::default(), &config, &centers, &tokens, Some(&ids), options).unwrap();
             let want = naive(&acts, &mask, &ids, d, &centers, &config, 7, 5);
             let (g, w) = (&got.overall, &want.overall);
@@ -568,6 +644,10 @@ mod tests {
                 }
                 assert_eq!(gc.top_tokens.iter().map(|t| t.token_id).collect::<Vec<_>>(), wc.top_tokens.iter().map(|t| t.token_id).collect::<Vec<_>>());
                 gc.top_tokens.iter().zip(&wc.top_tokens).for_each(|(a, b)| close(a.weight, b.weight, "top token weight"));
+                let lifts = |c: &ClusterStats| c.lift_tokens.iter().map(|t| (t.token_id, t.count)).collect::<Vec<_>>();
+                assert_eq!(lifts(gc), lifts(wc), "lift tokens of cluster {}", gc.cluster);
+                assert!(!wc.lift_tokens.is_empty());
+                gc.lift_tokens.iter().zip(&wc.lift_tokens).for_each(|(a, b)| close(a.lift, b.lift, "lift"));
             }
             for (gr, wr) in got.center_similarity.iter().zip(&want.center_similarity) {
                 gr.iter().zip(wr).for_each(|(a, b)| close(*a, *b, "center similarity"));

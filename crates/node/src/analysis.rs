@@ -15,6 +15,8 @@ pub struct AnalyzeParams {
     pub silhouette_sample: Option<u32>,
     /// Seed of that sample (default 0).
     pub seed: Option<u32>,
+    /// Pseudo-occurrences `a` of the lift `(w + a) / (E + a)` (default 1; README "Quality metrics").
+    pub lift_smoothing: Option<f64>,
 }
 
 /// The core's options: `params`' fields where given, the defaults elsewhere.
@@ -27,6 +29,7 @@ pub fn options(params: Option<&AnalyzeParams>) -> AnalyzeOptions {
             histogram_bins: p.histogram_bins.map_or(d.histogram_bins, |v| v as usize),
             silhouette_sample: p.silhouette_sample.map_or(d.silhouette_sample, |v| v as usize),
             seed: p.seed.map_or(d.seed, u64::from),
+            lift_smoothing: p.lift_smoothing.map_or(d.lift_smoothing, |v| v),
         }
     }
 }
@@ -37,6 +40,18 @@ pub struct TokenWeight {
     pub token_id: i64,
     /// Sum of the cluster's memberships over the occurrences of the token.
     pub weight: f64,
+}
+
+/// A token id special to a cluster: its lift `(w + a) / (E + a)`, with `E` the weight it would
+/// have if it were spread over the clusters like every token.
+#[napi(object)]
+pub struct TokenLift {
+    pub token_id: i64,
+    pub lift: f64,
+    /// Sum of the cluster's memberships over the occurrences of the token.
+    pub weight: f64,
+    /// Occurrences of the token among all the tokens analyzed.
+    pub count: f64,
 }
 
 /// Per-cluster metrics.
@@ -59,6 +74,8 @@ pub struct ClusterStats {
     pub histogram: Vec<f64>,
     /// Token ids with the largest summed membership, largest first.
     pub top_tokens: Vec<TokenWeight>,
+    /// Token ids special to the cluster (lift above 1), highest lift first.
+    pub lift_tokens: Vec<TokenLift>,
     /// The most similar other center (null when K = 1).
     pub nearest_center: Option<u32>,
     /// Its cosine (null when K = 1).
@@ -139,6 +156,7 @@ impl From<analysis::ClusterStats> for ClusterStats {
             nonzero_fraction: s.nonzero_fraction,
             histogram: s.histogram.into_iter().map(|c| c as f64).collect(),
             top_tokens: s.top_tokens.into_iter().map(|t| TokenWeight { token_id: t.token_id, weight: t.weight }).collect(),
+            lift_tokens: s.lift_tokens.into_iter().map(|t| TokenLift { token_id: t.token_id, lift: t.lift, weight: t.weight, count: t.count as f64 }).collect(),
             nearest_center: s.nearest_center.map(|c| c as u32),
             nearest_center_cosine: s.nearest_center_cosine,
         }
