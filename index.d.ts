@@ -153,6 +153,11 @@ export interface ClusteringConfig {
   nExemplars?: number
   /** Context tokens on each side of an exemplar (default 8). */
   contextWindow?: number
+  /**
+   * Top exemplars of a cluster never share most of their context: a token is kept only where
+   * its membership is the largest within `contextWindow` positions (default false).
+   */
+  distinctContexts?: boolean
   /** Passes over the data (default 10). */
   nIterations?: number
   /**
@@ -407,6 +412,7 @@ export interface ResolvedConfig {
   device: 'auto' | 'cpu' | 'cuda' | `cuda:${number}`
   nExemplars: number
   contextWindow: number
+  distinctContexts: boolean
   nIterations: number
   warmupIterations: number
   seed: number

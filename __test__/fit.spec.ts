@@ -151,6 +151,46 @@ describe('fitChunks', () => {
   })
 })
 
+describe('distinctContexts', () => {
+  /** Pairs of a cluster's exemplars in one sequence within the context window of each other. */
+  const overlapping = (model: SequentialSoftClustering): number => {
+    const w = model.config.contextWindow
+    let pairs = 0
+    for (const list of model.summary!.exemplars) {
+      list.forEach((a, i) => list.slice(i + 1).forEach((b) => (pairs += Number(a.chunk === b.chunk && a.batch === b.batch && Math.abs(a.position - b.position) <= w))))
+    }
+    return pairs
+  }
+  const minilm = ['minilm_000', 'minilm_001', 'minilm_002'].map((n) => join(__dirname, '..', 'examples', 'minilm', `${n}.npz`))
+
+  it('keeps exemplars that never share most of their context, on real activations', async () => {
+    const fitWith = async (distinctContexts: boolean) => {
+      const model = new SequentialSoftClustering({ nClusters: 12, dModel: 384, nIterations: 3, distinctContexts })
+      await model.fitChunks(minilm, tmp())
+      return model
+    }
+    const [plain, distinct] = [await fitWith(false), await fitWith(true)]
+    // Neighbouring tokens of MiniLM's activations share clusters: a plain top-k repeats windows.
+    expect(overlapping(plain)).toBeGreaterThan(10)
+    expect(overlapping(distinct)).toBe(0)
+    expect(distinct.config.distinctContexts).toBe(true)
+    // Each kept token is the largest membership of its window, and the best one is the plain fit's best.
+    for (const [c, list] of distinct.summary!.exemplars.entries()) {
+      expect(list.length).toBe(10)
+      for (const e of list) expect(Math.max(...e.contextMemberships)).toBe(e.value)
+      expect(list[0]!.value).toBe(plain.summary!.exemplars[c]![0]!.value)
+    }
+    // The flag travels with the model file.
+    const path = join(tmp(), 'model.safetensors')
+    await distinct.save(path)
+    expect((await SequentialSoftClustering.load(path)).config.distinctContexts).toBe(true)
+  }, 60_000)
+
+  it('is refused unless a boolean', () => {
+    expectError(() => new SequentialSoftClustering({ nClusters: 2, dModel: 4, distinctContexts: 'yes' as unknown as boolean }), 'ERR_INVALID_CONFIG', 'distinctContexts: must be true or false, got "yes"')
+  })
+})
+
 describe('save and load', () => {
   it('round-trips a fitted model, which then transforms exactly as before', async () => {
     const out = tmp()

@@ -73,6 +73,7 @@ export function main(argv: string[]): void {
     .option('--warmup <N>', 'hard k-means iterations on the init sample after k-means++ (10)', number)
     .option('--exemplars <E>', 'exemplars kept per cluster (10)', number)
     .option('--context <W>', 'context tokens on each side of an exemplar (8)', number)
+    .option('--distinct-contexts', 'no two exemplars of a cluster share most of their context: keep only tokens whose membership is the largest within --context positions')
     .option('--device <D>', 'auto, cpu, cuda or cuda:N (auto)')
     .option('--precision <P>', 'CUDA matrix products: float32 or tf32 (float32)')
     .option('--cache <C>', 'host memory that keeps the decoded chunks after the first pass: auto (half the available memory), off, or bytes (auto)', cache)

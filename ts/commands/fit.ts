@@ -15,6 +15,7 @@ export interface FitCommandOptions {
   warmup?: number
   exemplars?: number
   context?: number
+  distinctContexts?: boolean
   device?: string
   precision?: string
   cache?: number | 'auto' | 'off'
@@ -40,6 +41,7 @@ export async function fit(chunkSpecs: string[], options: FitCommandOptions): Pro
     warmupIterations: options.warmup,
     nExemplars: options.exemplars,
     contextWindow: options.context,
+    distinctContexts: options.distinctContexts,
     device: options.device as Device | undefined,
     precision: options.precision as ClusteringConfig['precision'],
     cache: options.cache,

@@ -131,6 +131,10 @@ pub struct ClusteringConfig {
     pub device: Device,
     pub n_exemplars: usize,
     pub context_window: usize,
+    /// Top exemplars of a cluster never share most of their context (docs/algorithm.md
+    /// "Exemplars"): a token is kept only where its membership is the largest within
+    /// `contextWindow` positions of it.
+    pub distinct_contexts: bool,
     pub n_iterations: usize,
     /// Hard k-means iterations on the init sample after k-means++ (none with `initialCenters`).
     pub warmup_iterations: usize,
@@ -185,7 +189,7 @@ impl Serialize for CacheSetting {
 /// Field names accepted in a config object (`initialCenters` travels separately, as data).
 const FIELDS: &[&str] = &[
     "nClusters", "dModel", "temperature", "temperatureRule", "minMembership", "device", "nExemplars",
-    "contextWindow", "nIterations", "warmupIterations", "seed", "tol", "precision", "cache", "initialCenters",
+    "contextWindow", "distinctContexts", "nIterations", "warmupIterations", "seed", "tol", "precision", "cache", "initialCenters",
 ];
 
 /// Largest integer a JS number holds exactly; bigger "integers" have already lost digits.
@@ -203,6 +207,7 @@ impl ClusteringConfig {
             device: Device::Auto,
             n_exemplars: 10,
             context_window: 8,
+            distinct_contexts: false,
             n_iterations: 10,
             warmup_iterations: 10,
             seed: 0,
@@ -237,6 +242,11 @@ impl ClusteringConfig {
         }
         if let Some(v) = integer(map, "nExemplars", 0)? { c.n_exemplars = v as usize; }
         if let Some(v) = integer(map, "contextWindow", 0)? { c.context_window = v as usize; }
+        match map.get("distinctContexts") {
+            None | Some(Value::Null) => {}
+            Some(Value::Bool(b)) => c.distinct_contexts = *b,
+            Some(v) => return Err(Error::config("distinctContexts", format!("must be true or false, got {v}"))),
+        }
         if let Some(v) = integer(map, "nIterations", 0)? { c.n_iterations = v as usize; }
         if let Some(v) = integer(map, "warmupIterations", 0)? { c.warmup_iterations = v as usize; }
         if let Some(v) = integer(map, "seed", 0)? { c.seed = v; }

@@ -128,8 +128,50 @@ impl Candidates for ExemplarHeaps {
 }
 
 /// Offers every nonzero membership of a chunk to the heaps, with its context when it is kept.
-pub fn collect(heaps: &mut ExemplarHeaps, chunk: &Chunk, chunk_index: usize, out: &PassOutput, w: usize) {
-    visit_candidates(chunk, chunk_index, out, w, heaps);
+/// With `distinct`, only tokens that are their window's largest membership (`LocalMaxima`).
+pub fn collect(heaps: &mut ExemplarHeaps, chunk: &Chunk, chunk_index: usize, out: &PassOutput, w: usize, distinct: bool) {
+    if distinct {
+        visit_candidates(chunk, chunk_index, out, w, &mut LocalMaxima(heaps));
+    } else {
+        visit_candidates(chunk, chunk_index, out, w, heaps);
+    }
+}
+
+/// Keeps a token only where its membership is the largest of its window (ties: the earliest
+/// position), so no two kept tokens of a cluster are within `w` positions of one sequence: each
+/// would have to beat the other. A property of the token alone, so heaps stay mergeable and the
+/// result does not depend on the order tokens arrive in.
+struct LocalMaxima<'a>(&'a mut ExemplarHeaps);
+
+impl Candidates for LocalMaxima<'_> {
+    fn wants(&self, cluster: usize, value: f32, at: Location) -> bool {
+        self.0.would_accept(cluster, value, at)
+    }
+    fn keep(&mut self, cluster: usize, exemplar: Exemplar) {
+        if is_local_maximum(&exemplar) {
+            self.0.offer(cluster, exemplar)
+        }
+    }
+}
+
+/// Whether the exemplar's membership (at the middle of its window) beats every earlier position
+/// of its window and is not beaten by any later one.
+pub fn is_local_maximum(e: &Exemplar) -> bool {
+    let w = e.context_memberships.len() / 2;
+    let (before, after) = (&e.context_memberships[..w], &e.context_memberships[w + 1..]);
+    before.iter().all(|&p| p < e.value) && after.iter().all(|&p| p <= e.value)
+}
+
+/// Best first, dropping every exemplar within `w` positions of a better one in the same sequence:
+/// for lists gathered under other memberships (a merge of clusters), where `LocalMaxima` cannot apply.
+pub fn drop_overlapping(list: Vec<Exemplar>, w: usize) -> Vec<Exemplar> {
+    let mut kept: Vec<Exemplar> = Vec::with_capacity(list.len());
+    for e in list {
+        if !kept.iter().any(|k| (k.chunk, k.batch) == (e.chunk, e.batch) && k.position.abs_diff(e.position) <= w) {
+            kept.push(e);
+        }
+    }
+    kept
 }
 
 /// Offers every nonzero membership of a chunk to `sink`, with the token's context (its ids and
@@ -206,6 +248,48 @@ mod tests {
         }
         a.merge(b);
         assert_eq!(a.into_sorted(), one.into_sorted());
+    }
+
+    #[test]
+    fn distinct_contexts_keep_window_maxima_that_never_overlap() {
+        use crate::chunk::{Activations, Chunk};
+        use crate::config::{ClusteringConfig, Temperature};
+        use crate::kernels::{cpu::CpuBackend, Backend, Centers, MembershipParams, Tokens, Want};
+        // One cluster along x; a sequence whose tokens lean more or less towards it, so that
+        // neighbours all have large memberships and the window maxima are few.
+        let (seq, d, w) = (40usize, 2usize, 3usize);
+        let angles: Vec<f32> = (0..seq).map(|t| 0.2 + 0.15 * ((t as f32) * 0.7).sin() + 0.02 * (t % 5) as f32).collect();
+        let acts: Vec<f32> = angles.iter().flat_map(|a| [a.cos(), a.sin()]).collect();
+        let chunk = Chunk { source: "test".into(), activations: Activations::F32(acts), batch: 1, file_batch: 1, seq_len: seq, d_model: d, attention_mask: None, token_ids: Some((0..seq as i64).collect()), first_row: 0 };
+        let centers = Centers::from_rows(2, d, vec![1.0, 0.0, 0.0, 1.0]).unwrap();
+        let mut config = ClusteringConfig::new(2, d);
+        config.temperature = Temperature::Fixed(0.3);
+        config.min_membership = 0.0;
+        let out = CpuBackend::default().run(&centers, &Tokens::from_chunk(&chunk, 0), MembershipParams::try_from(&config).unwrap(), Want { sparse: true, ..Want::default() }).unwrap();
+        let kept = |distinct: bool| {
+            let mut heaps = ExemplarHeaps::new(2, 10);
+            collect(&mut heaps, &chunk, 0, &out, w, distinct);
+            heaps.into_sorted().swap_remove(0)
+        };
+        let close_pairs = |list: &[Exemplar]| list.iter().enumerate().flat_map(|(i, a)| list[i + 1..].iter().map(move |b| a.position.abs_diff(b.position))).filter(|&g| g <= w).count();
+        let (all, distinct) = (kept(false), kept(true));
+        assert!(close_pairs(&all) > 0, "the plain heap keeps neighbours");
+        assert!(!distinct.is_empty());
+        assert_eq!(close_pairs(&distinct), 0);
+        // Each kept token is the largest membership of its window, by a direct look at the data.
+        let p = |t: usize| { let a = angles[t]; let (e0, e1) = ((a.cos() / 0.3).exp(), (a.sin() / 0.3).exp()); e0 / (e0 + e1) };
+        for e in &distinct {
+            let lo = e.position.saturating_sub(w);
+            let hi = (e.position + w).min(seq - 1);
+            assert!((lo..=hi).all(|t| t == e.position || p(t) < p(e.position) + 1e-6), "position {}", e.position);
+        }
+        // And the window maxima with the largest memberships are all there.
+        let maxima: Vec<usize> = (0..seq).filter(|&t| (t.saturating_sub(w)..=(t + w).min(seq - 1)).all(|u| u == t || p(u) < p(t))).collect();
+        assert_eq!(distinct.len(), maxima.len().min(10));
+        // Dropping overlaps from a merged list keeps the best of each neighbourhood.
+        let dropped = drop_overlapping(all.clone(), w);
+        assert_eq!(close_pairs(&dropped), 0);
+        assert_eq!(dropped[0], all[0]);
     }
 
     #[test]

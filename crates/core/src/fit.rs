@@ -219,7 +219,7 @@ pub(crate) fn output_pass(config: &ClusteringConfig, centers: &Centers, chunks: 
     cache.stream(chunks, config.d_model, |i, chunk| {
         let out = pass.run(centers, &Tokens::from_chunk(chunk, i), params, Want { sparse: true, ..Want::default() })?;
         entropy_sum += out.sparse.as_ref().map_or(0.0, |s| s.value.iter().filter(|&&p| p > 0.0).map(|&p| -f64::from(p) * f64::from(p).ln()).sum());
-        exemplars::collect(&mut heaps, chunk, first_chunk + i, &out, config.context_window);
+        exemplars::collect(&mut heaps, chunk, first_chunk + i, &out, config.context_window, config.distinct_contexts);
         quantiles.collect(chunk, first_chunk + i, &out, config.context_window);
         if let Some(folder) = folder.as_deref_mut() {
             if memberships.add(chunk, &out) {

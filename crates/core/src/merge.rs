@@ -4,7 +4,8 @@
 //! lowest id of its parts; the clusters after a removed id move down by one.
 
 use crate::error::{Error, Result};
-use crate::exemplars::ExemplarHeaps;
+use crate::exemplars::{drop_overlapping, ranks_before, Exemplar};
+use std::cmp::Ordering;
 use crate::kernels::Centers;
 use crate::kernels::Backend;
 use crate::model::{Model, Operation, SufficientStats};
@@ -79,13 +80,21 @@ pub fn merge(model: &Model, clusters: &[usize]) -> Result<Model> {
             data.extend_from_slice(model.centers.row(old));
         }
     }
-    // Exemplars: both heaps, best first by their stored values.
-    let mut heaps = ExemplarHeaps::new(new_k, model.config.n_exemplars);
+    // Exemplars: both lists, best first by their stored values; with distinct contexts, two
+    // exemplars of the merged clusters may share a window, and the lesser goes.
+    let mut lists: Vec<Vec<Exemplar>> = vec![Vec::new(); new_k];
     for (old, list) in model.exemplars.iter().enumerate() {
-        for e in list {
-            heaps.offer(mapping[old], e.clone());
-        }
+        lists[mapping[old]].extend(list.iter().cloned());
     }
+    let exemplars: Vec<Vec<Exemplar>> = lists
+        .into_iter()
+        .map(|mut list| {
+            list.sort_by(|a, b| if ranks_before(a.value, a.location(), b.value, b.location()) { Ordering::Less } else { Ordering::Greater });
+            let mut list = if model.config.distinct_contexts { drop_overlapping(list, model.config.context_window) } else { list };
+            list.truncate(model.config.n_exemplars);
+            list
+        })
+        .collect();
     // Quantile examples: both samples, each example in the bin of its stored membership.
     let mut quantiles = QuantileSample::new(new_k, model.config.seed);
     for (old, bins) in model.quantiles.iter().enumerate() {
@@ -102,7 +111,7 @@ pub fn merge(model: &Model, clusters: &[usize]) -> Result<Model> {
         centers: Centers { k: new_k, d, data },
         cluster_mass: mass,
         cluster_count: count,
-        exemplars: heaps.into_sorted(),
+        exemplars,
         quantiles: quantiles.into_bins(),
         history: model.history.clone(),
         chunks: model.chunks.clone(),

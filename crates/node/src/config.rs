@@ -33,6 +33,9 @@ pub struct ClusteringConfig {
     pub n_exemplars: Option<f64>,
     /// Context tokens on each side of an exemplar (default 8).
     pub context_window: Option<f64>,
+    /// Top exemplars of a cluster never share most of their context: a token is kept only where
+    /// its membership is the largest within `contextWindow` positions (default false).
+    pub distinct_contexts: Option<bool>,
     /// Passes over the data (default 10).
     pub n_iterations: Option<f64>,
     /// Hard k-means iterations on the init sample after k-means++ (default 10; none with
@@ -68,6 +71,7 @@ pub struct ResolvedConfig {
     pub device: String,
     pub n_exemplars: f64,
     pub context_window: f64,
+    pub distinct_contexts: bool,
     pub n_iterations: f64,
     pub warmup_iterations: f64,
     pub seed: f64,
@@ -92,6 +96,7 @@ impl From<&CoreConfig> for ResolvedConfig {
             device: c.device.to_string(),
             n_exemplars: c.n_exemplars as f64,
             context_window: c.context_window as f64,
+            distinct_contexts: c.distinct_contexts,
             n_iterations: c.n_iterations as f64,
             warmup_iterations: c.warmup_iterations as f64,
             seed: c.seed as f64,
