@@ -117,7 +117,7 @@ export interface ClusterAnalysis {
   nClusters: number
   overall: OverallStats
   clusters: Array<ClusterStats>
-  /** cos(C_j, C_l), `[K][K]`. */
+  /** cos(C_j, C_l), `[K][K]`; empty above 1024 clusters (each cluster's `nearestCenters` remain). */
   centerSimilarity: Array<Array<number>>
   /** Each center on the first two principal components of the centers. */
   centerMap: Array<[number, number]>
@@ -208,6 +208,8 @@ export interface ClusterStats {
   nearestCenter: number | null
   /** Its cosine (null when K = 1). */
   nearestCenterCosine: number | null
+  /** The 10 closest other centers, closest first. */
+  nearestCenters: Array<NearCenter>
 }
 
 /** Whether a device can be used here, and why (or why not). */
@@ -333,6 +335,12 @@ export interface ModelSummary {
    * `b / 10 <= p < (b + 1) / 10`), highest first; empty for models written before them.
    */
   quantiles: Array<Array<Array<Exemplar>>>
+}
+
+/** Another center and its cosine to this one. */
+export interface NearCenter {
+  cluster: number
+  cosine: number
 }
 
 /** A float `.npy` array (e.g. initial centers), as float32. */

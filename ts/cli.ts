@@ -6,6 +6,7 @@ import { analyzeCommand } from './commands/analyze'
 import { demo } from './commands/demo'
 import { fit } from './commands/fit'
 import { reportCommand } from './commands/report'
+import { exportCommand } from './commands/export'
 import { mergeCommand } from './commands/merge'
 import { splitCommand } from './commands/split'
 import { transformCommand } from './commands/transform'
@@ -157,6 +158,20 @@ export function main(argv: string[]): void {
     .option('--decode-timeout <seconds>', "time the tokenizer's decoding may take for the whole report; past it, token ids are shown (30)", number)
     .option('--json', 'print where the report was written as JSON'))
     .action(reportCommand)
+  withMetricOptions(program
+    .command('export')
+    .description('write one JSON file per cluster for other tools (Neuronpedia-like fields: activations, topkCosSim..., freq_hist...)')
+    .argument('[chunks...]', 'chunks to compute the token tables and histograms on (files, directories or globs); without them, the model alone')
+    .requiredOption('--model <file>', 'a model.safetensors written by fit')
+    .requiredOption('--out <dir>', 'the folder to write (new or empty, or an earlier export with --overwrite)')
+    .option('--format <F>', 'json (the only one so far)', 'json')
+    .option('--tokenizer <file>', 'a Hugging Face tokenizer.json to decode token ids')
+    .option('--vocab <file>', 'a JSON list of token strings, indexed by id, to decode token ids')
+    .option('--decode-timeout <seconds>', "time the tokenizer's decoding may take; past it, token ids are written as text (30)", number)
+    .option('--vectors', 'put each center (dModel numbers) in its file as vector')
+    .option('--overwrite', 'replace an earlier export in --out')
+    .option('--json', 'print where the export was written as JSON'))
+    .action(exportCommand)
   program
     .command('demo')
     .description('fit the bundled MiniLM activations, write the outputs and an HTML report, and say where they are')

@@ -21,7 +21,8 @@
 //!   one pseudo-occurrence): a token seen once scores at most about 2, so rare tokens do not crowd
 //!   out frequent ones that land mostly here. Tokens with `lift > 1` only, highest first (ties:
 //!   larger weight, then smaller id), at most `top_tokens`;
-//! - `nearest_center` = `argmax_{j != k} cos(C_k, C_j)` (ties: smaller j) and that cosine.
+//! - `nearest_center` = `argmax_{j != k} cos(C_k, C_j)` (ties: smaller j) and that cosine;
+//!   `nearest_centers`: the `NEAREST_CENTERS` other centers with the largest cosine, in that order.
 //!
 //! Overall:
 //! - normalized partition entropy `= mean_x (-sum_k p_k ln p_k) / ln K` (0 when `K = 1`): 0 for hard
@@ -38,8 +39,11 @@
 //!   is alone in `A`, or `max(a, b) = 0`); the silhouette is the mean of `s(i)`. `None` when the
 //!   sample holds fewer than two clusters.
 //!
-//! And for the report: `center_similarity[j][l] = cos(C_j, C_l)` and `center_map`, the centers'
+//! And for the report: `center_similarity[j][l] = cos(C_j, C_l)` (only up to
+//! `SIMILARITY_MAX_K` clusters: the matrix is `8 K^2` bytes) and `center_map`, the centers'
 //! coordinates on the first two principal components of the (mean-centered) centers.
+//! The cosines between centers come from one float32 GEMM in blocks of rows (`CenterGeometry`),
+//! so K = 16384 costs seconds and `O(K)` memory beyond the block.
 
 use crate::config::ClusteringConfig;
 use crate::error::{Error, Result};
@@ -121,7 +125,15 @@ pub struct ClusterStats {
     pub lift_tokens: Vec<TokenLift>,
     pub nearest_center: Option<usize>,
     pub nearest_center_cosine: Option<f64>,
+    /// `(cluster, cosine)` of the closest other centers, closest first (ties: smaller id).
+    pub nearest_centers: Vec<(usize, f64)>,
 }
+
+/// Other centers listed per cluster in `nearest_centers`.
+pub const NEAREST_CENTERS: usize = 10;
+
+/// Largest `K` whose full `center_similarity` matrix an analysis returns (8 MiB of float64).
+pub const SIMILARITY_MAX_K: usize = 1024;
 
 /// Metrics of the whole partition (see the module documentation).
 #[derive(Debug, Clone, PartialEq, Serialize)]
@@ -147,7 +159,7 @@ pub struct Analysis {
     pub n_clusters: usize,
     pub overall: Overall,
     pub clusters: Vec<ClusterStats>,
-    /// `cos(C_j, C_l)`, `[K][K]`.
+    /// `cos(C_j, C_l)`, `[K][K]`; empty above `SIMILARITY_MAX_K` clusters.
     pub center_similarity: Vec<Vec<f64>>,
     /// Each center's coordinates on the first two principal components of the centers.
     pub center_map: Vec<[f64; 2]>,
@@ -268,8 +280,8 @@ impl<'a> Analyzer<'a> {
     pub fn finish(self) -> Analysis {
         let (k, n) = (self.centers.k, self.n_tokens);
         let per_token = |v: f64| if n > 0 { v / n as f64 } else { 0.0 };
-        let similarity = center_similarity(self.centers);
-        let min_separation = (0..k).flat_map(|j| (0..k).filter(move |&l| l != j).map(move |l| (j, l))).map(|(j, l)| 1.0 - similarity[j][l]).fold(f64::INFINITY, f64::min);
+        let geometry = CenterGeometry::of(self.centers, NEAREST_CENTERS, k <= SIMILARITY_MAX_K);
+        let min_separation = 1.0 - geometry.max_cosine;
         let xie_beni = (k > 1 && min_separation > 0.0 && n > 0).then(|| self.xie_beni / (n as f64 * min_separation));
         let (center_map, center_map_variance) = center_map(self.centers);
         let clusters = (0..k)
@@ -278,10 +290,7 @@ impl<'a> Analyzer<'a> {
                 top_tokens.sort_by(|a, b| b.weight.total_cmp(&a.weight).then(a.token_id.cmp(&b.token_id)));
                 top_tokens.truncate(self.options.top_tokens);
                 let lift_tokens = lift_tokens(&self.weights[c], &self.token_counts, self.mass[c], n, self.options);
-                let nearest = (0..k).filter(|&j| j != c).fold(None, |best: Option<usize>, j| match best {
-                    Some(b) if similarity[c][b] >= similarity[c][j] => Some(b),
-                    _ => Some(j),
-                });
+                let nearest_centers = geometry.nearest[c].clone();
                 let mass = self.mass[c];
                 ClusterStats {
                     cluster: c,
@@ -294,8 +303,9 @@ impl<'a> Analyzer<'a> {
                     histogram: self.histogram[c].clone(),
                     top_tokens,
                     lift_tokens,
-                    nearest_center: nearest,
-                    nearest_center_cosine: nearest.map(|j| similarity[c][j]),
+                    nearest_center: nearest_centers.first().map(|n| n.0),
+                    nearest_center_cosine: nearest_centers.first().map(|n| n.1),
+                    nearest_centers,
                 }
             })
             .collect();
@@ -310,10 +320,10 @@ impl<'a> Analyzer<'a> {
                 xie_beni,
                 silhouette: silhouette(&self.sample, &self.sample_label, self.centers.d, k),
                 silhouette_sample: self.sample_label.len(),
-                twins: (0..k).flat_map(|a| (a + 1..k).map(move |b| (a, b))).filter(|&(a, b)| similarity[a][b] > crate::fit::TWIN_COSINE).count(),
+                twins: geometry.twins,
             },
             clusters,
-            center_similarity: similarity,
+            center_similarity: geometry.similarity,
             center_map,
             center_map_variance,
         }
@@ -370,15 +380,76 @@ pub fn center_similarity(centers: &Centers) -> Vec<Vec<f64>> {
     (0..centers.k).map(|j| (0..centers.k).map(|l| dot64(centers.row(j), centers.row(l))).collect()).collect()
 }
 
+/// What the metrics need from the cosines between centers, in one pass over them.
+pub struct CenterGeometry {
+    /// Per cluster, the closest other centers, closest first (ties: smaller id).
+    pub nearest: Vec<Vec<(usize, f64)>>,
+    /// Pairs above `fit::TWIN_COSINE`.
+    pub twins: usize,
+    /// The largest cosine between two different centers (`-inf` when `K = 1`).
+    pub max_cosine: f64,
+    /// The whole matrix, when asked for; else empty.
+    pub similarity: Vec<Vec<f64>>,
+}
+
+impl CenterGeometry {
+    /// Cosines by a float32 GEMM of `ROWS` centers against all at a time: `O(K^2 D)` work in
+    /// blocks, `O(K * ROWS)` memory beyond the results.
+    pub fn of(centers: &Centers, nearest: usize, whole: bool) -> Self {
+        const ROWS: usize = 1024;
+        let (k, d) = (centers.k, centers.d);
+        let mut geometry = CenterGeometry { nearest: Vec::with_capacity(k), twins: 0, max_cosine: f64::NEG_INFINITY, similarity: Vec::new() };
+        for first in (0..k).step_by(ROWS) {
+            let n = ROWS.min(k - first);
+            let block = crate::kernels::cpu::cosines_on_host(crate::kernels::cpu::GemmCrate::default(), &centers.data[first * d..(first + n) * d], &centers.data, d);
+            for (i, row) in block.chunks_exact(k).enumerate() {
+                let c = first + i;
+                let mut best: Vec<(usize, f64)> = Vec::with_capacity(nearest + 1);
+                for (j, &cos) in row.iter().enumerate().filter(|&(j, _)| j != c) {
+                    let cos = f64::from(cos);
+                    geometry.max_cosine = geometry.max_cosine.max(cos);
+                    if j > c && cos > crate::fit::TWIN_COSINE {
+                        geometry.twins += 1;
+                    }
+                    // Kept sorted by cosine, then id; a later id with an equal cosine goes after.
+                    if best.len() < nearest || best.last().is_some_and(|&(_, b)| cos > b) {
+                        let at = best.partition_point(|&(_, b)| b >= cos);
+                        best.insert(at, (j, cos));
+                        best.truncate(nearest);
+                    }
+                }
+                geometry.nearest.push(best);
+                if whole {
+                    geometry.similarity.push(row.iter().map(|&v| f64::from(v)).collect());
+                }
+            }
+        }
+        geometry
+    }
+}
+
 /// Coordinates of the centers on the first two principal components of the mean-centered centers,
 /// and the share of the variance along each. The components come from power iteration on the
-/// `K x K` Gram matrix (deflated after the first); each is signed so its largest coordinate is positive.
+/// `K x K` Gram matrix `X X^T` (deflated after the first), applied as `X (X^T v)` without forming
+/// it: `O(K D)` per step. Each is signed so its largest coordinate is positive.
 pub fn center_map(centers: &Centers) -> (Vec<[f64; 2]>, [f64; 2]) {
     let (k, d) = (centers.k, centers.d);
     let mean: Vec<f64> = (0..d).map(|j| (0..k).map(|c| f64::from(centers.row(c)[j])).sum::<f64>() / k as f64).collect();
-    let centered: Vec<Vec<f64>> = (0..k).map(|c| centers.row(c).iter().zip(&mean).map(|(&v, m)| f64::from(v) - m).collect()).collect();
-    let mut gram: Vec<Vec<f64>> = (0..k).map(|i| (0..k).map(|j| centered[i].iter().zip(&centered[j]).map(|(a, b)| a * b).sum()).collect()).collect();
-    let trace: f64 = (0..k).map(|i| gram[i][i]).sum();
+    let x: Vec<f64> = (0..k).flat_map(|c| centers.row(c).iter().zip(&mean).map(|(&v, m)| f64::from(v) - m).collect::<Vec<_>>()).collect();
+    let trace: f64 = x.iter().map(|v| v * v).sum();
+    let mut found: Vec<(f64, Vec<f64>)> = Vec::new();
+    let gram_times = |v: &[f64], found: &[(f64, Vec<f64>)]| -> Vec<f64> {
+        let mut xt_v = vec![0f64; d];
+        for (row, &vi) in x.chunks_exact(d).zip(v) {
+            xt_v.iter_mut().zip(row).for_each(|(a, &r)| *a += r * vi);
+        }
+        let mut w: Vec<f64> = x.chunks_exact(d).map(|row| row.iter().zip(&xt_v).map(|(a, b)| a * b).sum()).collect();
+        for (lambda, u) in found {
+            let along: f64 = u.iter().zip(v).map(|(a, b)| a * b).sum::<f64>() * lambda;
+            w.iter_mut().zip(u).for_each(|(a, &b)| *a -= along * b);
+        }
+        w
+    };
     let mut coords = vec![[0.0; 2]; k];
     let mut variance = [0.0; 2];
     for axis in 0..2 {
@@ -387,7 +458,7 @@ pub fn center_map(centers: &Centers) -> (Vec<[f64; 2]>, [f64; 2]) {
         let mut v: Vec<f64> = (0..k).map(|i| 1.0 + ((i as f64 + 1.0) * (2.0 + axis as f64)).sqrt().fract()).collect();
         let mut lambda = 0.0;
         for _ in 0..1000 {
-            let w: Vec<f64> = gram.iter().map(|row| row.iter().zip(&v).map(|(a, b)| a * b).sum()).collect();
+            let w = gram_times(&v, &found);
             let norm = w.iter().map(|x| x * x).sum::<f64>().sqrt();
             if norm <= 1e-12 * trace.max(1e-300) {
                 lambda = 0.0;
@@ -410,11 +481,7 @@ pub fn center_map(centers: &Centers) -> (Vec<[f64; 2]>, [f64; 2]) {
             coords[i][axis] = sign * v[i] * lambda.sqrt();
         }
         variance[axis] = if trace > 0.0 { lambda / trace } else { 0.0 };
-        for i in 0..k {
-            for j in 0..k {
-                gram[i][j] -= lambda * v[i] * v[j];
-            }
-        }
+        found.push((lambda, v));
     }
     (coords, variance)
 }
@@ -566,6 +633,7 @@ mod tests {
                 lift_tokens,
                 nearest_center: nearest,
                 nearest_center_cosine: nearest.map(|j| sim(c, j)),
+                nearest_centers: naive_nearest(centers, c),
             });
         }
         let min_sep = (0..k).flat_map(|j| (0..k).filter(move |&l| l != j).map(move |l| (j, l))).map(|(j, l)| 1.0 - sim(j, l)).fold(f64::INFINITY, f64::min);
@@ -601,6 +669,46 @@ mod tests {
             center_map: Vec::new(),
             center_map_variance: [0.0; 2],
         }
+    }
+
+    /// The closest other centers by the plain float64 formula, closest first (ties: smaller id).
+    fn naive_nearest(centers: &Centers, c: usize) -> Vec<(usize, f64)> {
+        let mut all: Vec<(usize, f64)> = (0..centers.k).filter(|&j| j != c).map(|j| (j, dot64(centers.row(c), centers.row(j)))).collect();
+        all.sort_by(|a, b| b.1.total_cmp(&a.1).then(a.0.cmp(&b.0)));
+        all.truncate(NEAREST_CENTERS);
+        all
+    }
+
+    #[test]
+    fn center_geometry_scales_past_the_whole_matrix() {
+        // More clusters than SIMILARITY_MAX_K, three planted twin pairs.
+        let (k, d) = (SIMILARITY_MAX_K + 76, 16);
+        let mut rng = ChaCha8Rng::seed_from_u64(5);
+        let mut rows: Vec<f32> = (0..k * d).map(|_| rng.random_range(-1.0..1.0)).collect();
+        for (a, b) in [(3, 900), (17, 1090), (500, 501)] {
+            let src: Vec<f32> = rows[a * d..(a + 1) * d].iter().map(|v| v + 0.001).collect();
+            rows[b * d..(b + 1) * d].copy_from_slice(&src);
+        }
+        let centers = Centers::from_rows(k, d, rows).unwrap();
+        let g = CenterGeometry::of(&centers, NEAREST_CENTERS, false);
+        assert!(g.similarity.is_empty());
+        assert_eq!(g.twins, 3);
+        assert_eq!(g.nearest[900][0].0, 3);
+        for c in (0..k).step_by(97) {
+            let want = naive_nearest(&centers, c);
+            assert_eq!(g.nearest[c].iter().map(|n| n.0).collect::<Vec<_>>(), want.iter().map(|n| n.0).collect::<Vec<_>>(), "cluster {c}");
+            g.nearest[c].iter().zip(&want).for_each(|(a, b)| close(a.1, b.1, "cosine"));
+        }
+        let max = (0..k).flat_map(|j| naive_nearest(&centers, j).first().map(|n| n.1)).fold(f64::NEG_INFINITY, f64::max);
+        close(g.max_cosine, max, "largest cosine");
+        // The map of many centers is their projection: distances within the plane never exceed
+        // the true ones, and the two components hold the variance they claim.
+        let (map, variance) = center_map(&centers);
+        assert!(variance[0] >= variance[1] && variance[1] > 0.0 && variance[0] + variance[1] < 1.0);
+        let proj_var: f64 = map.iter().map(|p| p[0] * p[0] + p[1] * p[1]).sum();
+        let mean: Vec<f64> = (0..d).map(|j| (0..k).map(|c| f64::from(centers.row(c)[j])).sum::<f64>() / k as f64).collect();
+        let total: f64 = (0..k).map(|c| centers.row(c).iter().zip(&mean).map(|(&v, m)| (f64::from(v) - m).powi(2)).sum::<f64>()).sum();
+        close(proj_var / total, variance[0] + variance[1], "projected variance");
     }
 
     fn close(a: f64, b: f64, what: &str) {
@@ -643,6 +751,8 @@ mod tests {
                     close(a, b, what);
                 }
                 assert_eq!(gc.top_tokens.iter().map(|t| t.token_id).collect::<Vec<_>>(), wc.top_tokens.iter().map(|t| t.token_id).collect::<Vec<_>>());
+                assert_eq!(gc.nearest_centers.iter().map(|n| n.0).collect::<Vec<_>>(), wc.nearest_centers.iter().map(|n| n.0).collect::<Vec<_>>());
+                assert_eq!(gc.nearest_centers.len(), k - 1);
                 gc.top_tokens.iter().zip(&wc.top_tokens).for_each(|(a, b)| close(a.weight, b.weight, "top token weight"));
                 let lifts = |c: &ClusterStats| c.lift_tokens.iter().map(|t| (t.token_id, t.count)).collect::<Vec<_>>();
                 assert_eq!(lifts(gc), lifts(wc), "lift tokens of cluster {}", gc.cluster);

@@ -80,6 +80,15 @@ pub struct ClusterStats {
     pub nearest_center: Option<u32>,
     /// Its cosine (null when K = 1).
     pub nearest_center_cosine: Option<f64>,
+    /// The 10 closest other centers, closest first.
+    pub nearest_centers: Vec<NearCenter>,
+}
+
+/// Another center and its cosine to this one.
+#[napi(object)]
+pub struct NearCenter {
+    pub cluster: u32,
+    pub cosine: f64,
 }
 
 /// Metrics of the whole partition.
@@ -110,7 +119,7 @@ pub struct ClusterAnalysis {
     pub n_clusters: u32,
     pub overall: OverallStats,
     pub clusters: Vec<ClusterStats>,
-    /// cos(C_j, C_l), `[K][K]`.
+    /// cos(C_j, C_l), `[K][K]`; empty above 1024 clusters (each cluster's `nearestCenters` remain).
     pub center_similarity: Vec<Vec<f64>>,
     /// Each center on the first two principal components of the centers.
     #[napi(ts_type = "Array<[number, number]>")]
@@ -159,6 +168,7 @@ impl From<analysis::ClusterStats> for ClusterStats {
             lift_tokens: s.lift_tokens.into_iter().map(|t| TokenLift { token_id: t.token_id, lift: t.lift, weight: t.weight, count: t.count as f64 }).collect(),
             nearest_center: s.nearest_center.map(|c| c as u32),
             nearest_center_cosine: s.nearest_center_cosine,
+            nearest_centers: s.nearest_centers.into_iter().map(|(cluster, cosine)| NearCenter { cluster: cluster as u32, cosine }).collect(),
         }
     }
 }
