@@ -1,0 +1,206 @@
+// What the report page embeds (docs/formats.md "Report page"): every number and every decoded piece
+// of text the dashboard shows, as gzip-compressed JSON in base64. The page decompresses the index
+// (stats, top tokens, plots) at load and a block of clusters' examples when one of them is opened,
+// so its size and load time grow with K but its DOM does not.
+import { gunzipSync, gzipSync } from 'node:zlib'
+import type { ClusterAnalysis, ClusterStats } from './analysis'
+import type { Exemplar, Hierarchy, ModelSummary } from './clustering'
+import type { TokenDecoder } from './decode'
+
+/** Up to this many clusters, the overview's heatmap shows every pair; above, means over blocks of the tree's order. */
+export const SIMILARITY_FULL_LIMIT = 256
+/** Cells per side of the downsampled heatmap (K > SIMILARITY_FULL_LIMIT). */
+export const SIMILARITY_BLOCKS = 128
+/** Clusters per compressed block of examples: one block is decompressed to open one cluster. */
+export const DETAIL_BLOCK = 64
+
+/** A token the report shows: its id and the text it shows as (-1: padding or no id). */
+export type Piece = [tokenId: number, text: string]
+
+/**
+ * One exemplar: membership x 1000, chunk index, sequence, position, the window as indices into
+ * `pieces` (-1 where the id is -1), and the cluster's memberships x 1000 at those positions.
+ * Thousandths are what the page prints (3 decimals), so rounding loses nothing shown.
+ */
+export type PackedExemplar = [value: number, chunk: number, batch: number, position: number, pieces: number[], memberships: number[]]
+
+/** A token id ranked in a cluster: its piece, and its summed membership (top tokens). */
+export type RankedToken = [piece: number, weight: number]
+/** A token special to a cluster: its piece, lift, summed membership and occurrences. */
+export type LiftToken = [piece: number, lift: number, weight: number, count: number]
+
+/** What the overview and the index need of a cluster (all loaded at once). */
+export interface ClusterIndexEntry {
+  mass: number
+  hardCount: number
+  /** Null without metrics (a report without chunks). */
+  meanCosine: number | null
+  maxMembership: number | null
+  meanMembership: number | null
+  nonzeroFraction: number | null
+  nearest: number | null
+  nearestCosine: number | null
+  histogram: number[]
+  top: RankedToken[]
+  lift: LiftToken[]
+}
+
+/** What a cluster's own page needs besides its index entry (loaded per block). */
+export interface ClusterDetail {
+  exemplars: PackedExemplar[]
+  /** Bin b of n holds memberships in [b/n, (b+1)/n); empty bins are empty lists. */
+  bins: PackedExemplar[][]
+}
+
+export interface ReportIndex {
+  nClusters: number
+  /** Whether the report has metrics over tokens (CHUNKS were given). */
+  hasTokens: boolean
+  contextWindow: number
+  /** Chunk file names, for an exemplar's "where". */
+  chunks: string[]
+  pieces: Piece[]
+  clusters: ClusterIndexEntry[]
+  tree: { order: number[]; icoord: number[][]; dcoord: number[][] }
+  /** Center similarities in the tree's order: every pair, or block means (`blockSize` clusters a side). */
+  similarity: { z: number[][]; blockSize: number }
+  map: [number, number][]
+  /** Share of the centers' variance the map shows, as a percentage. */
+  variance: string
+  detailBlock: number
+}
+
+/** Decoded text of the windows and tokens the page shows, interned as pieces. */
+class PieceTable {
+  readonly pieces: Piece[] = []
+  private readonly index = new Map<string, number>()
+  add(tokenId: number, text: string): number {
+    if (tokenId < 0) return -1
+    const key = `${tokenId}\u0000${text}`
+    let i = this.index.get(key)
+    if (i === undefined) {
+      i = this.pieces.length
+      this.pieces.push([tokenId, text])
+      this.index.set(key, i)
+    }
+    return i
+  }
+}
+
+/** `s.liftTokens`, which newer cores add to ClusterStats; older binaries lack it. (The one place that reads it untyped.) */
+export function liftTokensOf(s: ClusterStats): { tokenId: number; lift: number; weight: number; count: number }[] {
+  return (s as ClusterStats & { liftTokens?: { tokenId: number; lift: number; weight: number; count: number }[] }).liftTokens ?? []
+}
+
+const round = (v: number, digits: number): number => {
+  const f = 10 ** digits
+  return Math.round(v * f) / f
+}
+const finiteOrNull = (v: number | null | undefined, digits: number): number | null => (v === null || v === undefined || !Number.isFinite(v) ? null : round(v, digits))
+
+/** Every pair in the tree's order, or the mean over blocks of it when K is large (the K x K grid would not be readable, nor small). */
+function similarityGrid(similarity: ClusterAnalysis['centerSimilarity'], order: readonly number[]): ReportIndex['similarity'] {
+  const k = order.length
+  if (k <= SIMILARITY_FULL_LIMIT) return { z: order.map((j) => order.map((l) => round(similarity[j]![l]!, 3))), blockSize: 1 }
+  const blockSize = Math.ceil(k / SIMILARITY_BLOCKS)
+  const n = Math.ceil(k / blockSize)
+  const sum = Array.from({ length: n }, () => new Float64Array(n))
+  for (let a = 0; a < k; a++) {
+    const row = similarity[order[a]!]!
+    const out = sum[Math.floor(a / blockSize)]!
+    for (let b = 0; b < k; b++) out[Math.floor(b / blockSize)]! += row[order[b]!]!
+  }
+  const size = (i: number) => Math.min(blockSize, k - i * blockSize)
+  return { z: sum.map((row, i) => Array.from(row, (v, j) => round(v / (size(i) * size(j)), 3))), blockSize }
+}
+
+export interface ReportDataInput {
+  summary: ModelSummary
+  analysis: ClusterAnalysis
+  decoder: TokenDecoder
+  tree: Hierarchy
+  contextWindow: number
+}
+
+/** The page's data: the index and the per-cluster details, text decoded. */
+export function buildReportData(input: ReportDataInput): { index: ReportIndex; details: ClusterDetail[] } {
+  const { summary, analysis, decoder, tree } = input
+  const hasTokens = analysis.overall.nTokens > 0
+  const k = analysis.nClusters
+  // Everything the page shows decoded, asked for at once: a tokenizer's decoding runs under a time
+  // limit, and past it the whole page shows ids (and the overview says why), not half of it.
+  const allExemplars = [...summary.exemplars.flat(), ...summary.quantiles.flat(2)]
+  const rankedIds = analysis.clusters.flatMap((s) => [...s.topTokens.map((t) => t.tokenId), ...liftTokensOf(s).map((t) => t.tokenId)])
+  decoder.prepare?.(
+    allExemplars.map((e) => e.tokens),
+    rankedIds,
+  )
+  const table = new PieceTable()
+  const pack = (e: Exemplar): PackedExemplar => {
+    const pieces = decoder.window(e.tokens)
+    return [
+      Math.round(e.value * 1000),
+      e.chunk,
+      e.batch,
+      e.position,
+      pieces.map((p, i) => table.add(e.tokens[i]!, p.text)),
+      e.tokens.map((_, i) => Math.round((e.contextMemberships[i] ?? 0) * 1000)),
+    ]
+  }
+  const clusters: ClusterIndexEntry[] = analysis.clusters.map((s, c) => ({
+    mass: round(hasTokens ? s.mass : summary.clusterMass[c]!, 3),
+    hardCount: hasTokens ? s.hardCount : summary.clusterCount[c]!,
+    meanCosine: hasTokens ? finiteOrNull(s.meanCosine, 4) : null,
+    maxMembership: hasTokens ? finiteOrNull(s.maxMembership, 4) : null,
+    meanMembership: hasTokens ? finiteOrNull(s.meanMembership, 4) : null,
+    nonzeroFraction: hasTokens ? finiteOrNull(s.nonzeroFraction, 5) : null,
+    nearest: s.nearestCenter,
+    nearestCosine: finiteOrNull(s.nearestCenterCosine, 4),
+    histogram: hasTokens ? s.histogram : [],
+    top: s.topTokens.map((t): RankedToken => [table.add(t.tokenId, decoder.token(t.tokenId)), round(t.weight, 2)]),
+    lift: liftTokensOf(s).map((t): LiftToken => [table.add(t.tokenId, decoder.token(t.tokenId)), round(t.lift, 2), round(t.weight, 2), t.count]),
+  }))
+  const details: ClusterDetail[] = analysis.clusters.map((_, c) => ({
+    exemplars: (summary.exemplars[c] ?? []).map(pack),
+    bins: (summary.quantiles[c] ?? []).map((bin) => bin.map(pack)),
+  }))
+  const index: ReportIndex = {
+    nClusters: k,
+    hasTokens,
+    contextWindow: input.contextWindow,
+    chunks: summary.chunks,
+    pieces: table.pieces,
+    clusters,
+    tree: { order: tree.order, icoord: tree.icoord, dcoord: tree.dcoord.map((d) => d.map((v) => round(v, 5))) },
+    similarity: similarityGrid(analysis.centerSimilarity, tree.order),
+    map: analysis.centerMap.map(([x, y]) => [round(x, 4), round(y, 4)]),
+    variance: `${(100 * (analysis.centerMapVariance[0] + analysis.centerMapVariance[1])).toFixed(0)}%`,
+    detailBlock: DETAIL_BLOCK,
+  }
+  return { index, details }
+}
+
+/** JSON, gzip-compressed, in base64: what sits in the page's data elements. */
+export const packJson = (value: unknown): string => gzipSync(JSON.stringify(value), { level: 9 }).toString('base64')
+
+/** The data elements of a page: the index, then one element per block of `DETAIL_BLOCK` clusters. */
+export function dataElements(data: { index: ReportIndex; details: ClusterDetail[] }): string {
+  const blocks: string[] = []
+  for (let first = 0; first < data.details.length; first += DETAIL_BLOCK) {
+    blocks.push(`<script type="application/octet-stream" class="report-block" data-first="${first}">${packJson(data.details.slice(first, first + DETAIL_BLOCK))}</script>`)
+  }
+  return `<script type="application/octet-stream" id="report-index">${packJson(data.index)}</script>\n${blocks.join('\n')}`
+}
+
+/** The data a report page embeds, read back from its HTML (for tests and tools). */
+export function readReportData(html: string): { index: ReportIndex; details: ClusterDetail[] } {
+  const unpack = (b64: string): unknown => JSON.parse(gunzipSync(Buffer.from(b64, 'base64')).toString('utf8'))
+  const index = /<script type="application\/octet-stream" id="report-index">([^<]*)<\/script>/.exec(html)
+  if (!index) throw new Error('not a soft-cluster report page: no report-index element')
+  const details: ClusterDetail[] = []
+  // The blocks are in the order of their first cluster.
+  for (const m of html.matchAll(/<script type="application\/octet-stream" class="report-block" data-first="\d+">([^<]*)<\/script>/g)) {
+    details.push(...(unpack(m[1]!) as ClusterDetail[]))
+  }
+  return { index: unpack(index[1]!) as ReportIndex, details }
+}
