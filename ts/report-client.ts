@@ -2,12 +2,14 @@
 // overview, a paged and sortable index of the clusters, search, and one cluster's page at a time
 // (`#cluster-N`), with DOM APIs only: text from the data goes in through `textContent` and
 // attributes, never as HTML. Its source is this function's text (inlined by ts/report.ts), so it
-// uses nothing from outside itself but types and the page's `Plotly`.
+// uses nothing from outside itself but types, the page's `Plotly` and `decodeDetailBlock`.
 import type { ClusterDetail, ClusterIndexEntry, PackedExemplar, ReportIndex } from './report-data'
 
 // The Plotly bundle inlined before this script.
 // eslint-disable-next-line @typescript-eslint/no-explicit-any
 declare const Plotly: any
+// ts/report-data.ts's, inlined before this function.
+declare const decodeDetailBlock: (bytes: Uint8Array) => ClusterDetail[]
 
 export function reportClient(): void {
   /** Rows of the cluster index per page. */
@@ -38,7 +40,8 @@ export function reportClient(): void {
   const plotText = (s: string): string => s.replace(/&/g, '&amp;').replace(/</g, '&lt;').replace(/>/g, '&gt;').replace(/"/g, '&quot;')
   const clusterLink = (c: number, text = `cluster ${c}`): HTMLAnchorElement => el('a', { href: `#cluster-${c}`, text })
 
-  async function unpack(element: Element): Promise<unknown> {
+  /** An element's base64 text, gunzipped. */
+  async function gunzip(element: Element): Promise<Uint8Array> {
     const text = element.textContent ?? ''
     const fromBase64 = (Uint8Array as unknown as { fromBase64?: (s: string) => Uint8Array<ArrayBuffer> }).fromBase64
     let bytes: Uint8Array<ArrayBuffer>
@@ -49,7 +52,7 @@ export function reportClient(): void {
       for (let i = 0; i < binary.length; i++) bytes[i] = binary.charCodeAt(i)
     }
     const stream = new Blob([bytes]).stream().pipeThrough(new DecompressionStream('gzip'))
-    return JSON.parse(await new Response(stream).text())
+    return new Uint8Array(await new Response(stream).arrayBuffer())
   }
 
   let data: ReportIndex
@@ -60,7 +63,7 @@ export function reportClient(): void {
     const first = c - (c % data.detailBlock)
     let block = blocks.get(first)
     if (!block) {
-      block = unpack(document.querySelector(`script.report-block[data-first="${first}"]`)!) as Promise<ClusterDetail[]>
+      block = gunzip(document.querySelector(`script.report-block[data-first="${first}"]`)!).then(decodeDetailBlock)
       // Keep a few blocks decompressed: going back and forth between neighbours stays instant.
       if (blocks.size >= 8) blocks.delete(blocks.keys().next().value!)
       blocks.set(first, block)
@@ -314,7 +317,7 @@ export function reportClient(): void {
   }
 
   async function start(): Promise<void> {
-    data = (await unpack(byId('report-index'))) as ReportIndex
+    data = JSON.parse(new TextDecoder().decode(await gunzip(byId('report-index')))) as ReportIndex
     pieceKeys = data.pieces.map((p) => p[1].trim().toLowerCase())
     const spread = (s: ClusterIndexEntry) => s.meanMembership
     sortKeys = {

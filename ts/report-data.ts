@@ -73,6 +73,7 @@ export interface ReportIndex {
 /** Decoded text of the windows and tokens the page shows, interned as pieces. */
 class PieceTable {
   readonly pieces: Piece[] = []
+  private readonly uses: number[] = []
   private readonly index = new Map<string, number>()
   add(tokenId: number, text: string): number {
     if (tokenId < 0) return -1
@@ -81,9 +82,18 @@ class PieceTable {
     if (i === undefined) {
       i = this.pieces.length
       this.pieces.push([tokenId, text])
+      this.uses.push(0)
       this.index.set(key, i)
     }
+    this.uses[i]!++
     return i
+  }
+  /** The pieces, most used first, and where each old index went: frequent pieces get short numbers, which compress better. */
+  byUse(): { pieces: Piece[]; moved: Int32Array } {
+    const order = this.pieces.map((_, i) => i).sort((a, b) => this.uses[b]! - this.uses[a]! || a - b)
+    const moved = new Int32Array(order.length)
+    order.forEach((old, i) => (moved[old] = i))
+    return { pieces: order.map((old) => this.pieces[old]!), moved }
   }
 }
 
@@ -164,12 +174,19 @@ export function buildReportData(input: ReportDataInput): { index: ReportIndex; d
     exemplars: (summary.exemplars[c] ?? []).map(pack),
     bins: (summary.quantiles[c] ?? []).map((bin) => bin.map(pack)),
   }))
+  const { pieces, moved } = table.byUse()
+  const move = (p: number) => (p < 0 ? p : moved[p]!)
+  for (const s of clusters) {
+    for (const t of s.top) t[0] = move(t[0])
+    for (const t of s.lift) t[0] = move(t[0])
+  }
+  for (const d of details) for (const e of [...d.exemplars, ...d.bins.flat()]) e[4] = e[4].map(move)
   const index: ReportIndex = {
     nClusters: k,
     hasTokens,
     contextWindow: input.contextWindow,
     chunks: summary.chunks,
-    pieces: table.pieces,
+    pieces,
     clusters,
     tree: { order: tree.order, icoord: tree.icoord, dcoord: tree.dcoord.map((d) => d.map((v) => round(v, 5))) },
     similarity: similarityGrid(analysis.centerSimilarity, tree.order),
@@ -180,27 +197,104 @@ export function buildReportData(input: ReportDataInput): { index: ReportIndex; d
   return { index, details }
 }
 
-/** JSON, gzip-compressed, in base64: what sits in the page's data elements. */
+/** JSON, gzip-compressed, in base64: the page's index element. */
 export const packJson = (value: unknown): string => gzipSync(JSON.stringify(value), { level: 9 }).toString('base64')
+
+/**
+ * A block of clusters' examples as unsigned LEB128 varints, column by column (which gzip packs
+ * about 30% smaller than the same numbers as JSON): the number of clusters; per cluster its
+ * exemplars and bins and each bin's count; per example its value, chunk, sequence, position and
+ * window length; then every window's pieces + 1 (0 = no id); then every window's memberships.
+ */
+export function encodeDetailBlock(details: readonly ClusterDetail[]): Buffer {
+  const out: number[] = []
+  const put = (n: number) => {
+    for (; n >= 128; n = Math.floor(n / 128)) out.push((n % 128) | 128)
+    out.push(n)
+  }
+  const examples: PackedExemplar[] = []
+  put(details.length)
+  for (const d of details) {
+    put(d.exemplars.length)
+    put(d.bins.length)
+    for (const bin of d.bins) put(bin.length)
+    examples.push(...d.exemplars, ...d.bins.flat())
+  }
+  for (const e of examples) for (const n of [e[0], e[1], e[2], e[3], e[4].length]) put(n)
+  for (const e of examples) for (const p of e[4]) put(p + 1)
+  for (const e of examples) for (const m of e[5]) put(m)
+  return Buffer.from(out)
+}
+
+/**
+ * The inverse of `encodeDetailBlock`. The page runs this same function (its source is inlined
+ * there), so it must use nothing outside itself.
+ */
+export function decodeDetailBlock(bytes: Uint8Array): ClusterDetail[] {
+  let at = 0
+  const get = (): number => {
+    let n = 0
+    let scale = 1
+    for (;;) {
+      const b = bytes[at++]!
+      n += (b & 127) * scale
+      if (b < 128) return n
+      scale *= 128
+    }
+  }
+  const details: ClusterDetail[] = []
+  const examples: PackedExemplar[] = []
+  const make = (): PackedExemplar => {
+    const e: PackedExemplar = [0, 0, 0, 0, [], []]
+    examples.push(e)
+    return e
+  }
+  for (let c = get(); c > 0; c--) {
+    const nExemplars = get()
+    const counts: number[] = []
+    for (let b = get(); b > 0; b--) counts.push(get())
+    details.push({ exemplars: [], bins: counts.map(() => []) })
+    const d = details[details.length - 1]!
+    for (let i = 0; i < nExemplars; i++) d.exemplars.push(make())
+    counts.forEach((n, b) => {
+      for (let i = 0; i < n; i++) d.bins[b]!.push(make())
+    })
+  }
+  const lengths = examples.map((e) => {
+    e[0] = get()
+    e[1] = get()
+    e[2] = get()
+    e[3] = get()
+    return get()
+  })
+  examples.forEach((e, i) => {
+    for (let j = 0; j < lengths[i]!; j++) e[4].push(get() - 1)
+  })
+  examples.forEach((e, i) => {
+    for (let j = 0; j < lengths[i]!; j++) e[5].push(get())
+  })
+  return details
+}
 
 /** The data elements of a page: the index, then one element per block of `DETAIL_BLOCK` clusters. */
 export function dataElements(data: { index: ReportIndex; details: ClusterDetail[] }): string {
   const blocks: string[] = []
   for (let first = 0; first < data.details.length; first += DETAIL_BLOCK) {
-    blocks.push(`<script type="application/octet-stream" class="report-block" data-first="${first}">${packJson(data.details.slice(first, first + DETAIL_BLOCK))}</script>`)
+    const block = gzipSync(encodeDetailBlock(data.details.slice(first, first + DETAIL_BLOCK)), { level: 9 }).toString('base64')
+    blocks.push(`<script type="application/octet-stream" class="report-block" data-first="${first}">${block}</script>`)
   }
   return `<script type="application/octet-stream" id="report-index">${packJson(data.index)}</script>\n${blocks.join('\n')}`
 }
 
 /** The data a report page embeds, read back from its HTML (for tests and tools). */
 export function readReportData(html: string): { index: ReportIndex; details: ClusterDetail[] } {
-  const unpack = (b64: string): unknown => JSON.parse(gunzipSync(Buffer.from(b64, 'base64')).toString('utf8'))
+  const gunzip = (b64: string): Buffer => gunzipSync(Buffer.from(b64, 'base64'))
   const index = /<script type="application\/octet-stream" id="report-index">([^<]*)<\/script>/.exec(html)
   if (!index) throw new Error('not a soft-cluster report page: no report-index element')
   const details: ClusterDetail[] = []
   // The blocks are in the order of their first cluster.
   for (const m of html.matchAll(/<script type="application\/octet-stream" class="report-block" data-first="\d+">([^<]*)<\/script>/g)) {
-    details.push(...(unpack(m[1]!) as ClusterDetail[]))
+    details.push(...decodeDetailBlock(gunzip(m[1]!)))
   }
-  return { index: unpack(index[1]!) as ReportIndex, details }
+  return { index: JSON.parse(gunzip(index[1]!).toString('utf8')) as ReportIndex, details }
 }

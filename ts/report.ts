@@ -8,7 +8,7 @@ import type { Hierarchy, ModelSummary } from './clustering'
 import type { ResolvedConfig } from './config'
 import type { TokenDecoder } from './decode'
 import { reportClient } from './report-client'
-import { buildReportData, dataElements } from './report-data'
+import { buildReportData, dataElements, decodeDetailBlock } from './report-data'
 
 export interface ReportInput {
   modelPath: string
@@ -125,7 +125,7 @@ export function renderReport(input: ReportInput): string {
 <section id="cluster-view" hidden></section>
 ${dataElements(data)}
 <script>${inlineScript(plotlySource())}</script>
-<script>${inlineScript(`(${reportClient.toString()})()`)}</script>
+<script>${inlineScript(`${decodeDetailBlock.toString()}\n(${reportClient.toString()})()`)}</script>
 </body></html>
 `
 }
