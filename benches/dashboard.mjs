@@ -140,6 +140,8 @@ async function measure(browser, file, k) {
   await page.waitForSelector('body[data-ready="1"]', { timeout: 120_000 })
   const wall = Date.now() - began
   const readyMs = Number(await page.getAttribute('body', 'data-ready-ms'))
+  // When the data was decompressed and the index shown (the rest, to data-ready, is the plots).
+  const marks = await page.evaluate(() => Object.fromEntries(performance.getEntriesByType('mark').map((m) => [m.name, Math.round(m.startTime)])))
   // A cluster in the last block, then its neighbour (same block: already decompressed).
   const c = k - 2
   let t = Date.now()
@@ -157,7 +159,7 @@ async function measure(browser, file, k) {
   await page.waitForSelector('#search-results li a')
   const searchMs = Date.now() - t
   await page.close()
-  return { readyMs, wallMs: wall, openClusterMs: openMs, nextClusterMs: nextMs, searchMs, errors }
+  return { readyMs, dataMs: marks['report-data'], indexMs: marks['report-index'], wallMs: wall, openClusterMs: openMs, nextClusterMs: nextMs, searchMs, errors }
 }
 
 async function main() {

@@ -11,6 +11,8 @@ import type { TokenDecoder } from './decode'
 export const SIMILARITY_FULL_LIMIT = 256
 /** Cells per side of the downsampled heatmap (K > SIMILARITY_FULL_LIMIT). */
 export const SIMILARITY_BLOCKS = 128
+/** The dendrogram draws at most this many merges, the highest (the top of the tree): 16383 U's in SVG are slow to draw and cannot be told apart. */
+export const TREE_MERGES_LIMIT = 2047
 /** Clusters per compressed block of examples: one block is decompressed to open one cluster. */
 export const DETAIL_BLOCK = 64
 
@@ -61,7 +63,8 @@ export interface ReportIndex {
   chunks: string[]
   pieces: Piece[]
   clusters: ClusterIndexEntry[]
-  tree: { order: number[]; icoord: number[][]; dcoord: number[][] }
+  /** The dendrogram: `order` of all the leaves, the U's of the highest merges (all when K - 1 <= TREE_MERGES_LIMIT). */
+  tree: { order: number[]; icoord: number[][]; dcoord: number[][]; merges: number }
   /** Center similarities in the tree's order: every pair, or block means (`blockSize` clusters a side). */
   similarity: { z: number[][]; blockSize: number }
   map: [number, number][]
@@ -122,6 +125,13 @@ function similarityGrid(similarity: ClusterAnalysis['centerSimilarity'], order: 
   }
   const size = (i: number) => Math.min(blockSize, k - i * blockSize)
   return { z: sum.map((row, i) => Array.from(row, (v, j) => round(v / (size(i) * size(j)), 3))), blockSize }
+}
+
+/** The U's of the TREE_MERGES_LIMIT highest merges, in their rows' order; lower ones end in the air at their height. */
+function highestMerges(tree: Hierarchy): { icoord: number[][]; dcoord: number[][] } {
+  const rows = tree.dcoord.map((d, i) => [Math.max(...d), i] as const)
+  const kept = rows.length <= TREE_MERGES_LIMIT ? rows : [...rows].sort((a, b) => b[0] - a[0] || a[1] - b[1]).slice(0, TREE_MERGES_LIMIT).sort((a, b) => a[1] - b[1])
+  return { icoord: kept.map(([, i]) => tree.icoord[i]!), dcoord: kept.map(([, i]) => tree.dcoord[i]!.map((v) => round(v, 5))) }
 }
 
 export interface ReportDataInput {
@@ -188,7 +198,7 @@ export function buildReportData(input: ReportDataInput): { index: ReportIndex; d
     chunks: summary.chunks,
     pieces,
     clusters,
-    tree: { order: tree.order, icoord: tree.icoord, dcoord: tree.dcoord.map((d) => d.map((v) => round(v, 5))) },
+    tree: { order: tree.order, ...highestMerges(tree), merges: tree.dcoord.length },
     similarity: similarityGrid(analysis.centerSimilarity, tree.order),
     map: analysis.centerMap.map(([x, y]) => [round(x, 4), round(y, 4)]),
     variance: `${(100 * (analysis.centerMapVariance[0] + analysis.centerMapVariance[1])).toFixed(0)}%`,
