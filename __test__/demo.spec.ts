@@ -134,6 +134,7 @@ describe('soft-cluster demo', () => {
         await page.evaluate(() => (location.hash = 'overview'))
         await page.fill('#search', '')
         await page.waitForSelector('#overview:not([hidden])')
+        await page.waitForFunction(() => document.getElementById('search-results')!.childElementCount === 0)
         await page.screenshot({ path: join(shots, 'report-overview.png') })
         await page.evaluate(() => (location.hash = 'cluster-0'))
         await page.waitForSelector('body[data-cluster="0"] .hist[data-drawn="1"]')
