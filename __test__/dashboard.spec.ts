@@ -172,4 +172,35 @@ describe(`the report dashboard at K = ${K}`, () => {
       await browser.close()
     }
   })
+
+  it.skipIf(CHROMIUM === undefined)('without metrics or token ids: the index names clusters by exemplar tokens, and tokens without an id are boxes', async () => {
+    const model = new SequentialSoftClustering({ nClusters: 2, dModel: 2, temperature: 1, contextWindow: 1, initialCenters: new Float32Array([1, 0, 0, 1]) })
+    const analysis = analyzeSequentialClusters(model, new Float32Array(0), null, { shape: [0, 2] })
+    const exemplar = (tokens: number[], contextMemberships: number[]) => ({ value: contextMemberships[1]!, chunk: 0, batch: 0, position: 1, tokens, contextMemberships })
+    const html = renderReport({
+      modelPath: 'm', config: model.config, analysis, chunks: [], tree: model.hierarchy(),
+      summary: { clusterMass: [1, 2], clusterCount: [1, 2], exemplars: [[exemplar([-1, -1, -1], [0, 0.5, 0.25])], [exemplar([4, 5, 6], [0, 0.9, 0])]], history: [], chunks: ['c'], warnings: [], hasStatistics: false, operations: [], quantiles: [] },
+      decoder: { description: 'd', window: (ids) => ids.map((id) => ({ text: id < 0 ? '' : ` w${id}`, missing: id < 0 })), token: (id) => `w${id}` },
+    })
+    const boxes = join(mkdtempSync(join(tmpdir(), 'sc-boxes-')), 'report.html')
+    writeFileSync(boxes, html)
+    const browser = await chromium.launch({ executablePath: CHROMIUM, args: ['--no-sandbox'] })
+    try {
+      const page = await browser.newPage()
+      const errors: string[] = []
+      page.on('pageerror', (e) => errors.push(e.message))
+      await page.goto(pathToFileURL(boxes).href)
+      await page.waitForSelector('body[data-ready="1"]')
+      expect(await page.locator('#index-rows tr td:last-child').allTextContents()).toEqual(expect.arrayContaining(['w5 ']))
+      await page.fill('#search', 'w5')
+      await page.waitForSelector('#search-results a[href="#cluster-1"]')
+      await page.evaluate(() => (location.hash = 'cluster-0'))
+      await page.waitForSelector('body[data-cluster="0"]')
+      const toks = await page.locator('.tok').evaluateAll((els) => els.map((e) => [e.textContent, e.getAttribute('title'), e.classList.contains('center')]))
+      expect(toks).toEqual([[' □', 'no token id, membership 0.500', true], [' □', 'no token id, membership 0.250', false]])
+      expect(errors).toEqual([])
+    } finally {
+      await browser.close()
+    }
+  })
 })

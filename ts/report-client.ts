@@ -72,10 +72,11 @@ export function reportClient(): void {
   }
 
   const pieceText = (p: number): string => data.pieces[p]![1]
-  const topText = (s: ClusterIndexEntry, n: number): string => s.top.slice(0, n).map((t) => pieceText(t[0])).join(' ')
+  /** What names a cluster in the index and hover labels: its top 5 tokens, or without metrics its best exemplars' tokens. */
+  const namingPieces = (s: ClusterIndexEntry): number[] => (data.hasTokens ? s.top.slice(0, 5).map((t) => t[0]) : s.exemplarTokens)
   const hover = (c: number): string => {
     const s = data.clusters[c]!
-    return `cluster ${c}: mass ${s.mass.toFixed(1)}<br>${plotText(`top: ${topText(s, 5)}`)}`
+    return `cluster ${c}: mass ${s.mass.toFixed(1)}<br>${plotText(`${data.hasTokens ? 'top' : 'exemplars'}: ${namingPieces(s).map(pieceText).join(' ')}`)}`
   }
 
   // ---- Sorting: the index's order, which next/previous also follow.
@@ -163,7 +164,7 @@ export function reportClient(): void {
     byValue((s) => s.mass, true)().forEach((c, r) => (rank[c] = r + 1))
     const rows = order.slice(page * PAGE_ROWS, (page + 1) * PAGE_ROWS).map((c) => {
       const s = data.clusters[c]!
-      const tokens = s.top.length ? s.top.slice(0, 5).map((t) => el('code', { text: pieceText(t[0]) })) : []
+      const tokens = namingPieces(s).map((p) => el('code', { text: pieceText(p) }))
       return el('tr', {}, el('td', {}, clusterLink(c)), el('td', { text: `${s.mass.toFixed(1)} (#${rank[c]})` }), el('td', { text: fmt(s.meanCosine) }), el('td', { text: fmt(s.meanMembership) }), el('td', {}, ...tokens.flatMap((t) => [t, ' '])))
     })
     byId('index-rows').replaceChildren(...rows)
@@ -194,6 +195,7 @@ export function reportClient(): void {
       }
       s.top.forEach((t) => consider(t[0], t[1], 'top token'))
       s.lift.forEach((t) => consider(t[0], t[2], 'special token'))
+      s.exemplarTokens.forEach((p, i) => consider(p, -i, 'exemplar token'))
       if (best) hits.push({ c, ...(best as { why: string; exact: boolean; weight: number }) })
     })
     hits.sort((a, b) => Number(b.exact) - Number(a.exact) || b.weight - a.weight || a.c - b.c)

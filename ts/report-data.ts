@@ -45,6 +45,8 @@ export interface ClusterIndexEntry {
   histogram: number[]
   top: RankedToken[]
   lift: LiftToken[]
+  /** Without metrics (no top tokens): the pieces of its best 3 exemplars' own tokens, for the index and search. */
+  exemplarTokens: number[]
 }
 
 /** What a cluster's own page needs besides its index entry (loaded per block). */
@@ -150,7 +152,10 @@ export function buildReportData(input: ReportDataInput): { index: ReportIndex; d
   // Everything the page shows decoded, asked for at once: a tokenizer's decoding runs under a time
   // limit, and past it the whole page shows ids (and the overview says why), not half of it.
   const allExemplars = [...summary.exemplars.flat(), ...summary.quantiles.flat(2)]
-  const rankedIds = analysis.clusters.flatMap((s) => [...s.topTokens.map((t) => t.tokenId), ...liftTokensOf(s).map((t) => t.tokenId)])
+  const rankedIds = [
+    ...analysis.clusters.flatMap((s) => [...s.topTokens.map((t) => t.tokenId), ...liftTokensOf(s).map((t) => t.tokenId)]),
+    ...allExemplars.map((e) => e.tokens[input.contextWindow] ?? -1),
+  ]
   decoder.prepare?.(
     allExemplars.map((e) => e.tokens),
     rankedIds,
@@ -179,6 +184,7 @@ export function buildReportData(input: ReportDataInput): { index: ReportIndex; d
     histogram: hasTokens ? s.histogram : [],
     top: s.topTokens.map((t): RankedToken => [table.add(t.tokenId, decoder.token(t.tokenId)), round(t.weight, 2)]),
     lift: liftTokensOf(s).map((t): LiftToken => [table.add(t.tokenId, decoder.token(t.tokenId)), round(t.lift, 2), round(t.weight, 2), t.count]),
+    exemplarTokens: hasTokens ? [] : (summary.exemplars[c] ?? []).slice(0, 3).map((e) => e.tokens[input.contextWindow] ?? -1).filter((id) => id >= 0).map((id) => table.add(id, decoder.token(id))),
   }))
   const details: ClusterDetail[] = analysis.clusters.map((_, c) => ({
     exemplars: (summary.exemplars[c] ?? []).map(pack),
@@ -189,6 +195,7 @@ export function buildReportData(input: ReportDataInput): { index: ReportIndex; d
   for (const s of clusters) {
     for (const t of s.top) t[0] = move(t[0])
     for (const t of s.lift) t[0] = move(t[0])
+    s.exemplarTokens = s.exemplarTokens.map(move)
   }
   for (const d of details) for (const e of [...d.exemplars, ...d.bins.flat()]) e[4] = e[4].map(move)
   const index: ReportIndex = {

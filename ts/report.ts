@@ -120,7 +120,7 @@ export function renderReport(input: ReportInput): string {
 <div class="plots"><div id="plot-mass" class="plot wide"></div><div id="plot-tree" class="plot wide"></div><div id="plot-similarity" class="plot"></div><div id="plot-map" class="plot"></div></div>
 <h3>Clusters</h3>
 <div class="index-controls"><label>Sort by <select id="index-sort"></select></label><button id="index-prev" type="button">← previous page</button><span id="index-range"></span><button id="index-next" type="button">next page →</button></div>
-<table class="index"><thead><tr><th>cluster</th><th>mass (rank)</th><th>mean cosine</th><th>mean nonzero membership</th><th>${hasTokens ? 'top tokens' : 'top tokens (none without CHUNKS)'}</th></tr></thead><tbody id="index-rows"></tbody></table>
+<table class="index"><thead><tr><th>cluster</th><th>mass (rank)</th><th>mean cosine</th><th>mean nonzero membership</th><th>${hasTokens ? 'top tokens' : 'best exemplar tokens'}</th></tr></thead><tbody id="index-rows"></tbody></table>
 <p class="why">Keys: j / → next cluster, k / ← previous (in the index's order), Esc the overview, / search.</p></section>
 <section id="cluster-view" hidden></section>
 ${dataElements(data)}
