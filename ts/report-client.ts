@@ -157,15 +157,21 @@ export function reportClient(): void {
     })
   }
 
+  /** Each cluster's rank by mass, 1 = the largest. */
+  let massRank: number[] | undefined
   function renderIndex(): void {
     const pages = Math.max(1, Math.ceil(order.length / PAGE_ROWS))
     page = Math.min(Math.max(0, page), pages - 1)
-    const rank: number[] = []
-    byValue((s) => s.mass, true)().forEach((c, r) => (rank[c] = r + 1))
+    if (!massRank) {
+      const ranks: number[] = []
+      byValue((s) => s.mass, true)().forEach((c, r) => (ranks[c] = r + 1))
+      massRank = ranks
+    }
+    const ranks = massRank
     const rows = order.slice(page * PAGE_ROWS, (page + 1) * PAGE_ROWS).map((c) => {
       const s = data.clusters[c]!
       const tokens = namingPieces(s).map((p) => el('code', { text: pieceText(p) }))
-      return el('tr', {}, el('td', {}, clusterLink(c)), el('td', { text: `${s.mass.toFixed(1)} (#${rank[c]})` }), el('td', { text: fmt(s.meanCosine) }), el('td', { text: fmt(s.meanMembership) }), el('td', {}, ...tokens.flatMap((t) => [t, ' '])))
+      return el('tr', {}, el('td', {}, clusterLink(c)), el('td', { text: `${s.mass.toFixed(1)} (#${ranks[c]})` }), el('td', { text: fmt(s.meanCosine) }), el('td', { text: fmt(s.meanMembership) }), el('td', {}, ...tokens.flatMap((t) => [t, ' '])))
     })
     byId('index-rows').replaceChildren(...rows)
     const first = page * PAGE_ROWS
@@ -250,8 +256,8 @@ export function reportClient(): void {
     const top = tokenLine('top', 'Top tokens', s.top.map((t) => el('code', { text: pieceText(t[0]), title: `id ${data.pieces[t[0]]![0]}, weight ${t[1].toFixed(2)}` })))
     const lift = tokenLine('lift', 'Tokens special to this cluster (lift)', s.lift.map((t) => el('code', { text: pieceText(t[0]), title: `id ${data.pieces[t[0]]![0]}, lift ${t[1].toFixed(2)}, weight ${t[2].toFixed(2)}, ${t[3]} occurrences` })))
     // Its neighbours in the tree's leaf order: the clusters the dendrogram draws beside it.
-    const at = data.tree.order.indexOf(c)
-    const near = data.tree.order.slice(Math.max(0, at - 3), at + 4).filter((n) => n !== c)
+    const leaf = data.tree.order.indexOf(c)
+    const near = data.tree.order.slice(Math.max(0, leaf - 3), leaf + 4).filter((n) => n !== c)
     const neighbours = near.length ? [el('p', { className: 'neighbours' }, 'Beside it in the tree: ', ...near.flatMap((n) => [clusterLink(n, `c${n}`), ' ']))] : []
     const bins = d.bins
       .map((list, b) => ({ list, b }))
@@ -265,13 +271,13 @@ export function reportClient(): void {
           return details
         })()]
       : []
-    const at2 = position[c]!
-    const prev = order[at2 - 1]
-    const next = order[at2 + 1]
+    const rank = position[c]!
+    const prev = order[rank - 1]
+    const next = order[rank + 1]
     const nav = el('nav', { className: 'cluster-nav' },
       el('a', { href: '#overview', text: '↑ overview' }),
       prev === undefined ? el('span', { className: 'off', text: '← previous' }) : el('a', { href: `#cluster-${prev}`, text: `← previous (c${prev})`, className: 'prev' }),
-      el('span', { text: `${at2 + 1} of ${order.length} in ${sortKeys[sortName]!.label}` }),
+      el('span', { text: `${rank + 1} of ${order.length} in ${sortKeys[sortName]!.label}` }),
       next === undefined ? el('span', { className: 'off', text: 'next →' }) : el('a', { href: `#cluster-${next}`, text: `next (c${next}) →`, className: 'next' }),
     )
     const exemplars = d.exemplars.length ? el('ol', { className: 'exemplars' }, ...d.exemplars.map(exemplarItem)) : el('p', { text: 'No exemplars.' })
@@ -322,6 +328,7 @@ export function reportClient(): void {
     data = JSON.parse(new TextDecoder().decode(await gunzip(byId('report-index')))) as ReportIndex
     pieceKeys = data.pieces.map((p) => p[1].trim().toLowerCase())
     performance.mark('report-data') // benches/dashboard.mjs reads these marks
+    // The spread measure: mean nonzero membership (low = tokens belong to the cluster only in part).
     const spread = (s: ClusterIndexEntry) => s.meanMembership
     sortKeys = {
       tree: { label: 'the order of the tree', order: () => data.tree.order.slice() },
