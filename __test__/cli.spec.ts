@@ -5,6 +5,7 @@ import { tmpdir } from 'node:os'
 import { join } from 'node:path'
 import { beforeAll, describe, expect, it } from 'vitest'
 import { analyzeChunks, readMemberships, SequentialSoftClustering } from '../ts'
+import { readReportData } from '../ts/report-data'
 import { fixture } from './helpers'
 
 const BIN = join(__dirname, '..', 'bin', 'soft-cluster.js')
@@ -105,15 +106,22 @@ describe('soft-cluster report', () => {
     expect(r.status, r.stderr).toBe(0)
     expect(r.stdout).toContain(out)
     const html = readFileSync(out, 'utf8')
-    expect(html.match(/<section class="cluster"/g)).toHaveLength(6)
-    expect(html).toContain('tok&lt;b&gt;') // vocabulary text, escaped
+    const data = readReportData(html)
+    expect(data.details).toHaveLength(6)
+    expect(data.index.clusters.every((s) => s.top.length > 0)).toBe(true)
+    // Vocabulary text is in the embedded data as it is (compressed), never in the page as markup.
+    expect(data.index.pieces.some(([, text]) => text.startsWith('tok<b>'))).toBe(true)
     expect(html).not.toContain('tok<b>')
     expect(html).toContain('partition coefficient')
     expect(html).not.toMatch(/<script[^>]+src=|<link[^>]+href=/)
     const bare = run('report', '--model', model, '--out', join(dir, 'bare.html'))
     expect(bare.status, bare.stderr).toBe(0)
     const bareHtml = readFileSync(join(dir, 'bare.html'), 'utf8')
-    expect(bareHtml.match(/<section class="cluster"/g)).toHaveLength(6)
+    const bareData = readReportData(bareHtml)
+    expect(bareData.details).toHaveLength(6)
+    expect(bareData.index.hasTokens).toBe(false)
+    // Without metrics, the index names clusters by their best exemplars' tokens.
+    expect(bareData.index.clusters.every((s) => s.top.length === 0 && s.exemplarTokens.length > 0)).toBe(true)
     expect(bareHtml).toContain('pass CHUNKS to compute them')
   })
 })
@@ -133,8 +141,11 @@ describe('--json', () => {
     const rep = run('report', '--model', f.model, flat, '--out', join(dir, 'json.html'), '--json')
     expect(rep.status, rep.stderr).toBe(0)
     expect(JSON.parse(rep.stdout)).toEqual({ report: join(dir, 'json.html') })
-    // Without token ids, exemplar tokens are boxes shaded by their membership.
-    expect(readFileSync(join(dir, 'json.html'), 'utf8')).toContain('title="no token id, membership')
+    // Without token ids, exemplar tokens have no piece (-1: the page shows a box) and keep their membership.
+    const exemplars = readReportData(readFileSync(join(dir, 'json.html'), 'utf8')).details.flatMap((d) => d.exemplars)
+    expect(exemplars.length).toBeGreaterThan(0)
+    expect(exemplars.every((e) => e[4].every((p) => p === -1))).toBe(true)
+    expect(exemplars.some((e) => e[5].some((m) => m > 0))).toBe(true)
   })
 })
 
@@ -209,7 +220,7 @@ describe('soft-cluster tree, merge, split, update and transform --level', () => 
     expect(html).toContain('merge of clusters 2, 5 into 2 (now 5 clusters)')
     expect(html).toContain('id="plot-tree"')
     const treeOrder = JSON.parse(run('tree', '--model', merged, '--json').stdout).order as number[]
-    expect([...html.matchAll(/<section class="cluster" id="cluster-(\d+)"/g)].map((m) => Number(m[1]))).toEqual(treeOrder)
+    expect(readReportData(html).index.tree.order).toEqual(treeOrder)
     expectFailure(run('merge', '--model', model, '--clusters', '1,x', '--out', join(dir, 'm2.safetensors')), '--clusters 1,x', 'cluster ids')
     expectFailure(run('merge', '--model', model, '--clusters', '1,6', '--out', join(dir, 'm2.safetensors')), '6 is not a cluster id', 'ERR_INVALID_INPUT')
     expect(existsSync(join(dir, 'm2.safetensors'))).toBe(false)

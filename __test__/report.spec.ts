@@ -8,6 +8,7 @@ import type * as HfTokenizers from '@huggingface/tokenizers' with { 'resolution-
 import { analyzeSequentialClusters, readChunk, SequentialSoftClustering } from '../ts'
 import { DECODE_CONTEXT, idDecoder, mapBack, tokenizerDecoder, vocabDecoder, type TokenPiece } from '../ts/decode'
 import { renderReport } from '../ts/report'
+import { readReportData } from '../ts/report-data'
 import { fixture } from './helpers'
 
 // eslint-disable-next-line @typescript-eslint/no-require-imports
@@ -186,8 +187,11 @@ describe('token decoding', () => {
     expect(r.stderr.trim().split('\n')).toEqual([expect.stringMatching(/^soft-cluster: warning: --tokenizer .*hostile\.json: the tokenizer's decoder took over 1 s, so the report shows token ids \(--decode-timeout SECONDS gives it longer\)$/)])
     const html = readFileSync(out, 'utf8')
     expect(html).toMatch(/<th>tokens decoded with<\/th><td>token ids \(the tokenizer&#39;s decoder took over 1 s: [^<]*hostile\.json\)<\/td>/)
-    // The exemplars show their ids.
-    expect(html).toMatch(/title="token id (\d+), membership [^"]*">(?: )?\1<\/span>/)
+    // The exemplars show their ids: every piece of text the page holds is its token's id.
+    const { index, details } = readReportData(html)
+    expect(details.flatMap((d) => d.exemplars).length).toBeGreaterThan(0)
+    expect(index.pieces.length).toBeGreaterThan(0)
+    expect(index.pieces.filter(([id, text]) => text.trim() !== String(id))).toEqual([])
   })
 
   it('falls back to a vocabulary list or the ids themselves', () => {
@@ -218,9 +222,16 @@ describe('renderReport', () => {
     })
     expect(html).not.toContain('<img')
     expect(html).toContain('&lt;/script&gt;&lt;img src=x onerror=alert(1)&gt;')
-    // The quantile example of cluster 0, bin 1, with its range.
-    expect(html).toMatch(/Across the range of memberships[\s\S]*<span class="range">0\.1–0\.2<\/span>/)
-    expect(html.match(/<section class="cluster"/g)).toHaveLength(2)
+    // The page's script tags: Plotly's, the client's, and the data's (base64, which holds no '<').
+    expect(html.match(/<script/gi)).toHaveLength(html.match(/<\/script>/gi)!.length)
+    // The data holds the text as it is (the page shows it through textContent: dashboard.spec.ts).
+    const { index, details } = readReportData(html)
+    expect(index.pieces.map((p) => p[1])).toContain(evil)
+    expect(index.chunks).toEqual([evil])
+    // The quantile example of cluster 0, in bin 1 of 10.
+    expect(details).toHaveLength(2)
+    expect(details[0]!.bins.map((b) => b.length)).toEqual([0, 1, 0, 0, 0, 0, 0, 0, 0, 0])
+    expect(details[0]!.bins[1]![0]!.slice(0, 4)).toEqual([150, 0, 0, 0])
     // The twin pairs of the centers are in the overview (two orthogonal centers: none).
     expect(html).toContain(`twin center pairs (cosine &gt; 0.99)</th><td>${analysis.overall.twins}</td>`)
     expect(analysis.overall.twins).toBe(0)
@@ -241,6 +252,22 @@ describe('renderReport', () => {
     })
     expect(html).toMatch(/\.tok\{[^}]*unicode-bidi:isolate/)
     expect(html).toMatch(/\.ctx\{[^}]*unicode-bidi:isolate/)
-    expect(html).toContain(`>${rlo}</span>`)
+    expect(html).toMatch(/code,\.where,td,li\{unicode-bidi:isolate\}/)
+    expect(readReportData(html).index.pieces.map((p) => p[1])).toContain(rlo)
+  })
+})
+
+describe('lift tokens (ClusterStats.liftTokens, from newer cores)', () => {
+  it('are embedded with their decoded text when present, and absent ones change nothing', () => {
+    const model = new SequentialSoftClustering({ nClusters: 2, dModel: 64, temperature: 1, initialCenters: new Float32Array(128).map((_, i) => (i === 0 || i === 65 ? 1 : 0)) })
+    const chunk = readChunk(fixture('planted_a_f32.npz'))
+    const analysis = analyzeSequentialClusters(model, chunk.activations, chunk.tokenIds, { shape: chunk.shape, attentionMask: chunk.attentionMask })
+    const render = (a: typeof analysis) =>
+      renderReport({ modelPath: 'm', config: model.config, summary: model.summary!, analysis: a, chunks: ['c'], decoder: { description: 'd', window: (ids) => ids.map((id) => ({ text: `w${id}`, missing: id < 0 })), token: (id) => `t${id}` }, tree: model.hierarchy() })
+    const withLift = { ...analysis, clusters: analysis.clusters.map((s, c) => (c === 0 ? { ...s, liftTokens: [{ tokenId: 777, lift: 12.345, weight: 3.21, count: 4 }] } : s)) }
+    const { index } = readReportData(render(withLift))
+    expect(index.clusters[0]!.lift.map(([p, lift, weight, count]) => [index.pieces[p], lift, weight, count])).toEqual([[[777, 't777'], 12.35, 3.21, 4]])
+    expect(index.clusters[1]!.lift).toEqual([])
+    expect(readReportData(render(analysis)).index.clusters.map((s) => s.lift)).toEqual([[], []])
   })
 })
