@@ -59,15 +59,15 @@ beforeAll(async () => {
   const model = new SequentialSoftClustering({ nClusters: K, dModel: D, temperature: 0.05, nIterations: 3, nExemplars: 5, contextWindow: 4, device: 'cpu' })
   await model.fitChunks([chunk], join(dir, 'fit'))
   const real = analyzeSequentialClusters(model, activations, tokenIds, { shape: [B, S, D] })
-  // Hostile text for the top token of one cluster; lift tokens (which this binary's core does not
-  // give yet) on another, one of them with a text no top token has.
+  // Hostile text for the top token of one cluster; on another, lift tokens replaced by two of our
+  // own, one of them with a text no top token has.
   evilCluster = real.clusters.findIndex((s) => s.topTokens.length > 0)
   const evilId = real.clusters[evilCluster]!.topTokens[0]!.tokenId
   liftCluster = real.clusters.findIndex((s, c) => c !== evilCluster && s.topTokens.length > 0)
   const analysis: ClusterAnalysis = { ...real, clusters: real.clusters.map((s, c) => (c === liftCluster ? { ...s, liftTokens: [{ tokenId: 100_000, lift: 42.5, weight: 3.5, count: 7 }, { tokenId: s.topTokens[0]!.tokenId, lift: 9, weight: 20, count: 30 }] } : s)) }
   const text = (id: number) => (id === evilId ? EVIL : id === 100_000 ? LIFT_TEXT : word(id))
   const decoder: TokenDecoder = { description: 'synthetic words', token: text, window: (ids) => ids.map((id, i) => (id < 0 ? { text: '', missing: true } : { text: (i === 0 ? '' : ' ') + text(id), missing: false })) }
-  const html = renderReport({ modelPath: join(dir, 'fit', 'model.safetensors'), config: model.config, summary: model.summary!, analysis, chunks: [chunk], decoder, tree: model.hierarchy() })
+  const html = renderReport({ modelPath: join(dir, 'fit', 'model.safetensors'), config: model.config, summary: model.summary!, analysis, chunks: [chunk], decoder, tree: model.hierarchy(), centers: model.centers! })
   file = join(dir, 'report.html')
   writeFileSync(file, html)
   index = readReportData(html).index
@@ -178,7 +178,7 @@ describe(`the report dashboard at K = ${K}`, () => {
     const analysis = analyzeSequentialClusters(model, new Float32Array(0), null, { shape: [0, 2] })
     const exemplar = (tokens: number[], contextMemberships: number[]) => ({ value: contextMemberships[1]!, chunk: 0, batch: 0, position: 1, tokens, contextMemberships })
     const html = renderReport({
-      modelPath: 'm', config: model.config, analysis, chunks: [], tree: model.hierarchy(),
+      modelPath: 'm', config: model.config, analysis, chunks: [], tree: model.hierarchy(), centers: model.centers!,
       summary: { clusterMass: [1, 2], clusterCount: [1, 2], exemplars: [[exemplar([-1, -1, -1], [0, 0.5, 0.25])], [exemplar([4, 5, 6], [0, 0.9, 0])]], history: [], chunks: ['c'], warnings: [], hasStatistics: false, operations: [], quantiles: [] },
       decoder: { description: 'd', window: (ids) => ids.map((id) => ({ text: id < 0 ? '' : ` w${id}`, missing: id < 0 })), token: (id) => `w${id}` },
     })

@@ -218,7 +218,7 @@ describe('renderReport', () => {
       analysis,
       chunks: [evil],
       decoder: { description: evil, window: (ids) => ids.map(() => ({ text: evil, missing: false })), token: () => evil },
-      tree: model.hierarchy(),
+      tree: model.hierarchy(), centers: model.centers!,
     })
     expect(html).not.toContain('<img')
     expect(html).toContain('&lt;/script&gt;&lt;img src=x onerror=alert(1)&gt;')
@@ -248,7 +248,7 @@ describe('renderReport', () => {
       analysis,
       chunks: ['c'],
       decoder: { description: 'd', window: (ids) => ids.map(() => ({ text: rlo, missing: false })), token: () => rlo },
-      tree: model.hierarchy(),
+      tree: model.hierarchy(), centers: model.centers!,
     })
     expect(html).toMatch(/\.tok\{[^}]*unicode-bidi:isolate/)
     expect(html).toMatch(/\.ctx\{[^}]*unicode-bidi:isolate/)
@@ -257,17 +257,19 @@ describe('renderReport', () => {
   })
 })
 
-describe('lift tokens (ClusterStats.liftTokens, from newer cores)', () => {
-  it('are embedded with their decoded text when present, and absent ones change nothing', () => {
+describe('lift tokens', () => {
+  it('are embedded per cluster as the core computed them, with their decoded text', () => {
     const model = new SequentialSoftClustering({ nClusters: 2, dModel: 64, temperature: 1, initialCenters: new Float32Array(128).map((_, i) => (i === 0 || i === 65 ? 1 : 0)) })
     const chunk = readChunk(fixture('planted_a_f32.npz'))
     const analysis = analyzeSequentialClusters(model, chunk.activations, chunk.tokenIds, { shape: chunk.shape, attentionMask: chunk.attentionMask })
-    const render = (a: typeof analysis) =>
-      renderReport({ modelPath: 'm', config: model.config, summary: model.summary!, analysis: a, chunks: ['c'], decoder: { description: 'd', window: (ids) => ids.map((id) => ({ text: `w${id}`, missing: id < 0 })), token: (id) => `t${id}` }, tree: model.hierarchy() })
-    const withLift = { ...analysis, clusters: analysis.clusters.map((s, c) => (c === 0 ? { ...s, liftTokens: [{ tokenId: 777, lift: 12.345, weight: 3.21, count: 4 }] } : s)) }
-    const { index } = readReportData(render(withLift))
-    expect(index.clusters[0]!.lift.map(([p, lift, weight, count]) => [index.pieces[p], lift, weight, count])).toEqual([[[777, 't777'], 12.35, 3.21, 4]])
-    expect(index.clusters[1]!.lift).toEqual([])
-    expect(readReportData(render(analysis)).index.clusters.map((s) => s.lift)).toEqual([[], []])
+    const html = renderReport({ modelPath: 'm', config: model.config, summary: model.summary!, analysis, chunks: ['c'], decoder: { description: 'd', window: (ids) => ids.map((id) => ({ text: `w${id}`, missing: id < 0 })), token: (id) => `t${id}` }, tree: model.hierarchy(), centers: model.centers! })
+    const { index } = readReportData(html)
+    const round = (v: number) => Math.round(v * 100) / 100
+    for (const [c, s] of analysis.clusters.entries()) {
+      expect(s.liftTokens.length).toBeGreaterThan(0)
+      expect(index.clusters[c]!.lift.map(([p, lift, weight, count]) => [index.pieces[p], lift, weight, count])).toEqual(
+        s.liftTokens.map((t) => [[t.tokenId, `t${t.tokenId}`], round(t.lift), round(t.weight), t.count]),
+      )
+    }
   })
 })

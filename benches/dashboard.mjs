@@ -109,15 +109,24 @@ export function syntheticInput(k) {
   const clusters = mass.map((m, c) => ({
     cluster: c, mass: m, hardCount: Math.round(m), meanCosine: 0.3 + 0.6 * rand(), maxMembership: 1, meanMembership: 0.2 + 0.7 * rand(), nonzeroFraction: 0.01 * rand(),
     histogram: Array.from({ length: 10 }, () => Math.floor(100 * rand())), topTokens: tops[c], nearestCenter: (c + 1) % k, nearestCenterCosine: 0.5 + 0.4 * rand(),
+    nearestCenters: Array.from({ length: 10 }, (_, i) => ({ cluster: (c + 1 + i) % k, cosine: 0.9 - 0.05 * i })),
     liftTokens: Array.from({ length: 10 }, () => ({ tokenId: token(), lift: 1 + 50 * rand(), weight: 10 * rand(), count: 1 + Math.floor(50 * rand()) })),
   }))
-  // K x K similarities from a few shared rows: the page reads block means of them, and K = 16384 distinct rows would be 2 GB.
-  const rows = Array.from({ length: 64 }, () => Array.from({ length: k }, () => 2 * rand() - 1))
+  // Unit centers in D = 64; the core gives the K x K similarities only up to 1024 clusters (the
+  // page reads them up to 256, and block means of the centers above).
+  const D = 64
+  const centers = new Float32Array(k * D).map(() => 2 * rand() - 1)
+  for (let c = 0; c < k; c++) {
+    const row = centers.subarray(c * D, (c + 1) * D)
+    const norm = Math.hypot(...row)
+    row.forEach((v, i) => (row[i] = v / norm))
+  }
+  const cosine = (a, b) => centers.subarray(a * D, (a + 1) * D).reduce((s, v, i) => s + v * centers[b * D + i], 0)
   const analysis = {
     nClusters: k,
     overall: { nTokens: 1_000_000, skipped: 0, partitionEntropy: 0.1, partitionCoefficient: 0.8, meanNonzeroPerToken: 2, xieBeni: 1, silhouette: 0.2, silhouetteSample: 2000, twins: 0 },
     clusters,
-    centerSimilarity: Array.from({ length: k }, (_, c) => rows[c % 64]),
+    centerSimilarity: k <= 1024 ? Array.from({ length: k }, (_, a) => Array.from({ length: k }, (_, b) => cosine(a, b))) : [],
     centerMap: Array.from({ length: k }, () => [rand() - 0.5, rand() - 0.5]),
     centerMapVariance: [0.1, 0.05],
   }
@@ -125,8 +134,8 @@ export function syntheticInput(k) {
     clusterMass: mass, clusterCount: mass.map(Math.round), exemplars, quantiles, history: [], chunks: Array.from({ length: 100 }, (_, i) => `chunk_${String(i).padStart(3, '0')}.npz`),
     warnings: [], hasStatistics: true, operations: [],
   }
-  const config = { nClusters: k, dModel: 64, temperature: 0.05, minMembership: 0.01, contextWindow: CONTEXT, nExemplars: EXEMPLARS }
-  return { modelPath: `synthetic-${k}.safetensors`, config, summary, analysis, chunks: summary.chunks, decoder, tree: balancedTree(k) }
+  const config = { nClusters: k, dModel: D, temperature: 0.05, minMembership: 0.01, contextWindow: CONTEXT, nExemplars: EXEMPLARS }
+  return { modelPath: `synthetic-${k}.safetensors`, config, summary, analysis, chunks: summary.chunks, decoder, tree: balancedTree(k), centers }
 }
 
 async function measure(browser, file, k) {

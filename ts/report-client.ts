@@ -259,6 +259,7 @@ export function reportClient(): void {
     const leaf = data.tree.order.indexOf(c)
     const near = data.tree.order.slice(Math.max(0, leaf - 3), leaf + 4).filter((n) => n !== c)
     const neighbours = near.length ? [el('p', { className: 'neighbours' }, 'Beside it in the tree: ', ...near.flatMap((n) => [clusterLink(n, `c${n}`), ' ']))] : []
+    const closest = s.closest.length ? [el('p', { className: 'closest' }, 'Closest centers: ', ...s.closest.flatMap(([n, cos]) => [clusterLink(n, `c${n}`), ` (cos ${cos.toFixed(2)}) `]))] : []
     const bins = d.bins
       .map((list, b) => ({ list, b }))
       .filter(({ list }) => list.length > 0)
@@ -281,7 +282,7 @@ export function reportClient(): void {
       next === undefined ? el('span', { className: 'off', text: 'next →' }) : el('a', { href: `#cluster-${next}`, text: `next (c${next}) →`, className: 'next' }),
     )
     const exemplars = d.exemplars.length ? el('ol', { className: 'exemplars' }, ...d.exemplars.map(exemplarItem)) : el('p', { text: 'No exemplars.' })
-    const section = el('section', { className: 'cluster' }, el('h3', { text: `cluster ${c}` }), el('div', { className: 'row' }, kv, ...hist), ...top, ...lift, ...neighbours, el('h4', { text: 'Exemplars' }), exemplars, ...range)
+    const section = el('section', { className: 'cluster' }, el('h3', { text: `cluster ${c}` }), el('div', { className: 'row' }, kv, ...hist), ...top, ...lift, ...closest, ...neighbours, el('h4', { text: 'Exemplars' }), exemplars, ...range)
     section.id = `cluster-${c}`
     view.replaceChildren(nav, section)
     byId('overview').hidden = true

@@ -3,12 +3,14 @@
 // (stats, top tokens, plots) at load and a block of clusters' examples when one of them is opened,
 // so its size and load time grow with K but its DOM does not.
 import { gunzipSync, gzipSync } from 'node:zlib'
-import type { ClusterAnalysis, ClusterStats } from './analysis'
+import type { ClusterAnalysis } from './analysis'
 import type { Exemplar, Hierarchy, ModelSummary } from './clustering'
 import type { TokenDecoder } from './decode'
 
 /** Up to this many clusters, the overview's heatmap shows every pair; above, means over blocks of the tree's order. */
 export const SIMILARITY_FULL_LIMIT = 256
+/** Closest other centers listed on a cluster's page. */
+const CLOSEST = 5
 /** Cells per side of the downsampled heatmap (K > SIMILARITY_FULL_LIMIT). */
 export const SIMILARITY_BLOCKS = 128
 /** The dendrogram draws at most this many merges, the highest (the top of the tree): 16383 U's in SVG are slow to draw and cannot be told apart. */
@@ -42,6 +44,8 @@ export interface ClusterIndexEntry {
   nonzeroFraction: number | null
   nearest: number | null
   nearestCosine: number | null
+  /** The closest other centers, closest first: `[cluster, cosine]`. */
+  closest: [number, number][]
   histogram: number[]
   top: RankedToken[]
   lift: LiftToken[]
@@ -102,31 +106,32 @@ class PieceTable {
   }
 }
 
-/** `s.liftTokens`, which newer cores add to ClusterStats; older binaries lack it. (The one place that reads it untyped.) */
-export function liftTokensOf(s: ClusterStats): { tokenId: number; lift: number; weight: number; count: number }[] {
-  return (s as ClusterStats & { liftTokens?: { tokenId: number; lift: number; weight: number; count: number }[] }).liftTokens ?? []
-}
-
 const round = (v: number, digits: number): number => {
   const f = 10 ** digits
   return Math.round(v * f) / f
 }
 const finiteOrNull = (v: number | null | undefined, digits: number): number | null => (v === null || v === undefined || !Number.isFinite(v) ? null : round(v, digits))
 
-/** Every pair in the tree's order, or the mean over blocks of it when K is large (the K x K grid would not be readable, nor small). */
-function similarityGrid(similarity: ClusterAnalysis['centerSimilarity'], order: readonly number[]): ReportIndex['similarity'] {
+/**
+ * Every pair in the tree's order, or the mean over blocks of it when K is large (the K x K grid
+ * would not be readable, nor small; the core returns no K x K matrix above 1024 clusters). The
+ * mean cosine of two blocks of unit centers is the dot product of their summed centers over the
+ * number of pairs, so the grid costs one pass over the centers, not K^2 cosines.
+ */
+function similarityGrid(similarity: ClusterAnalysis['centerSimilarity'], centers: Float32Array, order: readonly number[]): ReportIndex['similarity'] {
   const k = order.length
   if (k <= SIMILARITY_FULL_LIMIT) return { z: order.map((j) => order.map((l) => round(similarity[j]![l]!, 3))), blockSize: 1 }
+  const d = centers.length / k
   const blockSize = Math.ceil(k / SIMILARITY_BLOCKS)
   const n = Math.ceil(k / blockSize)
-  const sum = Array.from({ length: n }, () => new Float64Array(n))
-  for (let a = 0; a < k; a++) {
-    const row = similarity[order[a]!]!
-    const out = sum[Math.floor(a / blockSize)]!
-    for (let b = 0; b < k; b++) out[Math.floor(b / blockSize)]! += row[order[b]!]!
-  }
+  const sums = Array.from({ length: n }, () => new Float64Array(d))
+  order.forEach((c, a) => {
+    const sum = sums[Math.floor(a / blockSize)]!
+    for (let i = 0; i < d; i++) sum[i]! += centers[c * d + i]!
+  })
   const size = (i: number) => Math.min(blockSize, k - i * blockSize)
-  return { z: sum.map((row, i) => Array.from(row, (v, j) => round(v / (size(i) * size(j)), 3))), blockSize }
+  const dot = (x: Float64Array, y: Float64Array) => x.reduce((s, v, i) => s + v * y[i]!, 0)
+  return { z: sums.map((x, i) => sums.map((y, j) => round(dot(x, y) / (size(i) * size(j)), 3))), blockSize }
 }
 
 /** The U's of the TREE_MERGES_LIMIT highest merges, in their rows' order; lower ones end in the air at their height. */
@@ -142,6 +147,8 @@ export interface ReportDataInput {
   decoder: TokenDecoder
   tree: Hierarchy
   contextWindow: number
+  /** The model's unit centers, `[K, D]` row-major (the heatmap's block means at large K). */
+  centers: Float32Array
 }
 
 /** The page's data: the index and the per-cluster details, text decoded. */
@@ -153,7 +160,7 @@ export function buildReportData(input: ReportDataInput): { index: ReportIndex; d
   // limit, and past it the whole page shows ids (and the overview says why), not half of it.
   const allExemplars = [...summary.exemplars.flat(), ...summary.quantiles.flat(2)]
   const rankedIds = [
-    ...analysis.clusters.flatMap((s) => [...s.topTokens.map((t) => t.tokenId), ...liftTokensOf(s).map((t) => t.tokenId)]),
+    ...analysis.clusters.flatMap((s) => [...s.topTokens.map((t) => t.tokenId), ...s.liftTokens.map((t) => t.tokenId)]),
     ...allExemplars.map((e) => e.tokens[input.contextWindow] ?? -1),
   ]
   decoder.prepare?.(
@@ -180,10 +187,11 @@ export function buildReportData(input: ReportDataInput): { index: ReportIndex; d
     meanMembership: hasTokens ? finiteOrNull(s.meanMembership, 4) : null,
     nonzeroFraction: hasTokens ? finiteOrNull(s.nonzeroFraction, 5) : null,
     nearest: s.nearestCenter,
+    closest: s.nearestCenters.slice(0, CLOSEST).map((n): [number, number] => [n.cluster, round(n.cosine, 3)]),
     nearestCosine: finiteOrNull(s.nearestCenterCosine, 4),
     histogram: hasTokens ? s.histogram : [],
     top: s.topTokens.map((t): RankedToken => [table.add(t.tokenId, decoder.token(t.tokenId)), round(t.weight, 2)]),
-    lift: liftTokensOf(s).map((t): LiftToken => [table.add(t.tokenId, decoder.token(t.tokenId)), round(t.lift, 2), round(t.weight, 2), t.count]),
+    lift: s.liftTokens.map((t): LiftToken => [table.add(t.tokenId, decoder.token(t.tokenId)), round(t.lift, 2), round(t.weight, 2), t.count]),
     exemplarTokens: hasTokens ? [] : (summary.exemplars[c] ?? []).slice(0, 3).map((e) => e.tokens[input.contextWindow] ?? -1).filter((id) => id >= 0).map((id) => table.add(id, decoder.token(id))),
   }))
   const details: ClusterDetail[] = analysis.clusters.map((_, c) => ({
@@ -206,7 +214,7 @@ export function buildReportData(input: ReportDataInput): { index: ReportIndex; d
     pieces,
     clusters,
     tree: { order: tree.order, ...highestMerges(tree), merges: tree.dcoord.length },
-    similarity: similarityGrid(analysis.centerSimilarity, tree.order),
+    similarity: similarityGrid(analysis.centerSimilarity, input.centers, tree.order),
     map: analysis.centerMap.map(([x, y]) => [round(x, 4), round(y, 4)]),
     variance: `${(100 * (analysis.centerMapVariance[0] + analysis.centerMapVariance[1])).toFixed(0)}%`,
     detailBlock: DETAIL_BLOCK,

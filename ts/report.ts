@@ -21,6 +21,8 @@ export interface ReportInput {
   decoder: TokenDecoder
   /** The tree over the clusters: the dendrogram, and the order of the clusters on the page. */
   tree: Hierarchy
+  /** The model's unit centers, `[K, D]` row-major. */
+  centers: Float32Array
 }
 
 /** One line per merge, split, update or refit since the fit. */
@@ -82,7 +84,7 @@ export function renderReport(input: ReportInput): string {
   const { analysis, summary, config } = input
   const hasTokens = analysis.overall.nTokens > 0
   const k = analysis.nClusters
-  const data = buildReportData({ summary, analysis, decoder: input.decoder, tree: input.tree, contextWindow: config.contextWindow })
+  const data = buildReportData({ summary, analysis, decoder: input.decoder, tree: input.tree, contextWindow: config.contextWindow, centers: input.centers })
   const o = analysis.overall
   const last = summary.history[summary.history.length - 1]
   const overview: [string, string][] = [

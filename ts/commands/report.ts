@@ -73,7 +73,7 @@ export async function writeReport(chunkSpecs: readonly string[], options: Report
     const { model, chunks, analysis } = await analyzeModel(chunkSpecs, options)
     // Without chunks, an analysis of no tokens still gives the centers' geometry.
     const geometry: ClusterAnalysis = analysis ?? analyzeSequentialClusters(model, new Float32Array(0), null, { shape: [0, model.config.dModel] })
-    const html = renderReport({ modelPath: options.model, config: model.config, summary: model.summary!, analysis: geometry, chunks, decoder, tree: model.hierarchy() })
+    const html = renderReport({ modelPath: options.model, config: model.config, summary: model.summary!, analysis: geometry, chunks, decoder, tree: model.hierarchy(), centers: model.centers! })
     if (decoder.fallback !== undefined) {
       console.error(`soft-cluster: warning: --tokenizer ${options.tokenizer}: ${decoder.fallback}, so the report shows token ids (--decode-timeout SECONDS gives it longer)`)
     }
