@@ -1,25 +1,16 @@
 // The command line as a user runs it: the real binary, on the fixtures, exit codes and messages.
-import { spawnSync } from 'node:child_process'
 import { existsSync, mkdtempSync, readdirSync, readFileSync, writeFileSync } from 'node:fs'
 import { tmpdir } from 'node:os'
 import { join } from 'node:path'
 import { beforeAll, describe, expect, it } from 'vitest'
 import { analyzeChunks, readMemberships, SequentialSoftClustering } from '../ts'
 import { readReportData } from '../ts/report-data'
-import { fixture } from './helpers'
+import { expectFailure, fixture, runCli } from './helpers'
 
-const BIN = join(__dirname, '..', 'bin', 'soft-cluster.js')
-const run = (...args: string[]) => spawnSync(process.execPath, [BIN, ...args], { encoding: 'utf8' })
+const run = runCli
 const a = fixture('planted_a_f32.npz')
 const b = fixture('planted_b_f16_compressed.npz')
 
-/** A failed run: non-zero exit and exactly one line on stderr that mentions every needle. */
-function expectFailure(r: ReturnType<typeof run>, ...needles: string[]): void {
-  expect(r.status, r.stderr).not.toBe(0)
-  const lines = r.stderr.trim().split('\n')
-  expect(lines, r.stderr).toHaveLength(1)
-  for (const n of needles) expect(lines[0]).toContain(n)
-}
 
 let dir: string
 let model: string

@@ -1,5 +1,7 @@
 // Shared by the specs: fixture paths and the float64 reference of docs/algorithm.md "Memberships", written the plain way.
+import { spawnSync } from 'node:child_process'
 import { join } from 'node:path'
+import { expect } from 'vitest'
 
 export const fixture = (name: string): string => join(__dirname, '..', 'fixtures', name)
 
@@ -75,4 +77,15 @@ export function seeded(seed: number): { uniform: () => number; normal: () => num
   }
   const normal = (): number => Math.sqrt(-2 * Math.log(1 - uniform())) * Math.cos(2 * Math.PI * uniform())
   return { uniform, normal }
+}
+
+/** The command line as a user runs it: `node bin/soft-cluster.js ARGS...`. */
+export const runCli = (...args: string[]) => spawnSync(process.execPath, [join(__dirname, '..', 'bin', 'soft-cluster.js'), ...args], { encoding: 'utf8' })
+
+/** A failed run: non-zero exit and exactly one line on stderr that mentions every needle. */
+export function expectFailure(r: ReturnType<typeof runCli>, ...needles: string[]): void {
+  expect(r.status, r.stderr).not.toBe(0)
+  const lines = r.stderr.trim().split('\n')
+  expect(lines, r.stderr).toHaveLength(1)
+  for (const n of needles) expect(lines[0]).toContain(n)
 }
