@@ -90,6 +90,11 @@ describe('soft-cluster demo', () => {
         const shown = await page.locator('details.quantiles li.bin').evaluateAll((els) => els.map((e) => [e.querySelector('.range')!.textContent, e.querySelectorAll('ol.exemplars > li').length]))
         expect(shown).toEqual(filled.map(([b, n]) => [`${(b / 10).toFixed(1)}–${((b + 1) / 10).toFixed(1)}`, n]))
         await page.waitForSelector('section.cluster .hist[data-drawn="1"] .main-svg')
+        // Its lift tokens (the core's liftTokens: every demo cluster has some) and closest centers.
+        const lift = index.clusters[c]!.lift
+        expect(lift.length).toBeGreaterThan(0)
+        expect(await page.locator('section.cluster p.lift code').allTextContents()).toEqual(lift.map(([p]) => index.pieces[p]![1]))
+        expect(await page.locator('section.cluster p.closest a').count()).toBe(5)
       }
 
       // Next and previous follow the index's order (the tree's, by default), by link and by key.
@@ -115,6 +120,11 @@ describe('soft-cluster demo', () => {
       expect(found).toContain('#cluster-11')
       await page.click('#search-results a[href="#cluster-11"]')
       await page.waitForSelector('body[data-cluster="11"]')
+      // By the text of a lift token that is none of the top tokens of its cluster.
+      const liftHit = index.clusters.flatMap((s, c) => s.lift.filter(([p]) => !s.top.some(([q]) => index.pieces[q]![1] === index.pieces[p]![1])).map(([p]) => [c, index.pieces[p]![1].trim()] as const)).find(([, t]) => t.length > 2)!
+      expect(liftHit).toBeDefined()
+      await page.fill('#search', liftHit[1])
+      await page.waitForSelector(`#search-results a[href="#cluster-${liftHit[0]}"]`)
       // By id.
       await page.fill('#search', 'c7')
       await page.waitForSelector('#search-results a[href="#cluster-7"]')
@@ -135,6 +145,7 @@ describe('soft-cluster demo', () => {
         await page.fill('#search', '')
         await page.waitForSelector('#overview:not([hidden])')
         await page.waitForFunction(() => document.getElementById('search-results')!.childElementCount === 0)
+        await page.evaluate(() => window.scrollTo(0, 0))
         await page.screenshot({ path: join(shots, 'report-overview.png') })
         await page.evaluate(() => (location.hash = 'cluster-0'))
         await page.waitForSelector('body[data-cluster="0"] .hist[data-drawn="1"]')
