@@ -48,30 +48,38 @@ impl Serialize for Temperature {
 }
 
 /// Where the work runs.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Device {
     /// The first GPU when the CUDA libraries and a device are usable, else the CPU.
     Auto,
     Cpu,
     Cuda(usize),
+    /// Every GPU the driver lists, one backend each (`"cuda:all"`).
+    CudaAll,
+    /// These GPUs, one backend each, in this order (`"cuda:0,1,3"`; an ordinal may repeat: two
+    /// backends on one GPU).
+    CudaList(Vec<usize>),
 }
 
 impl std::str::FromStr for Device {
     type Err = Error;
     fn from_str(s: &str) -> Result<Self> {
-        let ordinal = s.strip_prefix("cuda:").filter(|n| !n.is_empty() && n.bytes().all(|b| b.is_ascii_digit()));
-        match (s, ordinal) {
+        let number = |n: &str| (!n.is_empty() && n.bytes().all(|b| b.is_ascii_digit())).then(|| n.parse::<usize>().ok()).flatten();
+        let ordinals: Option<Vec<usize>> = s.strip_prefix("cuda:").and_then(|list| list.split(',').map(number).collect());
+        match (s, ordinals) {
             ("auto", _) => Ok(Device::Auto),
             ("cpu", _) => Ok(Device::Cpu),
             ("cuda", _) => Ok(Device::Cuda(0)),
-            (_, Some(n)) => n.parse().map(Device::Cuda).map_err(|_| bad_device(s)),
+            ("cuda:all", _) => Ok(Device::CudaAll),
+            (_, Some(list)) if list.len() == 1 => Ok(Device::Cuda(list[0])),
+            (_, Some(list)) => Ok(Device::CudaList(list)),
             _ => Err(bad_device(s)),
         }
     }
 }
 
 fn bad_device(s: &str) -> Error {
-    Error::config("device", format!("must be \"auto\", \"cpu\", \"cuda\" or \"cuda:N\", got {s:?}"))
+    Error::config("device", format!("must be \"auto\", \"cpu\", \"cuda\", \"cuda:N\", \"cuda:all\" or a list such as \"cuda:0,1\", got {s:?}"))
 }
 
 impl fmt::Display for Device {
@@ -80,6 +88,8 @@ impl fmt::Display for Device {
             Device::Auto => f.write_str("auto"),
             Device::Cpu => f.write_str("cpu"),
             Device::Cuda(n) => write!(f, "cuda:{n}"),
+            Device::CudaAll => f.write_str("cuda:all"),
+            Device::CudaList(list) => write!(f, "cuda:{}", list.iter().map(usize::to_string).collect::<Vec<_>>().join(",")),
         }
     }
 }
@@ -370,10 +380,22 @@ mod tests {
 
     #[test]
     fn cuda_devices_are_accepted() {
-        for (d, want) in [("cpu", Device::Cpu), ("cuda", Device::Cuda(0)), ("cuda:0", Device::Cuda(0)), ("cuda:12", Device::Cuda(12)), ("auto", Device::Auto)] {
+        for (d, want) in [
+            ("cpu", Device::Cpu),
+            ("cuda", Device::Cuda(0)),
+            ("cuda:0", Device::Cuda(0)),
+            ("cuda:12", Device::Cuda(12)),
+            ("auto", Device::Auto),
+            ("cuda:all", Device::CudaAll),
+            ("cuda:0,1,3", Device::CudaList(vec![0, 1, 3])),
+            ("cuda:0,0", Device::CudaList(vec![0, 0])),
+        ] {
             let c = ClusteringConfig::from_json(&json!({"nClusters": 2, "dModel": 4, "device": d})).unwrap();
             assert_eq!(c.device, want);
+            assert_eq!(c.device.to_string(), if d == "cuda" { "cuda:0" } else { d });
         }
-        assert_eq!(field_of(json!({"nClusters": 2, "dModel": 4, "device": "cuda:99999999999999999999999"})), "device");
+        for bad in ["cuda:99999999999999999999999", "cuda:", "cuda:0,", "cuda:,1", "cuda:a", "cuda:0;1", "cuda:ALL", "gpu"] {
+            assert_eq!(field_of(json!({"nClusters": 2, "dModel": 4, "device": bad})), "device", "{bad}");
+        }
     }
 }

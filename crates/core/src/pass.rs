@@ -38,7 +38,7 @@ pub struct PassStats {
     pub skipped: u64,
     /// Tokens whose largest membership is cluster k.
     pub hard_count: Vec<u64>,
-    /// Up to `RESEED_CANDIDATES` tokens with the lowest best-cosine, lowest first.
+    /// Up to `RESEED_CANDIDATES` (at most K) tokens with the lowest best-cosine, lowest first.
     pub farthest: Vec<Farthest>,
 }
 
@@ -80,7 +80,8 @@ impl PassStats {
         self.skipped += other.skipped;
         self.farthest.extend(other.farthest);
         self.farthest.sort_by(|a, b| if a.precedes(b) { std::cmp::Ordering::Less } else { std::cmp::Ordering::Greater });
-        self.farthest.truncate(RESEED_CANDIDATES);
+        // As many as one run keeps: a pass merged from parts (chunks, devices, ranks) holds what one run over all of them would.
+        self.farthest.truncate(RESEED_CANDIDATES.min(self.k));
     }
 
     /// `mean_x sum_k p_k cos(x, C_k)` (docs/algorithm.md "History"), 0 when no token was seen.

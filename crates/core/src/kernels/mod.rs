@@ -4,6 +4,7 @@
 
 pub mod cpu;
 pub mod cuda;
+pub mod multi;
 
 use crate::config::{ClusteringConfig, Device, Precision};
 use crate::error::{Error, Result};
@@ -334,7 +335,7 @@ pub trait Backend: Send + Sync {
 
 /// One streaming pass on one device: it owns the pass's statistics, so a fit merges one way,
 /// through `PassStats::merge`, whatever the device.
-pub trait Pass {
+pub trait Pass: Send {
     /// `Backend::run` within the pass: the run's statistics go into the pass (the returned
     /// `PassOutput::stats` is `None`); `want.stats` and `want.sums` are the pass's.
     fn run(&mut self, centers: &Centers, tokens: &Tokens, params: MembershipParams, want: Want) -> Result<PassOutput>;
@@ -419,13 +420,21 @@ pub fn choose_backend(config: &ClusteringConfig) -> Result<Chosen> {
         Precision::Float32 => cuda::MatmulPrecision::Float32,
         Precision::Tf32 => cuda::MatmulPrecision::Tf32,
     };
-    Ok(match config.device {
+    let gpus = |ordinals: &[usize]| -> Result<Chosen> {
+        let devices = ordinals.iter().map(|&o| cuda::CudaBackend::new(o, precision)).collect::<Result<Vec<_>>>()?;
+        let names: Vec<String> = devices.iter().map(|g| format!("{} ({})", g.name(), g.device_name())).collect();
+        let backend = multi::MultiBackend::new(devices.into_iter().map(|g| Box::new(g) as Box<dyn Backend>).collect());
+        Ok(Chosen { reason: format!("{} devices: {}", backend.devices(), names.join(", ")), backend: Box::new(backend) })
+    };
+    Ok(match &config.device {
+        Device::CudaAll => gpus(&(0..cuda::device_count()?).collect::<Vec<_>>())?,
+        Device::CudaList(ordinals) => gpus(ordinals)?,
         Device::Cpu => Chosen { backend: Box::new(cpu::CpuBackend::default()), reason: "cpu (asked for)".into() },
         Device::Auto => match cuda::CudaBackend::new(0, precision) {
             Ok(gpu) => Chosen { reason: format!("{} (auto: {})", gpu.name(), gpu.device_name()), backend: Box::new(gpu) },
             Err(e) => Chosen { backend: Box::new(cpu::CpuBackend::default()), reason: format!("cpu (auto: no usable GPU: {e})") },
         },
-        Device::Cuda(ordinal) => {
+        &Device::Cuda(ordinal) => {
             let gpu = cuda::CudaBackend::new(ordinal, precision)?;
             Chosen { reason: format!("{} ({})", gpu.name(), gpu.device_name()), backend: Box::new(gpu) }
         }

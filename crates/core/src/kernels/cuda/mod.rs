@@ -82,6 +82,20 @@ pub fn nvrtc_present() -> bool {
     unsafe { cudarc::nvrtc::sys::is_culib_present() }
 }
 
+/// How many GPUs the driver lists (`device: "cuda:all"`); an `ERR_DEVICE` error without a driver
+/// or without any GPU.
+pub fn device_count() -> Result<usize> {
+    // SAFETY: only tries to dlopen the library.
+    if !unsafe { cudarc::driver::sys::is_culib_present() } {
+        return Err(device_error("cuda:all", "the NVIDIA driver library (libcuda.so) was not found"));
+    }
+    let count = CudaContext::device_count().map_err(|e| device_error("cuda:all", format!("the driver could not list GPUs: {e:?}")))?;
+    match count.max(0) as usize {
+        0 => Err(device_error("cuda:all", "there are 0 CUDA devices")),
+        n => Ok(n),
+    }
+}
+
 fn device_error(device: &str, problem: impl Into<String>) -> Error {
     Error::Device { device: device.to_string(), problem: problem.into() }
 }

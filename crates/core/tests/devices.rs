@@ -1,0 +1,134 @@
+//! Several devices in one process (`kernels::multi::MultiBackend`, `device: "cuda:all"`): the
+//! orchestration is generic over backends, so here it runs 2 and 3 CPU backends, and a fit on
+//! them must give the single-backend fit: centers within 1e-6 (cosine), memberships within 1e-5,
+//! the same exemplars and quantile examples, the same history apart from timings.
+
+mod common;
+use soft_cluster_core::fit::{fit_chunks, FitRequest};
+use soft_cluster_core::kernels::cpu::CpuBackend;
+use soft_cluster_core::kernels::multi::MultiBackend;
+use soft_cluster_core::kernels::{Backend, Centers, MembershipParams, Tokens, Want};
+use soft_cluster_core::{memberships_file, ClusteringConfig, Model};
+use std::path::{Path, PathBuf};
+
+fn minilm() -> Vec<PathBuf> {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../examples/minilm");
+    ["minilm_000.npz", "minilm_001.npz", "minilm_002.npz"].iter().map(|n| dir.join(n)).collect()
+}
+
+/// A CPU backend that counts the tokens it was given: the devices must share the work.
+struct Counting(CpuBackend, std::sync::Arc<std::sync::atomic::AtomicUsize>);
+
+impl Backend for Counting {
+    fn name(&self) -> String {
+        self.0.name()
+    }
+    fn run(&self, centers: &Centers, tokens: &Tokens, params: MembershipParams, want: Want) -> soft_cluster_core::Result<soft_cluster_core::kernels::PassOutput> {
+        self.1.fetch_add(tokens.n_tokens(), std::sync::atomic::Ordering::Relaxed);
+        self.0.run(centers, tokens, params, want)
+    }
+    fn cosines(&self, rows: &[f32], others: &[f32], d: usize) -> soft_cluster_core::Result<Vec<f32>> {
+        self.0.cosines(rows, others, d)
+    }
+    fn host_bytes_for_pass(&self, k: usize, d: usize) -> f64 {
+        self.0.host_bytes_for_pass(k, d)
+    }
+}
+
+#[test]
+fn every_device_takes_a_share_of_every_pass() {
+    let counts: Vec<_> = (0..3).map(|_| std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0))).collect();
+    let backend = MultiBackend::new(counts.iter().map(|c| Box::new(Counting(CpuBackend::default(), c.clone())) as Box<dyn Backend>).collect());
+    let dir = tempfile::tempdir().unwrap();
+    fit(&backend, dir.path());
+    let seen: Vec<usize> = counts.iter().map(|c| c.load(std::sync::atomic::Ordering::Relaxed)).collect();
+    // 4 iterations and the output pass over the three chunks: each device saw about a third.
+    let total: usize = seen.iter().sum();
+    assert!(seen.iter().all(|&n| n * 4 > total), "{seen:?}");
+}
+
+fn cpus(n: usize) -> MultiBackend {
+    MultiBackend::new((0..n).map(|_| Box::new(CpuBackend::default()) as Box<dyn Backend>).collect())
+}
+
+fn fit(backend: &dyn Backend, out: &Path) -> Model {
+    let mut config = ClusteringConfig::new(16, 384);
+    config.n_iterations = 4;
+    config.tol = 0.0;
+    let chunks = minilm();
+    fit_chunks(FitRequest { config: &config, initial_centers: None, chunks: &chunks, output_dir: out, resume: false, overwrite: false, device: None }, backend, &mut |_| {}).unwrap()
+}
+
+fn close(a: f64, b: f64, tol: f64, what: &str) {
+    assert!((a - b).abs() <= tol * (1.0 + b.abs()), "{what}: {a} vs {b}");
+}
+
+#[test]
+fn a_fit_on_two_or_three_backends_is_the_single_backend_fit() {
+    // Masses and objectives are float64 sums of float32 memberships whose GEMM blocks differ by
+    // device, so they agree to about 1e-9 relative; 1e-6 is the bound for centers.
+    let one_dir = tempfile::tempdir().unwrap();
+    let one = fit(&CpuBackend::default(), one_dir.path());
+    for n in [2, 3] {
+        let dir = tempfile::tempdir().unwrap();
+        let backend = cpus(n);
+        assert_eq!(backend.name(), vec!["cpu"; n].join("+"));
+        let many = fit(&backend, dir.path());
+        // The same temperature, the same start (init runs its cosines on the devices too).
+        assert_eq!(many.config.temperature, one.config.temperature, "{n} backends");
+        for c in 0..one.centers.k {
+            let cos: f64 = one.centers.row(c).iter().zip(many.centers.row(c)).map(|(&a, &b)| f64::from(a) * f64::from(b)).sum();
+            assert!(1.0 - cos < 1e-6, "{n} backends, cluster {c}: cosine {cos}");
+        }
+        assert_eq!(many.cluster_count, one.cluster_count);
+        one.cluster_mass.iter().zip(&many.cluster_mass).for_each(|(a, b)| close(*a, *b, 1e-6, "mass"));
+        assert_eq!(many.history.len(), one.history.len());
+        for (x, y) in one.history.iter().zip(&many.history) {
+            assert_eq!((x.reseeds, x.twins, x.skipped), (y.reseeds, y.twins, y.skipped));
+            close(x.objective, y.objective, 1e-6, "objective");
+            x.mass.iter().zip(&y.mass).for_each(|(a, b)| close(*a, *b, 1e-6, "history mass"));
+        }
+        // Exemplars and quantile examples: the same tokens, values within float32 rounding.
+        let locations = |m: &Model| m.exemplars.iter().map(|l| l.iter().map(|e| e.location()).collect::<Vec<_>>()).collect::<Vec<_>>();
+        assert_eq!(locations(&many), locations(&one));
+        let sampled = |m: &Model| m.quantiles.iter().map(|bins| bins.iter().map(|l| l.iter().map(|e| e.location()).collect::<Vec<_>>()).collect::<Vec<_>>()).collect::<Vec<_>>();
+        assert_eq!(sampled(&many), sampled(&one));
+        // Memberships files: the same entries, values within 1e-5.
+        for chunk in minilm() {
+            let name = memberships_file::file_name_for(&chunk.file_name().unwrap().to_string_lossy());
+            let (a, b) = (memberships_file::read(&one_dir.path().join(&name)).unwrap(), memberships_file::read(&dir.path().join(&name)).unwrap());
+            assert_eq!(a.indices, b.indices, "{name}");
+            a.values.iter().zip(&b.values).for_each(|(x, y)| assert!((x - y).abs() < 1e-5, "{name}: {x} vs {y}"));
+        }
+    }
+}
+
+#[test]
+fn a_run_on_several_backends_joins_rows_in_order() {
+    // A batch of 7 sequences dealt over 3 devices, padding and zero rows included: the joined
+    // output is the single device's, row for row, and so are the statistics.
+    let (b, s, d, k) = (7, 5, 8, 4);
+    let acts: Vec<f32> = (0..b * s * d).map(|i| ((i * 37 % 101) as f32 / 50.0) - 1.0).map(|v| if v.abs() < 0.02 { 0.0 } else { v }).collect();
+    let mut acts = acts;
+    acts[3 * d..4 * d].iter_mut().for_each(|v| *v = 0.0); // an all-zero token: skipped
+    let mask: Vec<u8> = (0..b * s).map(|t| u8::from(t % 6 != 5)).collect();
+    let centers = Centers::from_rows(k, d, common::unit_rows(k, d, 3)).unwrap();
+    let mut config = ClusteringConfig::new(k, d);
+    config.temperature = soft_cluster_core::Temperature::Fixed(0.2);
+    let params = MembershipParams::try_from(&config).unwrap();
+    let tokens = Tokens { source: "t", chunk_index: 2, first_row: 10, activations: soft_cluster_core::chunk::ActivationsRef::F32(&acts), seq_len: s, d, mask: Some(&mask) };
+    let want = Want { dense: true, sparse: true, stats: true, sums: true };
+    let one = CpuBackend::default().run(&centers, &tokens, params, want).unwrap();
+    let many = cpus(3).run(&centers, &tokens, params, want).unwrap();
+    assert_eq!(many.rows.token, one.rows.token);
+    assert_eq!(many.rows.skipped, one.rows.skipped);
+    assert_eq!(many.sparse, one.sparse);
+    assert_eq!(many.dense, one.dense);
+    let (x, y) = (one.stats.unwrap(), many.stats.unwrap());
+    assert_eq!((x.n_rows, x.skipped, &x.hard_count), (y.n_rows, y.skipped, &y.hard_count));
+    assert_eq!(x.farthest.iter().map(|f| (f.chunk, f.token)).collect::<Vec<_>>(), y.farthest.iter().map(|f| (f.chunk, f.token)).collect::<Vec<_>>());
+    x.s.iter().zip(&y.s).for_each(|(a, b)| close(*a, *b, 1e-6, "S (float32 blocks summed in float64)"));
+    // Cosines too (init's k-means++ computes with them).
+    let rows = common::unit_rows(11, d, 5);
+    assert_eq!(cpus(3).cosines(&rows, &centers.data, d).unwrap(), CpuBackend::default().cosines(&rows, &centers.data, d).unwrap());
+}
