@@ -148,7 +148,7 @@ export interface ClusteringConfig {
    * Where the work runs: `auto` (default) picks CUDA when a usable GPU and driver are present,
    * else the CPU.
    */
-  device?: 'auto' | 'cpu' | 'cuda' | `cuda:${number}`
+  device?: 'auto' | 'cpu' | 'cuda' | 'cuda:all' | `cuda:${string}`
   /** Exemplars kept per cluster (default 10). */
   nExemplars?: number
   /** Context tokens on each side of an exemplar (default 8). */
@@ -392,7 +392,7 @@ export interface OverallStats {
  * Opens the backend a fit with `device` (default `cuda`) would use, and says whether it worked:
  * `probeDevice('cuda').usable` is true exactly where a GPU and its libraries are usable.
  */
-export declare function probeDevice(device?: 'auto' | 'cpu' | 'cuda' | `cuda:${number}`): DeviceProbe
+export declare function probeDevice(device?: 'auto' | 'cpu' | 'cuda' | 'cuda:all' | `cuda:${string}`): DeviceProbe
 
 /** Reads one chunk file (docs/formats.md "Input chunks") on the calling thread. */
 export declare function readChunk(path: string): ChunkData
@@ -417,7 +417,7 @@ export interface ResolvedConfig {
   temperature: number | 'auto'
   temperatureRule?: string
   minMembership: number
-  device: 'auto' | 'cpu' | 'cuda' | `cuda:${number}`
+  device: 'auto' | 'cpu' | 'cuda' | 'cuda:all' | `cuda:${string}`
   nExemplars: number
   contextWindow: number
   distinctContexts: boolean

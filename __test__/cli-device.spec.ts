@@ -30,6 +30,27 @@ describe('soft-cluster fit --device / --precision', () => {
     expect(existsSync(join(out, 'model.safetensors'))).toBe(false)
   })
 
+  it(cuda.usable ? '"--device cuda:all" and "cuda:0,0" fit on several backends and say which' : '"--device cuda:all" and "cuda:0,1" without a usable GPU fail in one line saying why; malformed lists are refused', () => {
+    const dir = mkdtempSync(join(tmpdir(), 'sc-multi-'))
+    for (const device of ['cuda:all', cuda.usable ? 'cuda:0,0' : 'cuda:0,1']) {
+      const out = join(dir, device.replace(/[:,]/g, '-'))
+      const r = run('fit', chunk, '--clusters', '3', '--out', out, '--device', device, '--iterations', '1', '--temperature', '0.25', '--json')
+      if (cuda.usable) {
+        expect(r.status, r.stderr).toBe(0)
+        expect(JSON.parse(r.stdout).device).toMatch(/^\d+ devices: cuda:0 /)
+        continue
+      }
+      expect(r.status).toBe(1)
+      expect(r.stderr.trim().split('\n')).toHaveLength(1)
+      expect(r.stderr).toContain('[ERR_DEVICE]')
+      expect(existsSync(join(out, 'model.safetensors'))).toBe(false)
+    }
+    expect(probeDevice('cuda:all').usable).toBe(cuda.usable)
+    const bad = run('fit', chunk, '--clusters', '3', '--out', join(dir, 'bad'), '--device', 'cuda:0,')
+    expect(bad.status).toBe(1)
+    expect(bad.stderr).toContain('device: must be "auto", "cpu", "cuda", "cuda:N", "cuda:all" or a list such as "cuda:0,1", got "cuda:0,"')
+  })
+
   it('--json says which device the fit ran on and why', () => {
     const dir = mkdtempSync(join(tmpdir(), 'sc-why-'))
     const cpu = run('fit', chunk, '--clusters', '3', '--out', join(dir, 'cpu'), '--device', 'cpu', '--iterations', '1', '--temperature', '0.25', '--json')

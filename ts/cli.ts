@@ -75,7 +75,7 @@ export function main(argv: string[]): void {
     .option('--exemplars <E>', 'exemplars kept per cluster (10)', number)
     .option('--context <W>', 'context tokens on each side of an exemplar (8)', number)
     .option('--distinct-contexts', 'no two exemplars of a cluster share most of their context: keep only tokens whose membership is the largest within --context positions')
-    .option('--device <D>', 'auto, cpu, cuda or cuda:N (auto)')
+    .option('--device <D>', 'auto, cpu, cuda, cuda:N, cuda:all or a list such as cuda:0,1 (auto)')
     .option('--precision <P>', 'CUDA matrix products: float32 or tf32 (float32)')
     .option('--cache <C>', 'host memory that keeps the decoded chunks after the first pass: auto (half the available memory), off, or bytes (auto)', cache)
     .option('--seed <S>', 'seed of the k-means++ sample (0)', number)

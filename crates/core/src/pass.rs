@@ -72,7 +72,9 @@ impl PassStats {
     pub fn merge(&mut self, other: PassStats) {
         assert_eq!((self.k, self.d), (other.k, other.d), "merging statistics of different shapes");
         assert!(other.s.is_empty() || other.s.len() == self.s.len(), "merging S of different sizes");
-        self.s.iter_mut().zip(&other.s).for_each(|(a, b)| *a += b);
+        // S is the reduce of several devices (512 MiB at K = 16384, D = 4096): added on every core.
+        use rayon::prelude::*;
+        self.s.par_chunks_mut(1 << 16).zip(other.s.par_chunks(1 << 16)).for_each(|(a, b)| a.iter_mut().zip(b).for_each(|(a, b)| *a += b));
         self.mass.iter_mut().zip(&other.mass).for_each(|(a, b)| *a += b);
         self.hard_count.iter_mut().zip(&other.hard_count).for_each(|(a, b)| *a += b);
         self.objective_sum += other.objective_sum;

@@ -220,3 +220,34 @@ fn a_whole_fit_matches_the_cpu_and_the_independent_fit() {
         assert!(worst <= 1e-4, "{file}: memberships differ by {worst}");
     }
 }
+
+/// Issue 16: two backends on one GPU (`device: "cuda:0,0"`) give the single-GPU fit: the
+/// multi-device orchestration on real device passes (`S` kept on the GPU, merged on the host).
+#[test]
+fn two_backends_on_one_gpu_give_the_single_gpu_fit() {
+    let Some(gpu32) = gpu("two_backends_on_one_gpu_give_the_single_gpu_fit", MatmulPrecision::Float32) else { return };
+    let chunks = vec![fixture("planted_a_f32.npz"), fixture("planted_b_f16_compressed.npz")];
+    let (shape, init) = read_npy_f32(&fixture("planted_init_centers.npy")).unwrap();
+    let init = Centers::from_rows(shape[0], shape[1], init).unwrap();
+    let config = planted_config_on("cuda:0,0");
+    let two = soft_cluster_core::kernels::backend_for(&config).unwrap();
+    assert_eq!(two.name(), "cuda:0+cuda:0");
+    let (d1, d2) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let one_model = fit_with(&gpu32, &planted_config_on("cuda"), Some(init.clone()), &chunks, d1.path());
+    let two_model = fit_with(two.as_ref(), &config, Some(init), &chunks, d2.path());
+    for c in 0..shape[0] {
+        let cos: f64 = one_model.centers.row(c).iter().zip(two_model.centers.row(c)).map(|(&x, &y)| f64::from(x) * f64::from(y)).sum();
+        assert!(1.0 - cos < 1e-6, "center {c}: cosine {cos}");
+    }
+    assert_eq!(one_model.cluster_count, two_model.cluster_count);
+    let loc = |m: &Model| m.exemplars.iter().map(|l| l.iter().map(|e| e.location()).collect::<Vec<_>>()).collect::<Vec<_>>();
+    assert_eq!(loc(&one_model), loc(&two_model));
+    for name in ["planted_a_f32", "planted_b_f16_compressed"] {
+        let file = format!("{name}.memberships.npz");
+        assert_eq!(read_npz_i64(&d1.path().join(&file), "indices").1, read_npz_i64(&d2.path().join(&file), "indices").1, "{file}");
+        let (_, a) = read_npz_f32(&d1.path().join(&file), "values");
+        let (_, b) = read_npz_f32(&d2.path().join(&file), "values");
+        assert!(a.iter().zip(&b).all(|(x, y)| (x - y).abs() < 1e-5), "{file}");
+    }
+    eprintln!("two backends on one GPU: the single-GPU fit within 1e-6 (centers) and 1e-5 (memberships)");
+}

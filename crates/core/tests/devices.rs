@@ -132,3 +132,22 @@ fn a_run_on_several_backends_joins_rows_in_order() {
     let rows = common::unit_rows(11, d, 5);
     assert_eq!(cpus(3).cosines(&rows, &centers.data, d).unwrap(), CpuBackend::default().cosines(&rows, &centers.data, d).unwrap());
 }
+
+/// The host-side reduce of docs/scaling.md: merging one device's pass statistics (`S`, `K x D`
+/// float64) into another's. Run with `cargo test --release --test devices -- --ignored --nocapture`.
+#[test]
+#[ignore = "a measurement (about 1 GiB of memory), not a check"]
+fn measure_the_host_reduce() {
+    use soft_cluster_core::pass::PassStats;
+    for (k, d) in [(1024, 768), (4096, 4096), (16384, 4096)] {
+        let mut a = PassStats::new(k, d);
+        let mut b = PassStats::new(k, d);
+        a.s.iter_mut().enumerate().for_each(|(i, v)| *v = i as f64);
+        b.s.iter_mut().enumerate().for_each(|(i, v)| *v = 1.0 / (1.0 + i as f64));
+        let started = std::time::Instant::now();
+        a.merge(b);
+        let seconds = started.elapsed().as_secs_f64();
+        println!("merge of K = {k}, D = {d} ({} MiB of S): {seconds:.3} s", k * d * 8 >> 20);
+        assert!(a.s[1] > 1.0);
+    }
+}

@@ -27,7 +27,7 @@ pub struct ClusteringConfig {
     pub min_membership: Option<f64>,
     /// Where the work runs: `auto` (default) picks CUDA when a usable GPU and driver are present,
     /// else the CPU.
-    #[napi(ts_type = "'auto' | 'cpu' | 'cuda' | `cuda:${number}`")]
+    #[napi(ts_type = "'auto' | 'cpu' | 'cuda' | 'cuda:all' | `cuda:${string}`")]
     pub device: Option<String>,
     /// Exemplars kept per cluster (default 10).
     pub n_exemplars: Option<f64>,
@@ -67,7 +67,7 @@ pub struct ResolvedConfig {
     pub temperature: Either<f64, String>,
     pub temperature_rule: Option<String>,
     pub min_membership: f64,
-    #[napi(ts_type = "'auto' | 'cpu' | 'cuda' | `cuda:${number}`")]
+    #[napi(ts_type = "'auto' | 'cpu' | 'cuda' | 'cuda:all' | `cuda:${string}`")]
     pub device: String,
     pub n_exemplars: f64,
     pub context_window: f64,

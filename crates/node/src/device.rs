@@ -18,7 +18,7 @@ pub struct DeviceProbe {
 /// Opens the backend a fit with `device` (default `cuda`) would use, and says whether it worked:
 /// `probeDevice('cuda').usable` is true exactly where a GPU and its libraries are usable.
 #[napi]
-pub fn probe_device(#[napi(ts_arg_type = "'auto' | 'cpu' | 'cuda' | `cuda:${number}`")] device: Option<String>) -> DeviceProbe {
+pub fn probe_device(#[napi(ts_arg_type = "'auto' | 'cpu' | 'cuda' | 'cuda:all' | `cuda:${string}`")] device: Option<String>) -> DeviceProbe {
     let asked = device.unwrap_or_else(|| "cuda".into());
     let chosen = asked.parse().and_then(|device| choose_backend(&ClusteringConfig { device, ..ClusteringConfig::new(1, 1) }));
     match chosen {
