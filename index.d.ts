@@ -158,6 +158,10 @@ export interface ClusteringConfig {
    * its membership is the largest within `contextWindow` positions (default false).
    */
   distinctContexts?: boolean
+  /** Bins of membership of the examples across the range (default 10). */
+  quantileBins?: number
+  /** Examples kept per bin (default 5). */
+  quantileExamples?: number
   /** Passes over the data (default 10). */
   nIterations?: number
   /**
@@ -421,6 +425,8 @@ export interface ResolvedConfig {
   nExemplars: number
   contextWindow: number
   distinctContexts: boolean
+  quantileBins: number
+  quantileExamples: number
   nIterations: number
   warmupIterations: number
   seed: number

@@ -205,16 +205,21 @@ print(json.dumps({"k": [len(a["centers"]), len(b["centers"])], "first": a["linka
 })
 
 describe('examples across the range of memberships', () => {
-  it('samples every bin that has tokens: counts as documented, values in their bin, the same sample for the same seed', async () => {
+  // The defaults (10 bins x 5 examples), then quantileBins 4 x quantileExamples 2.
+  it.each([
+    [10, 5, {}],
+    [4, 2, { quantileBins: 4, quantileExamples: 2 }],
+  ])('%i bins x %i examples: every bin that has tokens is sampled, counts as documented, values in their bin, the same sample for the same seed', async (B, Q, sizes) => {
     // A soft temperature, so that memberships spread over the bins.
-    const soft = { temperature: 0.4 }
+    const soft = { temperature: 0.4, ...sizes }
     const model = await fitPlanted(tmp(), planted, soft)
+    expect([model.config.quantileBins, model.config.quantileExamples]).toEqual([B, Q])
     const bins = model.summary!.quantiles
     expect(bins).toHaveLength(6)
     // Direct computation: every token's memberships under the fitted centers.
     const members: Map<string, number>[] = Array.from({ length: 6 }, () => new Map())
-    const binCounts = Array.from({ length: 6 }, () => new Array(10).fill(0) as number[])
-    const binOf = (p: number): number => Math.min(9, Math.floor(Math.fround(Math.fround(p) * 10)))
+    const binCounts = Array.from({ length: 6 }, () => new Array(B).fill(0) as number[])
+    const binOf = (p: number): number => Math.min(B - 1, Math.floor(Math.fround(Math.fround(p) * B)))
     planted.forEach((path, chunk) => {
       const c = readChunk(path)
       const out = model.transform(c.activations, { shape: c.shape, attentionMask: c.attentionMask })
@@ -230,9 +235,9 @@ describe('examples across the range of memberships', () => {
     })
     let sampled = 0
     for (let k = 0; k < 6; k++) {
-      expect(bins[k]).toHaveLength(10)
+      expect(bins[k]).toHaveLength(B)
       bins[k]!.forEach((list, b) => {
-        expect(list.length, `cluster ${k} bin ${b}`).toBe(Math.min(5, binCounts[k]![b]!))
+        expect(list.length, `cluster ${k} bin ${b}`).toBe(Math.min(Q, binCounts[k]![b]!))
         for (const e of list) {
           expect(binOf(e.value)).toBe(b)
           expect(e.value).toBeCloseTo(members[k]!.get(`${e.chunk}/${e.batch}/${e.position}`)!, 6)
@@ -241,7 +246,7 @@ describe('examples across the range of memberships', () => {
         sampled += list.length
       })
     }
-    expect(sampled).toBeGreaterThan(100) // tokens in many bins (116 at this temperature)
+    expect(sampled).toBeGreaterThan(B * Q) // tokens in many bins (116 at this temperature with the defaults)
     const again = await fitPlanted(tmp(), planted, soft)
     expect(again.summary!.quantiles).toEqual(bins)
     const otherSeed = await fitPlanted(tmp(), planted, { ...soft, seed: 1 })
@@ -250,5 +255,11 @@ describe('examples across the range of memberships', () => {
     const out = tmp()
     await model.save(join(out, 'm.safetensors'))
     expect((await SequentialSoftClustering.load(join(out, 'm.safetensors'))).summary!.quantiles).toEqual(bins)
+  }, 60_000)
+
+  it('refuses quantileBins below 1, and quantileExamples 0 keeps none', async () => {
+    expectError(() => new SequentialSoftClustering({ nClusters: 2, dModel: 4, quantileBins: 0 }), 'ERR_INVALID_CONFIG', 'quantileBins: must be an integer >= 1, got 0')
+    const none = await fitPlanted(tmp(), planted, { temperature: 0.4, quantileExamples: 0 })
+    expect(none.summary!.quantiles.flat(2)).toEqual([])
   }, 60_000)
 })

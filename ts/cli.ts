@@ -74,6 +74,8 @@ export function main(argv: string[]): void {
     .option('--warmup <N>', 'hard k-means iterations on the init sample after k-means++ (10)', number)
     .option('--exemplars <E>', 'exemplars kept per cluster (10)', number)
     .option('--context <W>', 'context tokens on each side of an exemplar (8)', number)
+    .option('--quantile-bins <B>', 'bins of membership for the examples across the range (10)', number)
+    .option('--quantile-examples <Q>', 'examples kept per bin (5)', number)
     .option('--distinct-contexts', 'no two exemplars of a cluster share most of their context: keep only tokens whose membership is the largest within --context positions')
     .option('--device <D>', 'auto, cpu, cuda, cuda:N, cuda:all or a list such as cuda:0,1 (auto)')
     .option('--precision <P>', 'CUDA matrix products: float32 or tf32 (float32)')

@@ -260,11 +260,13 @@ export function reportClient(): void {
     const near = data.tree.order.slice(Math.max(0, leaf - 3), leaf + 4).filter((n) => n !== c)
     const neighbours = near.length ? [el('p', { className: 'neighbours' }, 'Beside it in the tree: ', ...near.flatMap((n) => [clusterLink(n, `c${n}`), ' ']))] : []
     const closest = s.closest.length ? [el('p', { className: 'closest' }, 'Closest centers: ', ...s.closest.flatMap(([n, cos]) => [clusterLink(n, `c${n}`), ` (cos ${cos.toFixed(2)}) `]))] : []
+    // Bin edges in tenths when the bins are (10 bins: 0.3–0.4), in hundredths otherwise (4: 0.25–0.50).
+    const edge = (b: number, n: number) => (b / n).toFixed(10 % n === 0 ? 1 : 2)
     const bins = d.bins
       .map((list, b) => ({ list, b }))
       .filter(({ list }) => list.length > 0)
       .reverse()
-      .map(({ list, b }) => el('li', { className: 'bin' }, el('span', { className: 'range', text: `${(b / d.bins.length).toFixed(1)}–${((b + 1) / d.bins.length).toFixed(1)}` }), el('ol', { className: 'exemplars' }, ...list.map(exemplarItem))))
+      .map(({ list, b }) => el('li', { className: 'bin' }, el('span', { className: 'range', text: `${edge(b, d.bins.length)}–${edge(b + 1, d.bins.length)}` }), el('ol', { className: 'exemplars' }, ...list.map(exemplarItem))))
     const range = bins.length
       ? [(() => {
           const details = el('details', { className: 'quantiles' }, el('summary', { text: 'Across the range of memberships (a sample per bin)' }), el('ul', { className: 'bins' }, ...bins))

@@ -16,6 +16,8 @@ export interface FitCommandOptions {
   exemplars?: number
   context?: number
   distinctContexts?: boolean
+  quantileBins?: number
+  quantileExamples?: number
   device?: string
   precision?: string
   cache?: number | 'auto' | 'off'
@@ -42,6 +44,8 @@ export async function fit(chunkSpecs: string[], options: FitCommandOptions): Pro
     nExemplars: options.exemplars,
     contextWindow: options.context,
     distinctContexts: options.distinctContexts,
+    quantileBins: options.quantileBins,
+    quantileExamples: options.quantileExamples,
     device: options.device as Device | undefined,
     precision: options.precision as ClusteringConfig['precision'],
     cache: options.cache,

@@ -145,6 +145,10 @@ pub struct ClusteringConfig {
     /// "Exemplars"): a token is kept only where its membership is the largest within
     /// `contextWindow` positions of it.
     pub distinct_contexts: bool,
+    /// Bins of membership of the quantile examples (docs/algorithm.md "Quantile examples").
+    pub quantile_bins: usize,
+    /// Quantile examples kept per bin.
+    pub quantile_examples: usize,
     pub n_iterations: usize,
     /// Hard k-means iterations on the init sample after k-means++ (none with `initialCenters`).
     pub warmup_iterations: usize,
@@ -199,7 +203,7 @@ impl Serialize for CacheSetting {
 /// Field names accepted in a config object (`initialCenters` travels separately, as data).
 const FIELDS: &[&str] = &[
     "nClusters", "dModel", "temperature", "temperatureRule", "minMembership", "device", "nExemplars",
-    "contextWindow", "distinctContexts", "nIterations", "warmupIterations", "seed", "tol", "precision", "cache", "initialCenters",
+    "contextWindow", "distinctContexts", "quantileBins", "quantileExamples", "nIterations", "warmupIterations", "seed", "tol", "precision", "cache", "initialCenters",
 ];
 
 /// Largest integer a JS number holds exactly; bigger "integers" have already lost digits.
@@ -218,6 +222,8 @@ impl ClusteringConfig {
             n_exemplars: 10,
             context_window: 8,
             distinct_contexts: false,
+            quantile_bins: crate::quantiles::QUANTILE_BINS,
+            quantile_examples: crate::quantiles::QUANTILE_EXAMPLES,
             n_iterations: 10,
             warmup_iterations: 10,
             seed: 0,
@@ -257,6 +263,8 @@ impl ClusteringConfig {
             Some(Value::Bool(b)) => c.distinct_contexts = *b,
             Some(v) => return Err(Error::config("distinctContexts", format!("must be true or false, got {v}"))),
         }
+        if let Some(v) = integer(map, "quantileBins", 1)? { c.quantile_bins = v as usize; }
+        if let Some(v) = integer(map, "quantileExamples", 0)? { c.quantile_examples = v as usize; }
         if let Some(v) = integer(map, "nIterations", 0)? { c.n_iterations = v as usize; }
         if let Some(v) = integer(map, "warmupIterations", 0)? { c.warmup_iterations = v as usize; }
         if let Some(v) = integer(map, "seed", 0)? { c.seed = v; }

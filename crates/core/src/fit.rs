@@ -106,7 +106,7 @@ fn fit_into(config: &ClusteringConfig, initial_centers: Option<Centers>, chunks:
     }
 
     // The output pass: memberships files, exemplars, per-cluster statistics.
-    let candidates = (ExemplarHeaps::new(config.n_clusters, config.n_exemplars), QuantileSample::new(config.n_clusters, config.seed));
+    let candidates = (ExemplarHeaps::new(config.n_clusters, config.n_exemplars), QuantileSample::for_config(config.n_clusters, config));
     let out = output_pass(config, &centers, chunks, names, 0, candidates, &mut cache, Some(folder), backend, progress)?;
     let (stats, entropy) = (out.stats, out.entropy);
     let warnings = collapse_warning(config, &centers, entropy, backend, |config| match config.temperature_rule {
@@ -242,7 +242,8 @@ fn check_memory(config: &ClusteringConfig, backend: &dyn Backend) -> Result<()> 
     // memberships (4 bytes), each entry with its bookkeeping; counted in f64 so that absurd
     // nExemplars or contextWindow values are refused here instead of aborting an allocation.
     let (e, w) = (config.n_exemplars as f64, 2.0 * config.context_window as f64 + 1.0);
-    let exemplars = 2.0 * k as f64 * e * (w * 12.0 + 64.0);
+    let quantiles = config.quantile_bins as f64 * config.quantile_examples as f64;
+    let exemplars = 2.0 * k as f64 * (e + quantiles) * (w * 12.0 + 64.0);
     // The tree stored with the model: a K x K float32 distance matrix while it is built.
     let tree = if k <= STORED_TREE_MAX_K { 4.0 * (k as f64).powi(2) } else { 0.0 };
     let needed = backend.host_bytes_for_pass(k, d) + sample_size(k) as f64 * d as f64 * 4.0 + COSINE_BLOCK_BYTES as f64 + 1024.0 * k as f64 * 4.0 + exemplars + tree;

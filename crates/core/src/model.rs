@@ -5,7 +5,6 @@ use crate::config::ClusteringConfig;
 use crate::error::{Error, Result};
 use crate::exemplars::Exemplar;
 use crate::hierarchy::{self, LinkageRow};
-use crate::quantiles::{QUANTILE_BINS, QUANTILE_EXAMPLES};
 use crate::kernels::Centers;
 use safetensors::tensor::TensorView;
 use safetensors::{Dtype, SafeTensors};
@@ -164,7 +163,7 @@ fn le_bytes<T: Copy, const N: usize>(values: &[T], to: fn(T) -> [u8; N]) -> Vec<
 impl Model {
     /// A model with centers only (no statistics, exemplars or history yet).
     pub fn new(config: ClusteringConfig, centers: Centers) -> Self {
-        let k = centers.k;
+        let (k, bins) = (centers.k, config.quantile_bins);
         Model {
             config,
             centers,
@@ -178,7 +177,7 @@ impl Model {
             stats: None,
             linkage: None,
             operations: Vec::new(),
-            quantiles: vec![vec![Vec::new(); QUANTILE_BINS]; k],
+            quantiles: vec![vec![Vec::new(); bins]; k],
         }
     }
 
@@ -212,7 +211,7 @@ impl Model {
         let e = self.config.n_exemplars;
         let w = 2 * self.config.context_window + 1;
         let top = pack_examples(self.exemplars.iter(), e, w);
-        let (bins, q) = (QUANTILE_BINS, QUANTILE_EXAMPLES);
+        let (bins, q) = (self.config.quantile_bins, self.config.quantile_examples);
         let quantiles = pack_examples(self.quantiles.iter().flatten().collect::<Vec<_>>().into_iter(), q, w);
         let counts: Vec<i64> = self.cluster_count.iter().map(|&c| c as i64).collect();
         let mut tensors: Vec<(&str, Dtype, Vec<usize>, Vec<u8>)> = vec![
@@ -366,13 +365,14 @@ impl Model {
         finite("exemplar_context_memberships", Box::new(top.context.iter().map(|&v| f64::from(v))))?;
         let exemplars = unpack_examples(&top, e, w, "exemplar_count").map_err(bad)?;
         let quantiles = match st.tensor("quantile_count") {
-            Err(_) => vec![vec![Vec::new(); QUANTILE_BINS]; k],
+            Err(_) => vec![vec![Vec::new(); config.quantile_bins]; k],
             Ok(_) => {
-                let packed = read("quantile", &[k, QUANTILE_BINS], QUANTILE_EXAMPLES)?;
+                let (bins, q) = (config.quantile_bins, config.quantile_examples);
+                let packed = read("quantile", &[k, bins], q)?;
                 finite("quantile_values", Box::new(packed.values.iter().map(|&v| f64::from(v))))?;
                 finite("quantile_context_memberships", Box::new(packed.context.iter().map(|&v| f64::from(v))))?;
-                let flat = unpack_examples(&packed, QUANTILE_EXAMPLES, w, "quantile_count").map_err(bad)?;
-                flat.chunks(QUANTILE_BINS).map(|c| c.to_vec()).collect()
+                let flat = unpack_examples(&packed, q, w, "quantile_count").map_err(bad)?;
+                flat.chunks(bins).map(|c| c.to_vec()).collect()
             }
         };
         let stats = match (st.tensor("stats_s").is_ok(), meta.get("stats_tokens")) {

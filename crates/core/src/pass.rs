@@ -97,7 +97,8 @@ mod tests {
     use super::*;
 
     fn stats_with(best_cos: f32, chunk: usize, token: usize, mass: f64) -> PassStats {
-        let mut s = PassStats::new(1, 1);
+        // K = 4, so that up to four reseed candidates are kept.
+        let mut s = PassStats::new(4, 1);
         s.mass[0] = mass;
         s.s[0] = mass;
         s.n_rows = 1;
@@ -112,11 +113,14 @@ mod tests {
         a.merge(stats_with(0.2, 2, 0, 2.0));
         a.merge(stats_with(0.2, 0, 9, 4.0));
         a.merge(stats_with(0.2, 0, 10, 8.0));
-        assert_eq!(a.mass, vec![15.0]);
-        assert_eq!(a.s, vec![15.0]);
+        assert_eq!(a.mass, vec![15.0, 0.0, 0.0, 0.0]);
+        assert_eq!(a.s, vec![15.0, 0.0, 0.0, 0.0]);
         assert_eq!(a.n_rows, 4);
-        assert_eq!(a.hard_count, vec![4]);
+        assert_eq!(a.hard_count, vec![4, 0, 0, 0]);
         let order: Vec<_> = a.farthest.iter().map(|f| (f.best_cos, f.chunk, f.token)).collect();
         assert_eq!(order, vec![(0.2, 0, 9), (0.2, 0, 10), (0.2, 2, 0), (0.5, 1, 3)]);
+        // No more candidates than clusters, as one run keeps: a fifth is dropped.
+        a.merge(stats_with(0.1, 3, 0, 1.0));
+        assert_eq!(a.farthest.iter().map(|f| f.chunk).collect::<Vec<_>>(), vec![3, 0, 0, 2]);
     }
 }

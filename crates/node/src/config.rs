@@ -36,6 +36,10 @@ pub struct ClusteringConfig {
     /// Top exemplars of a cluster never share most of their context: a token is kept only where
     /// its membership is the largest within `contextWindow` positions (default false).
     pub distinct_contexts: Option<bool>,
+    /// Bins of membership of the examples across the range (default 10).
+    pub quantile_bins: Option<f64>,
+    /// Examples kept per bin (default 5).
+    pub quantile_examples: Option<f64>,
     /// Passes over the data (default 10).
     pub n_iterations: Option<f64>,
     /// Hard k-means iterations on the init sample after k-means++ (default 10; none with
@@ -72,6 +76,8 @@ pub struct ResolvedConfig {
     pub n_exemplars: f64,
     pub context_window: f64,
     pub distinct_contexts: bool,
+    pub quantile_bins: f64,
+    pub quantile_examples: f64,
     pub n_iterations: f64,
     pub warmup_iterations: f64,
     pub seed: f64,
@@ -97,6 +103,8 @@ impl From<&CoreConfig> for ResolvedConfig {
             n_exemplars: c.n_exemplars as f64,
             context_window: c.context_window as f64,
             distinct_contexts: c.distinct_contexts,
+            quantile_bins: c.quantile_bins as f64,
+            quantile_examples: c.quantile_examples as f64,
             n_iterations: c.n_iterations as f64,
             warmup_iterations: c.warmup_iterations as f64,
             seed: c.seed as f64,
