@@ -117,7 +117,7 @@ describe('transform', () => {
 describe('ClusteringConfig', () => {
   it('fills in the defaults of docs/algorithm.md "Config"', () => {
     expect(resolveConfig({ nClusters: 10, dModel: 768 })).toEqual({
-      nClusters: 10, dModel: 768, temperature: 'auto', minMembership: 0.01, device: 'auto', nExemplars: 10, contextWindow: 8, nIterations: 10, warmupIterations: 10, seed: 0, tol: 1e-7, precision: 'float32', cache: 'auto',
+      nClusters: 10, dModel: 768, temperature: 'auto', minMembership: 0.01, device: 'auto', nExemplars: 10, contextWindow: 8, distinctContexts: false, quantileBins: 10, quantileExamples: 5, nIterations: 10, warmupIterations: 10, seed: 0, tol: 1e-7, precision: 'float32', cache: 'auto',
     })
   })
 

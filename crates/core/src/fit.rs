@@ -106,7 +106,7 @@ fn fit_into(config: &ClusteringConfig, initial_centers: Option<Centers>, chunks:
     }
 
     // The output pass: memberships files, exemplars, per-cluster statistics.
-    let candidates = (ExemplarHeaps::new(config.n_clusters, config.n_exemplars), QuantileSample::for_config(config.n_clusters, config));
+    let candidates = (ExemplarHeaps::new(config.n_clusters, config.n_exemplars), QuantileSample::new(config.n_clusters, config.quantile_bins, config.quantile_examples, config.seed));
     let out = output_pass(config, &centers, chunks, names, 0, candidates, &mut cache, Some(folder), backend, progress)?;
     let (stats, entropy) = (out.stats, out.entropy);
     let warnings = collapse_warning(config, &centers, entropy, backend, |config| match config.temperature_rule {

@@ -96,7 +96,7 @@ pub fn merge(model: &Model, clusters: &[usize]) -> Result<Model> {
         })
         .collect();
     // Quantile examples: both samples, each example in the bin of its stored membership.
-    let mut quantiles = QuantileSample::for_config(new_k, &model.config);
+    let mut quantiles = QuantileSample::new(new_k, model.config.quantile_bins, model.config.quantile_examples, model.config.seed);
     for (old, bins) in model.quantiles.iter().enumerate() {
         for e in bins.iter().flatten() {
             quantiles.offer(mapping[old], e.clone());

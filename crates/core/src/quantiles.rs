@@ -51,11 +51,6 @@ impl QuantileSample {
         QuantileSample { seed, per_cluster: bins, per_bin, bins: vec![Vec::new(); k * bins] }
     }
 
-    /// The sample a config asks for: its `quantileBins`, `quantileExamples` and `seed`.
-    pub fn for_config(k: usize, config: &crate::config::ClusteringConfig) -> Self {
-        QuantileSample::new(k, config.quantile_bins, config.quantile_examples, config.seed)
-    }
-
     fn slot(&self, cluster: usize, value: f32) -> usize {
         cluster * self.per_cluster + bin_of(value, self.per_cluster)
     }
@@ -110,10 +105,11 @@ impl QuantileSample {
             .collect()
     }
 
-    /// A sample of the config's sizes holding `examples` (`[cluster][bin]`, as `into_bins` gives
-    /// them), e.g. from a model file.
-    pub fn from_bins(config: &crate::config::ClusteringConfig, examples: &[Vec<Vec<Exemplar>>]) -> Self {
-        let mut sample = QuantileSample::for_config(examples.len(), config);
+    /// A sample of `per_bin` examples per bin holding `examples` (`[cluster][bin]`, as
+    /// `into_bins` gives them), e.g. from a model file.
+    pub fn from_bins(per_bin: usize, seed: u64, examples: &[Vec<Vec<Exemplar>>]) -> Self {
+        let bins = examples.first().map_or(QUANTILE_BINS, Vec::len);
+        let mut sample = QuantileSample::new(examples.len(), bins, per_bin, seed);
         for (c, bins) in examples.iter().enumerate() {
             for e in bins.iter().flatten() {
                 sample.offer(c, e.clone());

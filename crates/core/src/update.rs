@@ -119,7 +119,7 @@ pub fn passes(model: &Model, chunks: &[PathBuf], iterations: usize, decay: f64, 
         }
     }
     // Old quantile examples compete by their keys, as if the old chunks were passed again.
-    let quantiles = if keep_old { QuantileSample::from_bins(config, &model.quantiles) } else { QuantileSample::for_config(k, config) };
+    let quantiles = if keep_old { QuantileSample::from_bins(config.quantile_examples, config.seed, &model.quantiles) } else { QuantileSample::new(k, config.quantile_bins, config.quantile_examples, config.seed) };
     let first_chunk = if keep_old { model.chunks.len() } else { 0 };
     let out = output_pass(config, &centers, chunks, &names, first_chunk, (heaps, quantiles), &mut cache, folder, backend, progress)?;
     let stats = SufficientStats {
