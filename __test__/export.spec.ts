@@ -103,7 +103,7 @@ describe('soft-cluster export', () => {
     expect(r.status, r.stderr).toBe(0)
     expect(readJson(join(earlier, 'cluster-00000.json')).frac_nonzero).not.toBeNull()
     // No staging folder is left beside it.
-    expect(readdirSync(dir).filter((n) => n.includes('soft-cluster-tmp'))).toEqual([])
+    expect(readdirSync(dir).filter((n) => n.includes('.soft-cluster-'))).toEqual([])
 
     expectFailure(run('export', '--model', modelPath, '--out', join(dir, 'csv'), '--format', 'csv'), '--format csv: not a known format (known: json)')
     expect(existsSync(join(dir, 'csv'))).toBe(false)

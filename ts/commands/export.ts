@@ -117,20 +117,44 @@ function checkOut(out: string, overwrite: boolean): void {
   if (!overwrite) fail(`--out ${out}: holds an earlier export; give --overwrite to replace it`)
 }
 
-/** Writes the export into a staging folder beside `out`, then renames it into place. */
-function writeFolder(out: string, files: Iterable<[string, string]>): void {
-  const staging = join(dirname(out), `.${basename(out)}.soft-cluster-tmp-${process.pid}`)
+/**
+ * Writes the export into a staging folder beside `out`, then moves it into place: an earlier
+ * export is first renamed aside (and deleted only once the new one is in place; put back if the
+ * move fails), so `out` never holds half an export, and never loses the old one for nothing.
+ * `out` is checked again just before: the analysis may have taken minutes.
+ */
+function writeFolder(out: string, overwrite: boolean, files: Iterable<[string, string]>): void {
+  const aside = (what: string) => join(dirname(out), `.${basename(out)}.soft-cluster-${what}-${process.pid}`)
+  const [staging, old] = [aside('tmp'), aside('old')]
+  const io = (e: unknown): never => {
+    const err = e as NodeJS.ErrnoException
+    if (err.syscall === undefined) throw e // not the file system's: a bug to report as it is
+    return fail(`--out ${out}: cannot be written (${err.code ?? err.message})`, 'ERR_IO')
+  }
   try {
     rmSync(staging, { recursive: true, force: true })
     mkdirSync(staging, { recursive: true })
     for (const [name, text] of files) writeFileSync(join(staging, name), text)
-    if (existsSync(out)) rmSync(out, { recursive: true }) // checked: empty, or an earlier export with --overwrite
-    renameSync(staging, out)
   } catch (e) {
     rmSync(staging, { recursive: true, force: true })
-    const err = e as NodeJS.ErrnoException
-    fail(`--out ${out}: cannot be written (${err.code ?? err.message})`, 'ERR_IO')
+    io(e)
   }
+  try {
+    checkOut(out, overwrite)
+  } catch (e) {
+    rmSync(staging, { recursive: true, force: true })
+    throw e
+  }
+  const replacing = existsSync(out)
+  try {
+    if (replacing) renameSync(out, old)
+    renameSync(staging, out)
+  } catch (e) {
+    if (replacing && existsSync(old) && !existsSync(out)) renameSync(old, out)
+    rmSync(staging, { recursive: true, force: true })
+    io(e)
+  }
+  if (replacing) rmSync(old, { recursive: true, force: true })
 }
 
 /** Writes `index.json` and one file per cluster into `options.out`; returns the folder. */
@@ -172,7 +196,7 @@ export async function writeExport(chunkSpecs: readonly string[], options: Export
       }
     }
     if (decoder.fallback !== undefined) console.error(`soft-cluster: warning: --tokenizer ${options.tokenizer}: ${decoder.fallback}, so the export holds token ids as text`)
-    writeFolder(out, files())
+    writeFolder(out, options.overwrite ?? false, files())
     return { out, files: k + 1 }
   } finally {
     decoder.close?.()

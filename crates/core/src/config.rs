@@ -206,6 +206,9 @@ const FIELDS: &[&str] = &[
     "contextWindow", "distinctContexts", "quantileBins", "quantileExamples", "nIterations", "warmupIterations", "seed", "tol", "precision", "cache", "initialCenters",
 ];
 
+/// Largest `quantileBins` and `quantileExamples`.
+pub const MAX_QUANTILE_SIZE: usize = 1000;
+
 /// Largest integer a JS number holds exactly; bigger "integers" have already lost digits.
 const MAX_SAFE_INTEGER: f64 = 9_007_199_254_740_991.0;
 
@@ -265,6 +268,12 @@ impl ClusteringConfig {
         }
         if let Some(v) = integer(map, "quantileBins", 1)? { c.quantile_bins = v as usize; }
         if let Some(v) = integer(map, "quantileExamples", 0)? { c.quantile_examples = v as usize; }
+        // Bounded: K x bins lists are allocated up front, also for a model file that has no samples.
+        for (field, v) in [("quantileBins", c.quantile_bins), ("quantileExamples", c.quantile_examples)] {
+            if v > MAX_QUANTILE_SIZE {
+                return Err(Error::config(field, format!("must be at most {MAX_QUANTILE_SIZE}, got {v}")));
+            }
+        }
         if let Some(v) = integer(map, "nIterations", 0)? { c.n_iterations = v as usize; }
         if let Some(v) = integer(map, "warmupIterations", 0)? { c.warmup_iterations = v as usize; }
         if let Some(v) = integer(map, "seed", 0)? { c.seed = v; }
@@ -371,6 +380,10 @@ mod tests {
         assert_eq!(field_of(json!({"nClusters": 2, "dModel": 4, "precision": 32})), "precision");
         assert_eq!(field_of(json!({"nClusters": 2, "dModel": 4, "temperature": "cold"})), "temperature");
         assert_eq!(field_of(json!({"nClusters": 2, "dModel": 4, "temperatureRule": "x"})), "temperatureRule");
+        assert_eq!(field_of(json!({"nClusters": 2, "dModel": 4, "quantileBins": 0})), "quantileBins");
+        assert_eq!(field_of(json!({"nClusters": 2, "dModel": 4, "quantileBins": 1001})), "quantileBins");
+        assert_eq!(field_of(json!({"nClusters": 2, "dModel": 4, "quantileExamples": 1e12})), "quantileExamples");
+        assert_eq!(field_of(json!({"nClusters": 2, "dModel": 4, "distinctContexts": 1})), "distinctContexts");
     }
 
     #[test]

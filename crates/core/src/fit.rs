@@ -243,7 +243,7 @@ fn check_memory(config: &ClusteringConfig, backend: &dyn Backend) -> Result<()> 
     // nExemplars or contextWindow values are refused here instead of aborting an allocation.
     let (e, w) = (config.n_exemplars as f64, 2.0 * config.context_window as f64 + 1.0);
     let quantiles = config.quantile_bins as f64 * config.quantile_examples as f64;
-    let exemplars = 2.0 * k as f64 * (e + quantiles) * (w * 12.0 + 64.0);
+    let exemplars = 2.0 * k as f64 * (e + quantiles) * (w * 12.0 + 64.0) + 24.0 * k as f64 * config.quantile_bins as f64;
     // The tree stored with the model: a K x K float32 distance matrix while it is built.
     let tree = if k <= STORED_TREE_MAX_K { 4.0 * (k as f64).powi(2) } else { 0.0 };
     let needed = backend.host_bytes_for_pass(k, d) + sample_size(k) as f64 * d as f64 * 4.0 + COSINE_BLOCK_BYTES as f64 + 1024.0 * k as f64 * 4.0 + exemplars + tree;

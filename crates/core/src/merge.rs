@@ -4,8 +4,7 @@
 //! lowest id of its parts; the clusters after a removed id move down by one.
 
 use crate::error::{Error, Result};
-use crate::exemplars::{drop_overlapping, ranks_before, Exemplar};
-use std::cmp::Ordering;
+use crate::exemplars::{drop_overlapping, Exemplar};
 use crate::kernels::Centers;
 use crate::kernels::Backend;
 use crate::model::{Model, Operation, SufficientStats};
@@ -89,7 +88,9 @@ pub fn merge(model: &Model, clusters: &[usize]) -> Result<Model> {
     let exemplars: Vec<Vec<Exemplar>> = lists
         .into_iter()
         .map(|mut list| {
-            list.sort_by(|a, b| if ranks_before(a.value, a.location(), b.value, b.location()) { Ordering::Less } else { Ordering::Greater });
+            list.sort_by(|a, b| b.value.total_cmp(&a.value).then(a.location().cmp(&b.location())));
+            // A token that was an exemplar of two merged clusters is listed once.
+            list.dedup_by(|later, earlier| later.location() == earlier.location());
             let mut list = if model.config.distinct_contexts { drop_overlapping(list, model.config.context_window) } else { list };
             list.truncate(model.config.n_exemplars);
             list

@@ -163,7 +163,7 @@ fn le_bytes<T: Copy, const N: usize>(values: &[T], to: fn(T) -> [u8; N]) -> Vec<
 impl Model {
     /// A model with centers only (no statistics, exemplars or history yet).
     pub fn new(config: ClusteringConfig, centers: Centers) -> Self {
-        let (k, bins) = (centers.k, config.quantile_bins);
+        let (k, bins) = (centers.k, config.quantile_bins.max(1));
         Model {
             config,
             centers,

@@ -6,7 +6,7 @@
 
 use super::{Backend, Centers, MembershipParams, Pass, PassOutput, PreparedRows, SparseRows, Tokens, Want};
 use crate::chunk::ActivationsRef;
-use crate::error::Result;
+use crate::error::{Error, Result};
 use crate::pass::PassStats;
 
 pub struct MultiBackend {
@@ -86,9 +86,19 @@ fn join(parts: Vec<(usize, PassOutput)>) -> PassOutput {
 }
 
 /// Runs `work(device, share)` for every device with a nonempty share, one thread each, and
-/// returns the results with each share's first token, in device order.
+/// returns the results with each share's first token, in device order. With fewer sequences
+/// than devices (a `[T, D]` file is one sequence) the tokens are dealt one by one instead, as
+/// sequences of length 1; an error's location is mapped back to (sequence, position).
 fn on_every_device<T: Send>(tokens: &Tokens, devices: usize, work: impl Fn(usize, &Tokens) -> Result<T> + Sync) -> Result<Vec<(usize, T)>> {
-    let sequences = tokens.n_tokens() / tokens.seq_len.max(1);
+    let s = tokens.seq_len.max(1);
+    if tokens.n_tokens() / s < devices && s > 1 {
+        let flat = Tokens { seq_len: 1, first_row: tokens.first_row * s, ..*tokens };
+        return on_every_device(&flat, devices, work).map_err(|e| match e {
+            Error::NonFinite { source_name, batch, .. } => Error::NonFinite { source_name, batch: batch / s, position: batch % s },
+            other => other,
+        });
+    }
+    let sequences = tokens.n_tokens() / s;
     let shares: Vec<(usize, (usize, usize))> = shares(sequences, devices).into_iter().enumerate().filter(|(_, (a, b))| b > a).collect();
     if shares.len() <= 1 {
         // One share (or none): no thread to start; device 0 takes everything, empty or not.
@@ -175,6 +185,35 @@ impl Pass for MultiPass<'_> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn one_long_sequence_is_dealt_by_tokens_and_errors_keep_their_place() {
+        use crate::kernels::cpu::CpuBackend;
+        use crate::kernels::Backend;
+        use std::sync::atomic::{AtomicUsize, Ordering};
+        // A [T, D] chunk is one sequence: three devices still take a share each.
+        let (t, d) = (10, 2);
+        let mut acts: Vec<f32> = (0..t * d).map(|i| 1.0 + i as f32).collect();
+        let tokens = Tokens { source: "flat", chunk_index: 0, first_row: 0, activations: ActivationsRef::F32(&acts), seq_len: t, d, mask: None };
+        let seen: Vec<AtomicUsize> = (0..3).map(|_| AtomicUsize::new(0)).collect();
+        let parts = on_every_device(&tokens, 3, |device, part| {
+            seen[device].fetch_add(part.n_tokens(), Ordering::Relaxed);
+            Ok(part.first_row)
+        })
+        .unwrap();
+        assert_eq!(seen.iter().map(|s| s.load(Ordering::Relaxed)).collect::<Vec<_>>(), vec![4, 3, 3]);
+        assert_eq!(parts, vec![(0, 0), (4, 4), (7, 7)]);
+        // A NaN at token 8 is reported at sequence 0, position 8, as one device would.
+        acts[8 * d] = f32::NAN;
+        let tokens = Tokens { source: "flat", chunk_index: 0, first_row: 0, activations: ActivationsRef::F32(&acts), seq_len: t, d, mask: None };
+        let centers = Centers::from_rows(1, d, vec![1.0, 0.0]).unwrap();
+        let many = MultiBackend::new((0..3).map(|_| Box::new(CpuBackend::default()) as Box<dyn Backend>).collect());
+        let params = MembershipParams { temperature: 1.0, min_membership: 0.0 };
+        let err = many.run(&centers, &tokens, params, Want { sparse: true, ..Want::default() }).unwrap_err();
+        let one = CpuBackend::default().run(&centers, &tokens, params, Want { sparse: true, ..Want::default() }).unwrap_err();
+        assert_eq!(err.to_string(), one.to_string());
+        assert!(err.to_string().contains("position 8"), "{err}");
+    }
 
     #[test]
     fn shares_cover_every_sequence_once_as_evenly_as_possible() {

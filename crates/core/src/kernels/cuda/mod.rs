@@ -203,6 +203,15 @@ impl CudaBackend {
         self
     }
 
+    /// The GPU, locked, with its context current on this thread: with several GPUs
+    /// (`kernels::multi`) each device's work runs on a thread of its own, and cuBLAS calls go to
+    /// the thread's current context.
+    fn locked(&self) -> Result<std::sync::MutexGuard<'_, Gpu>> {
+        let gpu = self.gpu.lock().unwrap_or_else(|e| e.into_inner());
+        gpu.ctx.bind_to_thread().map_err(|e| device_error(&gpu.name, format!("could not make its context current: {e:?}")))?;
+        Ok(gpu)
+    }
+
     /// The GPU's own name ("NVIDIA H100 80GB HBM3").
     pub fn device_name(&self) -> String {
         let gpu = self.gpu.lock().unwrap_or_else(|e| e.into_inner());
@@ -241,7 +250,7 @@ impl CudaBackend {
         let started = std::time::Instant::now();
         let rows = prepare_rows(tokens)?;
         let prepared = started.elapsed();
-        let mut gpu = self.gpu.lock().unwrap_or_else(|e| e.into_inner());
+        let mut gpu = self.locked()?;
         let name = gpu.name.clone();
         let mut job = Job::new(&mut gpu, self.precision, self.block_rows, pass, centers, tokens, &rows, params, want)
             .map_err(|e| device_error(&name, format!("{} (while preparing {})", e, tokens.source)))?;
@@ -283,7 +292,7 @@ impl Pass for CudaPass<'_> {
     fn finish(self: Box<Self>) -> Result<PassStats> {
         let CudaPass { backend, sums, mut stats } = *self;
         let Some(PassSums { s: Some(s), mass: Some(mass), .. }) = sums else { return Ok(stats) };
-        let gpu = backend.gpu.lock().unwrap_or_else(|e| e.into_inner());
+        let gpu = backend.locked()?;
         let fail = |e: String| device_error(&gpu.name, e);
         let s = gpu.compute.clone_dtoh(&s).ctx("downloading S").map_err(fail)?;
         let mass = gpu.compute.clone_dtoh(&mass).ctx("downloading m").map_err(fail)?;
@@ -313,7 +322,7 @@ impl CudaBackend {
     pub fn time_fused_step(&self, centers: &Centers, tokens: &Tokens, params: MembershipParams, reps: usize) -> Result<FusedTiming> {
         check_shapes(centers, tokens)?;
         let rows = prepare_rows(tokens)?;
-        let mut gpu = self.gpu.lock().unwrap_or_else(|e| e.into_inner());
+        let mut gpu = self.locked()?;
         let name = gpu.name.clone();
         let fail = |e: String| device_error(&name, e);
         let want = Want { stats: true, sums: true, ..Want::default() };
