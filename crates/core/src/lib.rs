@@ -36,6 +36,7 @@ pub mod npz;
 pub mod output;
 pub mod pass;
 pub mod quantiles;
+pub mod ranks;
 pub mod run_folder;
 pub mod safetensors_chunk;
 pub mod sources;
