@@ -46,6 +46,13 @@ const withMetricOptions = (command: Command): Command =>
     .option('--lift-smoothing <A>', 'pseudo-occurrences added to a token\'s observed and expected weight in its lift (1)', number)
     .option('--progress', 'show progress on stderr even when it is not a terminal')
 
+/** The metrics' options and how token ids become text, shared by `report` and `export`. */
+const withDecodeOptions = (command: Command): Command =>
+  withMetricOptions(command)
+    .option('--tokenizer <file>', 'a Hugging Face tokenizer.json to decode token ids')
+    .option('--vocab <file>', 'a JSON list of token strings, indexed by id, to decode token ids')
+    .option('--decode-timeout <seconds>', "time the tokenizer's decoding may take in all; past it, token ids are shown (30)", number)
+
 export function main(argv: string[]): void {
   // A file-size limit (or a full disk on some systems) raises SIGXFSZ, whose default action kills
   // the process mid-write; with a listener the write fails instead and is reported as an error.
@@ -149,27 +156,21 @@ export function main(argv: string[]): void {
     .requiredOption('--model <file>', 'a model.safetensors written by fit')
     .option('--json', 'print the metrics as JSON'))
     .action(analyzeCommand)
-  withMetricOptions(program
+  withDecodeOptions(program
     .command('report')
     .description('write one self-contained HTML report: overview plots, then every cluster with its exemplars')
     .argument('[chunks...]', 'chunks to compute the metrics on (files, directories or globs); without them, the model alone')
     .requiredOption('--model <file>', 'a model.safetensors written by fit')
     .requiredOption('--out <file>', 'the HTML file to write')
-    .option('--tokenizer <file>', 'a Hugging Face tokenizer.json to decode token ids')
-    .option('--vocab <file>', 'a JSON list of token strings, indexed by id, to decode token ids')
-    .option('--decode-timeout <seconds>', "time the tokenizer's decoding may take for the whole report; past it, token ids are shown (30)", number)
     .option('--json', 'print where the report was written as JSON'))
     .action(reportCommand)
-  withMetricOptions(program
+  withDecodeOptions(program
     .command('export')
     .description('write one JSON file per cluster for other tools (Neuronpedia-like fields: activations, topkCosSim..., freq_hist...)')
     .argument('[chunks...]', 'chunks to compute the token tables and histograms on (files, directories or globs); without them, the model alone')
     .requiredOption('--model <file>', 'a model.safetensors written by fit')
     .requiredOption('--out <dir>', 'the folder to write (new or empty, or an earlier export with --overwrite)')
     .option('--format <F>', 'json (the only one so far)', 'json')
-    .option('--tokenizer <file>', 'a Hugging Face tokenizer.json to decode token ids')
-    .option('--vocab <file>', 'a JSON list of token strings, indexed by id, to decode token ids')
-    .option('--decode-timeout <seconds>', "time the tokenizer's decoding may take; past it, token ids are written as text (30)", number)
     .option('--vectors', 'put each center (dModel numbers) in its file as vector')
     .option('--overwrite', 'replace an earlier export in --out')
     .option('--json', 'print where the export was written as JSON'))

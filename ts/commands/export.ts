@@ -7,27 +7,17 @@ import type { Exemplar, ModelSummary } from '../clustering'
 import type { TokenDecoder } from '../decode'
 import { analyzeModel } from './analyze'
 import { printJson } from './chunks'
-import { decoderFor } from './report'
+import { decoderFor, type ReportCommandOptions } from './report'
 
 export const EXPORT_FORMAT = 'soft-cluster-export'
 export const EXPORT_FORMAT_VERSION = 1
 
-export interface ExportCommandOptions {
-  model: string
-  out: string
+/** `report`'s options (model, chunks' metrics, decoding), and what only an export has. */
+export interface ExportCommandOptions extends ReportCommandOptions {
   format: string
-  tokenizer?: string
-  vocab?: string
-  decodeTimeout?: number
-  topTokens?: number
-  sample?: number
-  seed?: number
-  liftSmoothing?: number
   /** Put each center (`D` float32 values) in its file as `vector`. */
   vectors?: boolean
   overwrite?: boolean
-  progress?: boolean
-  json?: boolean
 }
 
 const fail = (message: string, code = 'ERR_INVALID_INPUT'): never => {

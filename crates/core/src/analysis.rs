@@ -371,15 +371,6 @@ pub fn analyze_chunks(model: &Model, chunks: &[PathBuf], backend: &dyn Backend, 
     Ok(analyzer.finish())
 }
 
-fn dot64(a: &[f32], b: &[f32]) -> f64 {
-    a.iter().zip(b).map(|(&x, &y)| f64::from(x) * f64::from(y)).sum()
-}
-
-/// `cos(C_j, C_l)` for every pair (the centers are unit vectors).
-pub fn center_similarity(centers: &Centers) -> Vec<Vec<f64>> {
-    (0..centers.k).map(|j| (0..centers.k).map(|l| dot64(centers.row(j), centers.row(l))).collect()).collect()
-}
-
 /// What the metrics need from the cosines between centers, in one pass over them.
 pub struct CenterGeometry {
     /// Per cluster, the closest other centers, closest first (ties: smaller id).
@@ -671,6 +662,10 @@ mod tests {
         }
     }
 
+    fn dot64(a: &[f32], b: &[f32]) -> f64 {
+        a.iter().zip(b).map(|(&x, &y)| f64::from(x) * f64::from(y)).sum()
+    }
+
     /// The closest other centers by the plain float64 formula, closest first (ties: smaller id).
     fn naive_nearest(centers: &Centers, c: usize) -> Vec<(usize, f64)> {
         let mut all: Vec<(usize, f64)> = (0..centers.k).filter(|&j| j != c).map(|j| (j, dot64(centers.row(c), centers.row(j)))).collect();
@@ -813,7 +808,7 @@ mod tests {
         let (map, variance) = center_map(&centers);
         close(variance[0] + variance[1], 1.0, "variance");
         let dist2 = |a: [f64; 2], b: [f64; 2]| (a[0] - b[0]).powi(2) + (a[1] - b[1]).powi(2);
-        let sim = center_similarity(&centers);
+        let sim = CenterGeometry::of(&centers, NEAREST_CENTERS, true).similarity;
         for i in 0..4 {
             for j in 0..4 {
                 // Squared Euclidean distance between unit centers: 2 - 2 cos.

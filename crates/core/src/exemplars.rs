@@ -156,7 +156,7 @@ impl Candidates for LocalMaxima<'_> {
 
 /// Whether the exemplar's membership (at the middle of its window) beats every earlier position
 /// of its window and is not beaten by any later one.
-pub fn is_local_maximum(e: &Exemplar) -> bool {
+fn is_local_maximum(e: &Exemplar) -> bool {
     let w = e.context_memberships.len() / 2;
     let (before, after) = (&e.context_memberships[..w], &e.context_memberships[w + 1..]);
     before.iter().all(|&p| p < e.value) && after.iter().all(|&p| p <= e.value)
