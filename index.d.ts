@@ -398,6 +398,23 @@ export interface OverallStats {
  */
 export declare function probeDevice(device?: 'auto' | 'cpu' | 'cuda' | 'cuda:all' | `cuda:${string}`): DeviceProbe
 
+/**
+ * Rank and size of this process: rank 0 of 1 unless `mpirun`, `mpiexec` or `srun` started
+ * several, in which case the first call joins the MPI job (a build without MPI refuses with
+ * `ERR_INVALID_INPUT`). `fitChunks` under such a launch is one fit over all the ranks.
+ */
+export declare function processes(): Processes
+
+/** Rank and size of the run this process is part of. */
+export interface Processes {
+  /** 0 for rank 0, the one that writes the model; 0 in one process. */
+  rank: number
+  /** 1 unless an MPI launcher started several processes. */
+  size: number
+  /** Whether this build can join an MPI job (`npm run build:mpi`). */
+  mpiBuild: boolean
+}
+
 /** Reads one chunk file (docs/formats.md "Input chunks") on the calling thread. */
 export declare function readChunk(path: string): ChunkData
 

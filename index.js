@@ -840,6 +840,7 @@ module.exports.chunkExtensions = nativeBinding.chunkExtensions
 module.exports.chunkShape = nativeBinding.chunkShape
 module.exports.membershipsPathFor = nativeBinding.membershipsPathFor
 module.exports.probeDevice = nativeBinding.probeDevice
+module.exports.processes = nativeBinding.processes
 module.exports.readChunk = nativeBinding.readChunk
 module.exports.readChunkAsync = nativeBinding.readChunkAsync
 module.exports.readMemberships = nativeBinding.readMemberships

@@ -12,7 +12,7 @@ import { splitCommand } from './commands/split'
 import { transformCommand } from './commands/transform'
 import { treeCommand } from './commands/tree'
 import { updateCommand } from './commands/update'
-import { setActivationsKey, setMaxChunkBytes } from './index'
+import { processes, setActivationsKey, setMaxChunkBytes } from './index'
 
 const number = (value: string): number => {
   const n = Number(value)
@@ -53,6 +53,15 @@ const withDecodeOptions = (command: Command): Command =>
     .option('--vocab <file>', 'a JSON list of token strings, indexed by id, to decode token ids')
     .option('--decode-timeout <seconds>', "time the tokenizer's decoding may take in all; past it, token ids are shown (30)", number)
 
+/** This process's rank, 0 when it cannot be told. */
+function rankOrZero(): number {
+  try {
+    return processes().rank
+  } catch {
+    return 0
+  }
+}
+
 export function main(argv: string[]): void {
   // A file-size limit (or a full disk on some systems) raises SIGXFSZ, whose default action kills
   // the process mid-write; with a listener the write fails instead and is reported as an error.
@@ -65,6 +74,11 @@ export function main(argv: string[]): void {
     .configureOutput({ outputError: (message, write) => write(message.trim().split('\n')[0] + '\n') })
   // Read limits are process-wide: set once, before the command runs.
   program.hook('preAction', (_program, command) => {
+    // Under mpirun/srun every rank runs this command: only a fit is one run over all of them.
+    const { size } = processes()
+    if (size > 1 && command.name() !== 'fit') {
+      throw new Error(`${command.name()} runs in one process, but this is one of ${size} processes of an MPI launch; only fit runs on several (docs/scaling.md "Many servers")`)
+    }
     const { maxChunkBytes, key } = command.opts() as { maxChunkBytes?: number; key?: string }
     if (maxChunkBytes !== undefined) setMaxChunkBytes(maxChunkBytes)
     if (key !== undefined) setActivationsKey(key)
@@ -188,6 +202,11 @@ export function main(argv: string[]): void {
       return
     }
     const err = e as Error & { code?: string }
+    // An error every rank of an MPI run shares ("rank R of N: ...") is printed once, by rank 0.
+    if (/^rank \d+ of \d+: /.test(err.message) && rankOrZero() !== 0) {
+      process.exitCode = 1
+      return
+    }
     process.stderr.write(`soft-cluster: ${err.message.split('\n')[0]}${err.code ? ` [${err.code}]` : ''}\n`)
     process.exitCode = 1
   })

@@ -47,6 +47,18 @@ export function membershipsPathFor(outputDir: string, chunkPath: string): string
   return native.membershipsPathFor(outputDir, chunkPath)
 }
 
+export type Processes = native.Processes
+
+/**
+ * Rank and size of the run this process is part of: rank 0 of 1, unless `mpirun`, `mpiexec` or
+ * `srun` started several processes of a build with MPI (`npm run build:mpi`); then `fitChunks` is
+ * one fit over every rank, each reading its share of the chunks, and scripts print from rank 0
+ * (docs/scaling.md "Many servers"). A build without MPI under such a launch throws `ERR_INVALID_INPUT`.
+ */
+export function processes(): Processes {
+  return native.processes()
+}
+
 export type DeviceProbe = native.DeviceProbe
 
 /** Whether `device` (default `'cuda'`) can be used here, and the reason: what a fit on it would say. */

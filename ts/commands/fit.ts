@@ -5,6 +5,7 @@ import * as native from '../native'
 import { resolveChunks } from '../chunks'
 import { membershipsFiles, printJson } from './chunks'
 import { progressReporter } from './progress'
+import { processes } from '../index'
 
 export interface FitCommandOptions {
   clusters: number
@@ -54,11 +55,14 @@ export async function fit(chunkSpecs: string[], options: FitCommandOptions): Pro
   }
   if (options.initCenters) config.initialCenters = native.readNpy(options.initCenters).data
   const model = new SequentialSoftClustering(config)
-  const progress = progressReporter(options.progress ?? false)
+  // Under MPI every rank fits its share; rank 0 speaks for the run (its progress is its own share's).
+  const speaks = processes().rank === 0
+  const progress = speaks ? progressReporter(options.progress ?? false) : { onProgress: undefined, stop: () => {} }
   const out = resolve(options.out)
   try {
     const history = await model.fitChunks(chunks, out, { onProgress: progress.onProgress, resume: options.resume, overwrite: options.overwrite })
     progress.stop()
+    if (!speaks) return
     const modelPath = resolve(out, 'model.safetensors')
     const device = model.summary?.device
     const { temperature, temperatureRule } = model.config

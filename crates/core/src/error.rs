@@ -47,7 +47,15 @@ pub enum Error {
     /// Reading or writing a file failed at the OS level.
     #[error("{file}: {source}")]
     Io { file: String, #[source] source: std::io::Error },
+
+    /// The error of one rank of a run on several processes (docs/scaling.md "Many servers"),
+    /// which ends every rank: `code` is that error's own.
+    #[error("rank {rank} of {size}: {message}")]
+    OnRank { rank: usize, size: usize, code: &'static str, message: String },
 }
+
+/// Every `Error::code`, to find the one another rank sent by name.
+const CODES: [&str; 10] = ["ERR_BAD_CHUNK", "ERR_NON_FINITE", "ERR_INVALID_CONFIG", "ERR_INVALID_INPUT", "ERR_BAD_MODEL", "ERR_DEVICE", "ERR_TOO_LARGE", "ERR_BUSY", "ERR_OUTPUT_EXISTS", "ERR_IO"];
 
 impl Error {
     /// Stable machine-readable code, the same in Rust, JS and the CLI.
@@ -63,7 +71,13 @@ impl Error {
             Error::Busy { .. } => "ERR_BUSY",
             Error::OutputExists { .. } => "ERR_OUTPUT_EXISTS",
             Error::Io { .. } => "ERR_IO",
+            Error::OnRank { code, .. } => code,
         }
+    }
+
+    /// The static code named `name` (an error sent by another rank); `ERR_INVALID_INPUT` if none is.
+    pub fn code_named(name: &str) -> &'static str {
+        CODES.iter().find(|&&c| c == name).copied().unwrap_or("ERR_INVALID_INPUT")
     }
 
     pub(crate) fn bad_chunk(file: &Path, array: &str, problem: impl Into<String>) -> Self {

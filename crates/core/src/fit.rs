@@ -16,6 +16,7 @@ use crate::model::{HistoryEntry, Model, SufficientStats, STORED_TREE_MAX_K};
 use crate::run_folder::{RunFolder, RunKind, RunOptions};
 use crate::pass::PassStats;
 use crate::quantiles::QuantileSample;
+use crate::ranks::{agree, align_with_rank0, all_reduce_stats, gather_exemplars, Collective, Share};
 use crate::cache::{self, ChunkCache};
 use crate::stream::{chunk_names, report, Phase, Progress};
 use std::path::{Path, PathBuf};
@@ -47,35 +48,67 @@ pub struct FitRequest<'a> {
     /// Where the fit runs and why (`kernels::Chosen::reason`), recorded in the model;
     /// `None` records the backend's name.
     pub device: Option<&'a str>,
+    /// The processes of the run (`ranks::OneProcess` for one; docs/scaling.md "Many servers"):
+    /// each reads its share of the chunks and writes their memberships files, rank 0 writes the
+    /// model and the checkpoint, and every rank returns the same model.
+    pub ranks: &'a dyn Collective,
 }
 
 /// Runs a whole fit and writes its outputs; returns the fitted model (also saved as
 /// `<output_dir>/model.safetensors`).
 pub fn fit_chunks(request: FitRequest, backend: &dyn Backend, progress: &mut dyn FnMut(&Progress)) -> Result<Model> {
-    let FitRequest { config, initial_centers, chunks, output_dir, resume, overwrite, device } = request;
+    let FitRequest { config, initial_centers, chunks, output_dir, resume, overwrite, device, ranks: comm } = request;
     let device = device.map_or_else(|| backend.name(), String::from);
-    config.validate()?;
-    let names = chunk_names(chunks)?;
-    check_memory(config, backend)?;
-    let fingerprints = chunks.iter().map(|p| ChunkFingerprint::of(p)).collect::<Result<Vec<_>>>()?;
-    let mut folder = RunFolder::open(output_dir, RunKind::Fit, chunks, RunOptions { resume, overwrite })?;
-    let model = fit_into(config, initial_centers, chunks, &names, &fingerprints, &mut folder, resume, device, backend, progress)?;
-    folder.commit(chunks)?;
-    // The model is in place; the checkpoint has done its job.
-    match std::fs::remove_file(Checkpoint::path_in(output_dir)) {
-        Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(Error::io(&Checkpoint::path_in(output_dir), e)),
-        _ => {}
+    let device = if comm.size() > 1 { format!("{device}, on each of {} ranks", comm.size()) } else { device };
+    let checked = (|| {
+        config.validate()?;
+        let names = chunk_names(chunks)?;
+        check_memory(config, backend)?;
+        let fingerprints = chunks.iter().map(|p| ChunkFingerprint::of(p)).collect::<Result<Vec<_>>>()?;
+        Ok((names, fingerprints, Share::of(chunks, comm)?))
+    })();
+    let (names, fingerprints, share) = agree(comm, checked)?;
+    // Rank 0 holds the folder; the other ranks write into its staging area.
+    let opened = if comm.rank() == 0 { RunFolder::open(output_dir, RunKind::Fit, chunks, RunOptions { resume, overwrite }).map(Some) } else { Ok(None) };
+    let opened = agree(comm, opened)?;
+    let staging = comm.broadcast(opened.as_ref().map(|f| f.staging_name().into_bytes()).unwrap_or_default())?;
+    let folder = match opened {
+        Some(folder) => Ok(folder),
+        None => RunFolder::join(output_dir, RunKind::Fit, &String::from_utf8_lossy(&staging)),
+    };
+    let mut folder = agree(comm, folder)?;
+    let model = fit_into(config, initial_centers, &share, &names, &fingerprints, &mut folder, resume, device, backend, comm, progress);
+    let committed = model.and_then(|model| {
+        if comm.rank() == 0 {
+            // Every rank's memberships files are in the staging area by now.
+            names.iter().for_each(|n| {
+                folder.staged(&memberships_file::file_name_for(n));
+            });
+            folder.commit(chunks)?;
+            // The model is in place; the checkpoint has done its job.
+            match std::fs::remove_file(Checkpoint::path_in(output_dir)) {
+                Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(Error::io(&Checkpoint::path_in(output_dir), e)),
+                _ => {}
+            }
+        }
+        Ok(model)
+    });
+    // Rank 0's last steps can fail after the others are done: they wait for its word here.
+    match agree(comm, committed)? {
+        Some(model) => Ok(model),
+        None => Model::load(&output_dir.join("model.safetensors")),
     }
-    Ok(model)
 }
 
 /// `fit_chunks` once its inputs are checked and the output folder is held: writes the outputs
-/// into the folder's staging area.
+/// into the folder's staging area; returns the model on rank 0 (the only rank that writes it).
 #[allow(clippy::too_many_arguments)]
-fn fit_into(config: &ClusteringConfig, initial_centers: Option<Centers>, chunks: &[PathBuf], names: &[String], fingerprints: &[ChunkFingerprint], folder: &mut RunFolder, resume: bool, device: String, backend: &dyn Backend, progress: &mut dyn FnMut(&Progress)) -> Result<Model> {
+fn fit_into(config: &ClusteringConfig, initial_centers: Option<Centers>, share: &Share, names: &[String], fingerprints: &[ChunkFingerprint], folder: &mut RunFolder, resume: bool, device: String, backend: &dyn Backend, comm: &dyn Collective, progress: &mut dyn FnMut(&Progress)) -> Result<Option<Model>> {
     let output_dir = &folder.dir().to_path_buf();
-    let checkpoint = if resume { Checkpoint::load(output_dir)? } else { None };
-    let mut cache = ChunkCache::new(config.cache, cache::estimated_bytes(chunks)?);
+    let root = comm.rank() == 0;
+    let opened = (|| Ok((if resume { Checkpoint::load(output_dir)? } else { None }, cache::estimated_bytes(&share.paths)?)))();
+    let (checkpoint, estimated) = agree(comm, opened)?;
+    let mut cache = ChunkCache::new(config.cache, estimated);
     // `config` with the temperature as a number (chosen at init when it is `auto`).
     let (config, mut centers, mut history, mut iterations_done, auto_temperature) = match checkpoint {
         Some(cp) => {
@@ -83,11 +116,11 @@ fn fit_into(config: &ClusteringConfig, initial_centers: Option<Centers>, chunks:
                 (Temperature::Auto, Some(rule)) => ClusteringConfig { temperature: cp.config.temperature, temperature_rule: Some(rule.clone()), ..config.clone() },
                 _ => config.clone(),
             };
-            cp.check_matches(&resumed, &fingerprints)?;
+            agree(comm, cp.check_matches(&resumed, fingerprints))?;
             (resumed, cp.centers, cp.history, cp.iterations_done, None)
         }
         None => {
-            let start = start(config, initial_centers, chunks, &mut cache, backend, progress)?;
+            let start = start(config, initial_centers, share, &mut cache, backend, comm, progress)?;
             let resolved = ClusteringConfig { temperature: Temperature::Fixed(start.temperature), temperature_rule: start.temperature_rule, ..config.clone() };
             (resolved, start.centers, Vec::new(), false, start.auto_temperature)
         }
@@ -97,26 +130,36 @@ fn fit_into(config: &ClusteringConfig, initial_centers: Option<Centers>, chunks:
     let mut iteration = history.len();
     while !iterations_done && iteration < config.n_iterations {
         iteration += 1;
-        let (next, entry) = iterate(config, &centers, chunks, &mut cache, backend, (iteration, iteration, config.n_iterations), None, progress)?;
+        let (next, entry) = iterate(config, &centers, share, &mut cache, backend, comm, (iteration, iteration, config.n_iterations), None, progress)?;
         let max_shift = entry.max_shift;
         history.push(entry);
         centers = next;
         iterations_done = max_shift < config.tol || iteration == config.n_iterations;
-        Checkpoint::write(output_dir, config, &centers, &history, &fingerprints, iterations_done)?;
+        let written = if root { Checkpoint::write(output_dir, config, &centers, &history, fingerprints, iterations_done) } else { Ok(()) };
+        agree(comm, written)?;
     }
 
     // The output pass: memberships files, exemplars, per-cluster statistics.
     let candidates = (ExemplarHeaps::new(config.n_clusters, config.n_exemplars), QuantileSample::new(config.n_clusters, config.quantile_bins, config.quantile_examples, config.seed));
-    let out = output_pass(config, &centers, chunks, names, 0, candidates, &mut cache, Some(folder), backend, progress)?;
+    let local_names: Vec<String> = share.ids.iter().map(|&i| names[i].clone()).collect();
+    let out = output_pass(config, &centers, share, &local_names, candidates, &mut cache, Some(folder), backend, comm, progress)?;
     let (stats, entropy) = (out.stats, out.entropy);
-    let warnings = collapse_warning(config, &centers, entropy, backend, |config| match config.temperature_rule {
-        Some(_) => "it was chosen by \"auto\"; try more nIterations or fewer clusters".to_string(),
+    // Whether the fit collapsed is rank 0's to say; then every rank takes part in the suggestion.
+    let collapsed = is_collapsed(&centers, entropy, backend);
+    let collapsed = comm.broadcast(vec![u8::from(*collapsed.as_ref().unwrap_or(&false))])?.first() == Some(&1);
+    let suggestion = match (collapsed, &config.temperature_rule) {
+        (false, _) => String::new(),
+        (true, Some(_)) => "it was chosen by \"auto\"; try more nIterations or fewer clusters".to_string(),
         // Best effort: the suggestion must not fail a fit whose outputs are written.
-        None => match auto_temperature.map_or_else(|| suggested_temperature(config, chunks, &mut cache, backend), Ok) {
+        (true, None) => match auto_temperature.map_or_else(|| suggested_temperature(config, share, &mut cache, backend, comm), Ok) {
             Ok(t) => format!("temperature \"auto\" would choose {t:.3} for this data"),
             Err(e) => format!("rerun with temperature \"auto\" (its value could not be computed here: {e})"),
         },
-    })?;
+    };
+    if !root {
+        return Ok(None);
+    }
+    let warnings = collapse_warning(config, &centers, entropy, backend, |_| suggestion)?;
 
     let model = Model {
         config: config.clone(),
@@ -135,7 +178,7 @@ fn fit_into(config: &ClusteringConfig, initial_centers: Option<Centers>, chunks:
     }
     .with_hierarchy()?;
     model.save(&folder.staged("model.safetensors"))?;
-    Ok(model)
+    Ok(Some(model))
 }
 
 /// `old * decay + new`, element by element; `new` alone without old sums, so that a pass with
@@ -147,22 +190,30 @@ pub(crate) fn with_prior(prior: Option<(&[f64], f64)>, new: &[f64]) -> Vec<f64> 
     }
 }
 
-/// One iteration (docs/algorithm.md "Iterations"): a pass over the chunks under `centers`, its
-/// sums added to `prior` (an update's stored sums and their decay; none in a fit), the center
-/// update with reseeding, and the history entry. `numbers` = (history number, step, steps).
+/// One iteration (docs/algorithm.md "Iterations"): a pass over this rank's chunks under
+/// `centers`, its sums added over the ranks and to `prior` (an update's stored sums and their
+/// decay; none in a fit), the center update with reseeding (rank 0's centers go to every rank),
+/// and the history entry. `numbers` = (history number, step, steps).
 #[allow(clippy::too_many_arguments)]
-pub(crate) fn iterate(config: &ClusteringConfig, centers: &Centers, chunks: &[PathBuf], cache: &mut ChunkCache, backend: &dyn Backend, numbers: (usize, usize, usize), prior: Option<(&SufficientStats, f64)>, progress: &mut dyn FnMut(&Progress)) -> Result<(Centers, HistoryEntry)> {
+pub(crate) fn iterate(config: &ClusteringConfig, centers: &Centers, share: &Share, cache: &mut ChunkCache, backend: &dyn Backend, comm: &dyn Collective, numbers: (usize, usize, usize), prior: Option<(&SufficientStats, f64)>, progress: &mut dyn FnMut(&Progress)) -> Result<(Centers, HistoryEntry)> {
     let (number, step, steps) = numbers;
     let params = MembershipParams::try_from(config)?;
     let started = Instant::now();
-    let mut pass = backend.begin_pass(config.n_clusters, config.d_model, true);
-    let data = cache.describe();
-    cache.stream(chunks, config.d_model, |i, chunk| {
-        pass.run(centers, &Tokens::from_chunk(chunk, i), params, Want::default())?;
-        report(progress, Phase::Iterate, step, steps, i, chunks.len(), pass.n_rows(), started);
-        Ok(())
-    })?;
-    let mut stats = pass.finish()?;
+    let data = match comm.size() {
+        1 => cache.describe(),
+        n => format!("{} (rank 0 of {n}, its share)", cache.describe()),
+    };
+    let local = (|| {
+        let mut pass = backend.begin_pass(config.n_clusters, config.d_model, true);
+        cache.stream(&share.paths, config.d_model, |i, chunk| {
+            pass.run(centers, &Tokens::from_chunk(chunk, share.ids[i]), params, Want::default())?;
+            report(progress, Phase::Iterate, step, steps, i, share.paths.len(), pass.n_rows(), started);
+            Ok(())
+        })?;
+        pass.finish()
+    })();
+    let mut stats = agree(comm, local)?;
+    all_reduce_stats(&mut stats, comm)?;
     if stats.n_rows == 0 {
         return Err(Error::invalid_input("chunks", "hold no real, non-zero tokens to cluster"));
     }
@@ -171,7 +222,10 @@ pub(crate) fn iterate(config: &ClusteringConfig, centers: &Centers, chunks: &[Pa
         stats.s = with_prior(Some((&old.s, decay)), &stats.s);
         stats.mass = with_prior(Some((&old.m, decay)), &stats.mass);
     }
-    let (next, reseeds, twins) = updated_centers(centers, &stats, backend)?;
+    let (mut next, reseeds, twins) = updated_centers(centers, &stats, backend)?;
+    // Every rank updated from the same sums; a GEMM (twins) that rounds differently on another
+    // machine must still not let the ranks drift apart.
+    align_with_rank0(comm, &mut next.data)?;
     let max_shift = (0..centers.k)
         .map(|c| 1.0 - centers.row(c).iter().zip(next.row(c)).map(|(&a, &b)| f64::from(a) * f64::from(b)).sum::<f64>())
         .fold(0.0, f64::max);
@@ -179,14 +233,19 @@ pub(crate) fn iterate(config: &ClusteringConfig, centers: &Centers, chunks: &[Pa
     Ok((next, entry))
 }
 
+/// Whether centers and the output pass's `entropy` call for the collapse warning.
+fn is_collapsed(centers: &Centers, entropy: f64, backend: &dyn Backend) -> Result<bool> {
+    Ok(entropy >= COLLAPSED_ENTROPY || !twin_pairs(centers, backend)?.is_empty())
+}
+
 /// The collapse warning (docs/algorithm.md "Collapse warning") of a model whose output pass
 /// left `entropy`: none unless twin centers remain or the entropy is near 1; `suggestion` says
 /// what to try, and is asked for only then.
 pub(crate) fn collapse_warning(config: &ClusteringConfig, centers: &Centers, entropy: f64, backend: &dyn Backend, suggestion: impl FnOnce(&ClusteringConfig) -> String) -> Result<Vec<String>> {
-    let twins = twin_pairs(centers, backend)?.len();
-    if twins == 0 && entropy < COLLAPSED_ENTROPY {
+    if !is_collapsed(centers, entropy, backend)? {
         return Ok(Vec::new());
     }
+    let twins = twin_pairs(centers, backend)?.len();
     let t = MembershipParams::try_from(config)?.temperature;
     Ok(vec![format!(
         "the fit ended collapsed at temperature {t}: {twins} twin center pairs above cosine {TWIN_COSINE}, partition entropy {entropy:.3} (1 = every token in every cluster alike); {}",
@@ -204,32 +263,42 @@ pub(crate) struct OutputPass {
     pub entropy: f64,
 }
 
-/// The output pass (docs/algorithm.md "Output pass"): one more pass under `centers` that writes
-/// each chunk's memberships file into the folder's staging area (when there is a folder) and
-/// offers every token to the exemplar heaps and the quantile sample (chunk `i` is numbered
-/// `first_chunk + i` in their locations).
+/// The output pass (docs/algorithm.md "Output pass"): one more pass under `centers` over this
+/// rank's chunks (`names`: theirs) that writes each one's memberships file into the folder's
+/// staging area (when there is a folder) and offers every token to the exemplar heaps and the
+/// quantile sample (chunks numbered by `share.ids` in their locations). The sums and counts are
+/// added over the ranks; rank 0 gets every rank's exemplars.
 #[allow(clippy::too_many_arguments)]
-pub(crate) fn output_pass(config: &ClusteringConfig, centers: &Centers, chunks: &[PathBuf], names: &[String], first_chunk: usize, candidates: (ExemplarHeaps, QuantileSample), cache: &mut ChunkCache, mut folder: Option<&mut RunFolder>, backend: &dyn Backend, progress: &mut dyn FnMut(&Progress)) -> Result<OutputPass> {
+pub(crate) fn output_pass(config: &ClusteringConfig, centers: &Centers, share: &Share, names: &[String], candidates: (ExemplarHeaps, QuantileSample), cache: &mut ChunkCache, mut folder: Option<&mut RunFolder>, backend: &dyn Backend, comm: &dyn Collective, progress: &mut dyn FnMut(&Progress)) -> Result<OutputPass> {
     let started = Instant::now();
     let (mut heaps, mut quantiles) = candidates;
     let params = MembershipParams::try_from(config)?;
-    let mut pass = backend.begin_pass(config.n_clusters, config.d_model, true);
     let mut entropy_sum = 0f64;
-    let mut memberships = memberships_file::FileMemberships::default();
-    cache.stream(chunks, config.d_model, |i, chunk| {
-        let out = pass.run(centers, &Tokens::from_chunk(chunk, i), params, Want { sparse: true, ..Want::default() })?;
-        entropy_sum += out.sparse.as_ref().map_or(0.0, |s| s.value.iter().filter(|&&p| p > 0.0).map(|&p| -f64::from(p) * f64::from(p).ln()).sum());
-        exemplars::collect(&mut heaps, chunk, first_chunk + i, &out, config.context_window, config.distinct_contexts);
-        quantiles.collect(chunk, first_chunk + i, &out, config.context_window);
-        if let Some(folder) = folder.as_deref_mut() {
-            if memberships.add(chunk, &out) {
-                memberships.write(&folder.staged(&memberships_file::file_name_for(&names[i])), &names[i], chunk, config.n_clusters)?;
+    let local = (|| {
+        let mut pass = backend.begin_pass(config.n_clusters, config.d_model, true);
+        let mut memberships = memberships_file::FileMemberships::default();
+        cache.stream(&share.paths, config.d_model, |i, chunk| {
+            let (id, w) = (share.ids[i], config.context_window);
+            let out = pass.run(centers, &Tokens::from_chunk(chunk, id), params, Want { sparse: true, ..Want::default() })?;
+            entropy_sum += out.sparse.as_ref().map_or(0.0, |s| s.value.iter().filter(|&&p| p > 0.0).map(|&p| -f64::from(p) * f64::from(p).ln()).sum());
+            exemplars::collect(&mut heaps, chunk, id, &out, w, config.distinct_contexts);
+            quantiles.collect(chunk, id, &out, w);
+            if let Some(folder) = folder.as_deref_mut() {
+                if memberships.add(chunk, &out) {
+                    memberships.write(&folder.staged(&memberships_file::file_name_for(&names[i])), &names[i], chunk, config.n_clusters)?;
+                }
             }
-        }
-        report(progress, Phase::Output, 0, config.n_iterations, i, chunks.len(), pass.n_rows(), started);
-        Ok(())
-    })?;
-    let stats = pass.finish()?;
+            report(progress, Phase::Output, 0, config.n_iterations, i, share.paths.len(), pass.n_rows(), started);
+            Ok(())
+        })?;
+        pass.finish()
+    })();
+    let mut stats = agree(comm, local)?;
+    all_reduce_stats(&mut stats, comm)?;
+    let mut entropy_sum = [entropy_sum];
+    comm.all_reduce_sum(&mut entropy_sum)?;
+    let entropy_sum = entropy_sum[0];
+    gather_exemplars(&mut heaps, &mut quantiles, comm)?;
     let entropy = if config.n_clusters > 1 && stats.n_rows > 0 { entropy_sum / stats.n_rows as f64 / (config.n_clusters as f64).ln() } else { 0.0 };
     Ok(OutputPass { stats, exemplars: heaps, quantiles, entropy })
 }

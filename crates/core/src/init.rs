@@ -4,12 +4,15 @@
 
 use crate::config::{ClusteringConfig, Temperature};
 use crate::error::{Error, Result};
+use crate::exemplars::Location;
 use crate::kernels::{for_each_cosine_row, prepare_rows, unit_row, Backend, Centers, Tokens};
 use crate::cache::ChunkCache;
-use crate::stream::{report, reservoir_slot, Phase, Progress};
+use crate::quantiles;
+use crate::ranks::{agree, Collective, Share};
+use crate::stream::{report, Phase, Progress};
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
-use std::path::PathBuf;
+use std::collections::BinaryHeap;
 use std::time::Instant;
 
 /// Tokens sampled for init: enough for the warm-up and the temperature rule to see each
@@ -19,31 +22,79 @@ pub fn sample_size(k: usize) -> usize {
     (16 * k).clamp(16384, 32768).max(k)
 }
 
-/// A seeded uniform sample (reservoir, algorithm R) of the unit vectors of real tokens.
-fn sample_tokens(config: &ClusteringConfig, chunks: &[PathBuf], cache: &mut ChunkCache, rng: &mut ChaCha8Rng, progress: &mut dyn FnMut(&Progress)) -> Result<Vec<f32>> {
+/// Salt of the sample's keys, so that they are not the quantile sample's.
+const SAMPLE_SALT: u64 = 0x5a3c_91e7_d204_6b1f;
+
+/// A sampled token: its key, its location (chunk number in the run, batch, position), its unit vector.
+type Sampled = (u64, Location, Vec<f32>);
+
+/// A seeded uniform sample of the unit vectors of real tokens: the `sample_size(K)` tokens with
+/// the smallest keys, a hash of the seed and the token's location (ties: the earliest location),
+/// in key order. It depends neither on the order chunks are read in nor on how they are shared
+/// among ranks: each rank keeps its own smallest, the ranks agree on the cut from the keys alone,
+/// and rank 0 gets the rows under it (the other ranks get none).
+fn sample_tokens(config: &ClusteringConfig, share: &Share, cache: &mut ChunkCache, comm: &dyn Collective, progress: &mut dyn FnMut(&Progress)) -> Result<Vec<f32>> {
     let (k, d) = (config.n_clusters, config.d_model);
     let capacity = sample_size(k);
-    let mut sample: Vec<f32> = Vec::with_capacity(capacity * d);
-    let mut seen: u64 = 0;
-    let started = Instant::now();
-    // Reservoir sampling (algorithm R) over every real, non-zero token of every chunk.
-    cache.stream(chunks, d, |i, chunk| {
-        let tokens = Tokens::from_chunk(chunk, i);
-        let rows = prepare_rows(&tokens)?;
-        for (&t, &inv) in rows.token.iter().zip(&rows.inv_norm) {
-            let slot = reservoir_slot(rng, seen, capacity);
-            if slot == Some(sample.len() / d) {
-                sample.resize(sample.len() + d, 0.0);
+    let seed = config.seed ^ SAMPLE_SALT;
+    let local = (|| {
+        // A max-heap on (key, location): the top is the first to go when a smaller key comes.
+        let mut kept: BinaryHeap<(u64, Location, usize)> = BinaryHeap::with_capacity(capacity + 1);
+        let mut rows: Vec<f32> = Vec::with_capacity(capacity * d);
+        let mut seen: u64 = 0;
+        let started = Instant::now();
+        cache.stream(&share.paths, d, |i, chunk| {
+            let tokens = Tokens::from_chunk(chunk, share.ids[i]);
+            let prepared = prepare_rows(&tokens)?;
+            let seq_len = tokens.seq_len.max(1);
+            for (&t, &inv) in prepared.token.iter().zip(&prepared.inv_norm) {
+                let at = (share.ids[i], tokens.first_row + t as usize / seq_len, t as usize % seq_len);
+                let key = quantiles::key(seed, at);
+                let slot = if kept.len() < capacity {
+                    rows.resize(rows.len() + d, 0.0);
+                    kept.len()
+                } else if kept.peek().is_some_and(|top| (key, at) < (top.0, top.1)) {
+                    kept.pop().expect("full").2
+                } else {
+                    continue;
+                };
+                unit_row(&tokens, t as usize, inv, &mut rows[slot * d..(slot + 1) * d]);
+                kept.push((key, at, slot));
             }
-            if let Some(slot) = slot {
-                unit_row(&tokens, t as usize, inv, &mut sample[slot * d..(slot + 1) * d]);
-            }
-            seen += 1;
+            seen += prepared.len() as u64;
+            report(progress, Phase::Init, 0, config.n_iterations, i, share.paths.len(), seen, started);
+            Ok(())
+        })?;
+        Ok(kept.into_vec().into_iter().map(|(key, at, slot)| (key, at, rows[slot * d..(slot + 1) * d].to_vec())).collect::<Vec<Sampled>>())
+    })();
+    let mut sample = agree(comm, local)?;
+    if comm.size() > 1 {
+        // The cut: the `capacity`-th smallest (key, location) of all ranks.
+        let keys: Vec<u8> = sample.iter().flat_map(|(key, at, _)| [*key, at.0 as u64, at.1 as u64, at.2 as u64]).flat_map(u64::to_le_bytes).collect();
+        let mut all: Vec<(u64, Location)> = comm
+            .all_gather(keys)?
+            .iter()
+            .flat_map(|b| b.chunks_exact(32).map(|e| e.chunks_exact(8).map(|v| u64::from_le_bytes(v.try_into().expect("8 bytes"))).collect::<Vec<u64>>()))
+            .map(|v| (v[0], (v[1] as usize, v[2] as usize, v[3] as usize)))
+            .collect();
+        all.sort_unstable();
+        if let Some(&cut) = all.get(capacity.saturating_sub(1)) {
+            sample.retain(|(key, at, _)| (*key, *at) <= cut);
         }
-        report(progress, Phase::Init, 0, config.n_iterations, i, chunks.len(), seen, started);
-        Ok(())
-    })?;
-    Ok(sample)
+        let mine: Vec<u8> = sample.iter().flat_map(|(key, at, row)| [*key, at.0 as u64, at.1 as u64, at.2 as u64].into_iter().flat_map(u64::to_le_bytes).chain(row.iter().flat_map(|v| v.to_le_bytes()))).collect();
+        let entry = 32 + 4 * d;
+        sample = comm
+            .gather(mine)?
+            .iter()
+            .flat_map(|b| b.chunks_exact(entry))
+            .map(|e| {
+                let v: Vec<u64> = e[..32].chunks_exact(8).map(|v| u64::from_le_bytes(v.try_into().expect("8 bytes"))).collect();
+                (v[0], (v[1] as usize, v[2] as usize, v[3] as usize), e[32..].chunks_exact(4).map(|v| f32::from_le_bytes(v.try_into().expect("4 bytes"))).collect())
+            })
+            .collect();
+    }
+    sample.sort_unstable_by(|a, b| (a.0, a.1).cmp(&(b.0, b.1)));
+    Ok(sample.into_iter().flat_map(|(_, _, row)| row).collect())
 }
 
 /// Spherical k-means++ (distance `1 - cos`) over the unit rows of `sample`.
@@ -114,13 +165,51 @@ const AUTO_RANGE: (f64, f64) = (1e-3, 1.0);
 /// the seeded sample is drawn, k-means++ and the hard warm-up run on it (not with `initial`),
 /// and an `auto` temperature is chosen from the clusters of the sample. The chunks are read
 /// through `cache` (this first pass fills it).
-pub fn start(config: &ClusteringConfig, initial: Option<Centers>, chunks: &[PathBuf], cache: &mut ChunkCache, backend: &dyn Backend, progress: &mut dyn FnMut(&Progress)) -> Result<Start> {
+pub fn start(config: &ClusteringConfig, initial: Option<Centers>, share: &Share, cache: &mut ChunkCache, backend: &dyn Backend, comm: &dyn Collective, progress: &mut dyn FnMut(&Progress)) -> Result<Start> {
     if let (Some(centers), Temperature::Fixed(t)) = (&initial, config.temperature) {
         return Ok(Start { centers: centers.clone(), temperature: t, temperature_rule: None, auto_temperature: None });
     }
+    let sample = sample_tokens(config, share, cache, comm, progress)?;
+    // Rank 0 alone runs k-means++ and the warm-up on the sample, then hands the start to all.
+    let (k, d) = (config.n_clusters, config.d_model);
+    let on_root = if comm.rank() == 0 { start_from_sample(config, initial.clone(), &sample, backend).map(Some) } else { Ok(None) };
+    let start = agree(comm, on_root)?;
+    if comm.size() == 1 {
+        return Ok(start.expect("rank 0"));
+    }
+    let bytes = comm.broadcast(start.as_ref().map(encode_start).unwrap_or_default())?;
+    decode_start(&bytes, k, d)
+}
+
+/// A `Start` as bytes (rank 0 to the others): temperature, auto temperature (NaN: none), the
+/// rule's length and text, the centers; little-endian.
+fn encode_start(s: &Start) -> Vec<u8> {
+    let rule = s.temperature_rule.clone().unwrap_or_default().into_bytes();
+    let mut out = Vec::with_capacity(24 + rule.len() + 4 * s.centers.data.len());
+    out.extend(s.temperature.to_le_bytes());
+    out.extend(s.auto_temperature.unwrap_or(f64::NAN).to_le_bytes());
+    out.extend((rule.len() as u64).to_le_bytes());
+    out.extend(rule);
+    s.centers.data.iter().for_each(|v| out.extend(v.to_le_bytes()));
+    out
+}
+
+fn decode_start(bytes: &[u8], k: usize, d: usize) -> Result<Start> {
+    let f64_at = |at: usize| f64::from_le_bytes(bytes[at..at + 8].try_into().expect("8 bytes"));
+    let rule_len = bytes.get(16..24).map_or(usize::MAX, |b| u64::from_le_bytes(b.try_into().expect("8 bytes")) as usize);
+    if rule_len.checked_add(24 + 4 * k * d) != Some(bytes.len()) {
+        return Err(Error::invalid_input("init from rank 0", format!("{} bytes are not a start of {k} x {d} centers", bytes.len())));
+    }
+    let (temperature, auto) = (f64_at(0), f64_at(8));
+    let rule = String::from_utf8_lossy(&bytes[24..24 + rule_len]).into_owned();
+    let data = bytes[24 + rule_len..].chunks_exact(4).map(|b| f32::from_le_bytes(b.try_into().expect("4 bytes"))).collect();
+    Ok(Start { centers: Centers { k, d, data }, temperature, temperature_rule: (!rule.is_empty()).then_some(rule), auto_temperature: (!auto.is_nan()).then_some(auto) })
+}
+
+/// `start` once the sample is drawn.
+fn start_from_sample(config: &ClusteringConfig, initial: Option<Centers>, sample: &[f32], backend: &dyn Backend) -> Result<Start> {
     let (k, d) = (config.n_clusters, config.d_model);
     let mut rng = ChaCha8Rng::seed_from_u64(config.seed);
-    let sample = sample_tokens(config, chunks, cache, &mut rng, progress)?;
     let from_kmeans = initial.is_none();
     let centers = match initial {
         Some(c) => c,
@@ -129,18 +218,18 @@ pub fn start(config: &ClusteringConfig, initial: Option<Centers>, chunks: &[Path
             if n < k {
                 return Err(Error::invalid_input("chunks", format!("hold {n} real, non-zero tokens, fewer than nClusters = {k}")));
             }
-            let centers = kmeans_plus_plus(&sample, k, d, &mut rng, backend)?;
-            warm_up(&sample, centers, config.warmup_iterations, backend)?
+            let centers = kmeans_plus_plus(sample, k, d, &mut rng, backend)?;
+            warm_up(sample, centers, config.warmup_iterations, backend)?
         }
     };
     match config.temperature {
         Temperature::Fixed(t) => {
             // One pass over the sample now spares the collapse warning a second init.
-            let auto = if from_kmeans { Some(auto_temperature(&sample, &centers, backend)?.0) } else { None };
+            let auto = if from_kmeans { Some(auto_temperature(sample, &centers, backend)?.0) } else { None };
             Ok(Start { centers, temperature: t, temperature_rule: None, auto_temperature: auto })
         }
         Temperature::Auto => {
-            let (t, rule) = auto_temperature(&sample, &centers, backend)?;
+            let (t, rule) = auto_temperature(sample, &centers, backend)?;
             Ok(Start { centers, temperature: t, temperature_rule: Some(rule), auto_temperature: Some(t) })
         }
     }
@@ -148,9 +237,9 @@ pub fn start(config: &ClusteringConfig, initial: Option<Centers>, chunks: &[Path
 
 /// The temperature `auto` would choose for these chunks (for the collapse warning of a fit run
 /// at a numeric temperature): the same sample, k-means++ and warm-up as `start`.
-pub fn suggested_temperature(config: &ClusteringConfig, chunks: &[PathBuf], cache: &mut ChunkCache, backend: &dyn Backend) -> Result<f64> {
+pub fn suggested_temperature(config: &ClusteringConfig, share: &Share, cache: &mut ChunkCache, backend: &dyn Backend, comm: &dyn Collective) -> Result<f64> {
     let auto = ClusteringConfig { temperature: Temperature::Auto, temperature_rule: None, ..config.clone() };
-    start(&auto, None, chunks, cache, backend, &mut |_| {}).map(|s| s.temperature)
+    start(&auto, None, share, cache, backend, comm, &mut |_| {}).map(|s| s.temperature)
 }
 
 /// Index of the best center of each sample row (ties: the lowest index) and its cosine.

@@ -44,6 +44,7 @@ pub mod split;
 pub mod stream;
 pub mod transform;
 pub mod update;
+pub mod world;
 
 pub use config::{CacheSetting, ClusteringConfig, Device, Precision, Temperature};
 pub use model::{HistoryEntry, Model};

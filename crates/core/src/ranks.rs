@@ -1,10 +1,13 @@
-//! Building blocks of a fit over several processes (issue 16, docs/scaling.md "Many servers"):
-//! which chunks each rank reads, and the collective operations a rank needs, behind a trait so
-//! that the orchestration can be tested with ranks that are threads of one process before an
-//! MPI implementation (rsmpi, behind a cargo feature) plugs in. Not used by a fit yet.
+//! A fit over several processes (docs/scaling.md "Many servers"): which chunks each rank reads,
+//! the collective operations a rank needs (behind a trait: MPI in `mpi_world`, threads of one
+//! process in tests, `OneProcess` for everything else), and the agreement that makes an error on
+//! one rank end every rank.
 
 use crate::error::{Error, Result};
+use crate::exemplars::{Exemplar, ExemplarHeaps};
 use crate::pass::{Farthest, PassStats};
+use crate::quantiles::QuantileSample;
+use std::path::PathBuf;
 use std::sync::{Arc, Barrier, Mutex};
 
 /// The chunks of each of `ranks` ranks, balanced by token counts: chunks by decreasing size
@@ -25,14 +28,94 @@ pub fn assign_chunks(tokens_per_chunk: &[u64], ranks: usize) -> Vec<Vec<usize>> 
     lists
 }
 
-/// What a rank asks of the others.
-pub trait Collective: Send {
+/// This rank's part of a run: its chunk files, in run order, and their numbers among all the
+/// run's chunks (exemplar locations and reseed candidates use those).
+#[derive(Debug, Clone, PartialEq)]
+pub struct Share {
+    pub paths: Vec<PathBuf>,
+    pub ids: Vec<usize>,
+}
+
+impl Share {
+    /// Every chunk: a run in one process.
+    pub fn all(paths: &[PathBuf]) -> Share {
+        Share { paths: paths.to_vec(), ids: (0..paths.len()).collect() }
+    }
+
+    /// This rank's chunks under `assign_chunks`, by the token counts in the chunk headers.
+    pub fn of(paths: &[PathBuf], comm: &dyn Collective) -> Result<Share> {
+        if comm.size() == 1 {
+            return Ok(Share::all(paths));
+        }
+        let tokens = paths
+            .iter()
+            .map(|p| crate::sources::chunk_shape(p).map(|(b, s, _)| b as u64 * s as u64))
+            .collect::<Result<Vec<u64>>>()?;
+        let ids = assign_chunks(&tokens, comm.size()).swap_remove(comm.rank());
+        Ok(Share { paths: ids.iter().map(|&i| paths[i].clone()).collect(), ids })
+    }
+}
+
+/// What a rank asks of the others. Every rank makes the same calls in the same order.
+pub trait Collective: Send + Sync {
     fn rank(&self) -> usize;
     fn size(&self) -> usize;
-    /// Element-wise sum of `values` over the ranks; every rank gets the sum, added in rank order.
+    /// Element-wise sum of `values` over the ranks; every rank gets the same sum.
     fn all_reduce_sum(&self, values: &mut [f64]) -> Result<()>;
     /// Every rank's bytes, in rank order, on every rank.
     fn all_gather(&self, bytes: Vec<u8>) -> Result<Vec<Vec<u8>>>;
+    /// Rank 0's `bytes` on every rank (what the others pass is ignored).
+    fn broadcast(&self, bytes: Vec<u8>) -> Result<Vec<u8>> {
+        Ok(self.all_gather(bytes)?.swap_remove(0))
+    }
+    /// Every rank's bytes on rank 0, in rank order; the other ranks get an empty list.
+    fn gather(&self, bytes: Vec<u8>) -> Result<Vec<Vec<u8>>> {
+        let all = self.all_gather(bytes)?;
+        Ok(if self.rank() == 0 { all } else { Vec::new() })
+    }
+}
+
+/// A run in one process: rank 0 of 1.
+pub struct OneProcess;
+
+impl Collective for OneProcess {
+    fn rank(&self) -> usize {
+        0
+    }
+    fn size(&self) -> usize {
+        1
+    }
+    fn all_reduce_sum(&self, _: &mut [f64]) -> Result<()> {
+        Ok(())
+    }
+    fn all_gather(&self, bytes: Vec<u8>) -> Result<Vec<Vec<u8>>> {
+        Ok(vec![bytes])
+    }
+}
+
+/// Every rank's `result` of a step: `Ok` on every rank when every rank succeeded, else the error
+/// of the lowest failing rank, on every rank (`Error::OnRank`, naming that rank). Called by every
+/// rank after each step that can fail on one rank alone, so that no rank waits forever for one
+/// that gave up. In one process, `result` itself.
+pub fn agree<T>(comm: &dyn Collective, result: Result<T>) -> Result<T> {
+    if comm.size() == 1 {
+        return result;
+    }
+    let mine = match &result {
+        Ok(_) => Vec::new(),
+        Err(Error::OnRank { rank, code, message, .. }) => format!("{code}\0{rank}\0{message}").into_bytes(),
+        Err(e) => format!("{}\0{}\0{e}", e.code(), comm.rank()).into_bytes(),
+    };
+    let all = comm.all_gather(mine)?;
+    match all.iter().find(|b| !b.is_empty()) {
+        None => result,
+        Some(bytes) => {
+            let text = String::from_utf8_lossy(bytes);
+            let mut parts = text.splitn(3, '\0');
+            let (code, rank, message) = (parts.next().unwrap_or(""), parts.next().unwrap_or(""), parts.next().unwrap_or(""));
+            Err(Error::OnRank { rank: rank.parse().unwrap_or(0), size: comm.size(), code: Error::code_named(code), message: message.to_string() })
+        }
+    }
 }
 
 /// Ranks that are threads of one process (tests, and the reference the MPI implementation must
@@ -88,22 +171,50 @@ impl Collective for ThreadRanks {
     }
 }
 
+/// Rank 0's `values` on every rank (f32, little-endian on the wire).
+pub fn broadcast_f32s(comm: &dyn Collective, values: &mut Vec<f32>) -> Result<()> {
+    if comm.size() == 1 {
+        return Ok(());
+    }
+    let bytes = comm.broadcast(if comm.rank() == 0 { bytemuck::cast_slice(values).to_vec() } else { Vec::new() })?;
+    *values = bytes.chunks_exact(4).map(|b| f32::from_le_bytes(b.try_into().expect("4 bytes"))).collect();
+    Ok(())
+}
+
+/// Makes every rank's `values` rank 0's where a rank computed other bits: each rank's CRC-32 is
+/// compared first, and the values cross only when they differ (a GEMM that rounds differently on
+/// another machine). Returns whether they did.
+pub fn align_with_rank0(comm: &dyn Collective, values: &mut Vec<f32>) -> Result<bool> {
+    if comm.size() == 1 {
+        return Ok(false);
+    }
+    let crc = crc32fast::hash(bytemuck::cast_slice(values)).to_le_bytes().to_vec();
+    let all = comm.all_gather(crc)?;
+    if all.iter().all(|c| *c == all[0]) {
+        return Ok(false);
+    }
+    broadcast_f32s(comm, values)?;
+    Ok(true)
+}
+
 /// Sums a pass's statistics over the ranks: afterwards every rank holds the value one process
 /// would have merged from all the chunks (sums in float64, added in rank order; the reseed
 /// candidates gathered and kept as `PassStats::merge` keeps them).
 pub fn all_reduce_stats(stats: &mut PassStats, comm: &dyn Collective) -> Result<()> {
+    if comm.size() == 1 {
+        return Ok(());
+    }
     let k = stats.k;
-    // One buffer: S, m, hard counts, then objective, rows, skipped (counts are exact in f64 up to 2^53).
-    let mut buf: Vec<f64> = Vec::with_capacity(stats.s.len() + 2 * k + 3);
-    buf.extend_from_slice(&stats.s);
+    // S in place (512 MiB at K = 16384, D = 4096: no copy of it), then one small buffer: m, hard
+    // counts, objective, rows, skipped (counts are exact in f64 up to 2^53).
+    comm.all_reduce_sum(&mut stats.s)?;
+    let mut buf: Vec<f64> = Vec::with_capacity(2 * k + 3);
     buf.extend_from_slice(&stats.mass);
     buf.extend(stats.hard_count.iter().map(|&c| c as f64));
     buf.extend([stats.objective_sum, stats.n_rows as f64, stats.skipped as f64]);
     comm.all_reduce_sum(&mut buf)?;
-    let (s, rest) = buf.split_at(stats.s.len());
-    let (mass, rest) = rest.split_at(k);
+    let (mass, rest) = buf.split_at(k);
     let (hard, rest) = rest.split_at(k);
-    stats.s.copy_from_slice(s);
     stats.mass.copy_from_slice(mass);
     stats.hard_count.iter_mut().zip(hard).for_each(|(c, &v)| *c = v as u64);
     stats.objective_sum = rest[0];
@@ -119,6 +230,67 @@ pub fn all_reduce_stats(stats: &mut PassStats, comm: &dyn Collective) -> Result<
     }
     stats.farthest = merged.farthest;
     Ok(())
+}
+
+/// Offers every rank's exemplars and quantile examples to rank 0's (merges that do not depend
+/// on the order: rank 0 ends with what one process would keep); the other ranks' are left as
+/// they are, unused.
+pub fn gather_exemplars(heaps: &mut ExemplarHeaps, quantiles: &mut QuantileSample, comm: &dyn Collective) -> Result<()> {
+    if comm.size() == 1 {
+        return Ok(());
+    }
+    let mine = if comm.rank() == 0 {
+        Vec::new()
+    } else {
+        let mut wire = Vec::new();
+        let top = heaps.clone().into_sorted();
+        let bins = quantiles.clone().into_bins();
+        put_exemplars(&mut wire, top.iter().enumerate().flat_map(|(c, list)| list.iter().map(move |e| (c, e))));
+        put_exemplars(&mut wire, bins.iter().enumerate().flat_map(|(c, bins)| bins.iter().flatten().map(move |e| (c, e))));
+        wire
+    };
+    for part in comm.gather(mine)?.iter().skip(1) {
+        let mut at = 0;
+        for (cluster, e) in take_exemplars(part, &mut at)? {
+            heaps.offer(cluster, e);
+        }
+        for (cluster, e) in take_exemplars(part, &mut at)? {
+            quantiles.offer(cluster, e);
+        }
+    }
+    Ok(())
+}
+
+fn put_exemplars<'a>(wire: &mut Vec<u8>, list: impl Iterator<Item = (usize, &'a Exemplar)>) {
+    let list: Vec<_> = list.collect();
+    wire.extend((list.len() as u64).to_le_bytes());
+    for (cluster, e) in list {
+        for v in [cluster, e.chunk, e.batch, e.position, e.tokens.len(), e.context_memberships.len()] {
+            wire.extend((v as u64).to_le_bytes());
+        }
+        wire.extend(e.value.to_le_bytes());
+        e.tokens.iter().for_each(|t| wire.extend(t.to_le_bytes()));
+        e.context_memberships.iter().for_each(|m| wire.extend(m.to_le_bytes()));
+    }
+}
+
+fn take_exemplars(wire: &[u8], at: &mut usize) -> Result<Vec<(usize, Exemplar)>> {
+    let mut take = |n: usize| -> Result<&[u8]> {
+        let piece = wire.get(*at..*at + n).ok_or_else(|| Error::invalid_input("exemplars from a rank", format!("{} bytes end before entry data at {}", wire.len(), *at)))?;
+        *at += n;
+        Ok(piece)
+    };
+    let u64_of = |b: &[u8]| u64::from_le_bytes(b.try_into().expect("8 bytes")) as usize;
+    let count = u64_of(take(8)?);
+    let mut out = Vec::with_capacity(count.min(1 << 20));
+    for _ in 0..count {
+        let head: Vec<usize> = take(48)?.chunks_exact(8).map(u64_of).collect();
+        let value = f32::from_le_bytes(take(4)?.try_into().expect("4 bytes"));
+        let tokens = take(head[4].saturating_mul(8))?.chunks_exact(8).map(|b| i64::from_le_bytes(b.try_into().expect("8 bytes"))).collect();
+        let context_memberships = take(head[5].saturating_mul(4))?.chunks_exact(4).map(|b| f32::from_le_bytes(b.try_into().expect("4 bytes"))).collect();
+        out.push((head[0], Exemplar { value, chunk: head[1], batch: head[2], position: head[3], tokens, context_memberships }));
+    }
+    Ok(out)
 }
 
 fn encode_farthest(list: &[Farthest]) -> Vec<u8> {
@@ -207,6 +379,33 @@ mod tests {
             assert_eq!(got.farthest, want.farthest);
             got.s.iter().chain(&got.mass).zip(want.s.iter().chain(&want.mass)).for_each(|(a, b)| assert!((a - b).abs() < 1e-12));
             assert!((got.objective_sum - want.objective_sum).abs() < 1e-12);
+        }
+    }
+
+    #[test]
+    fn centers_that_differ_on_a_rank_become_rank_0s_and_equal_ones_stay() {
+        let results: Vec<(bool, Vec<f32>, bool)> = std::thread::scope(|scope| {
+            let handles: Vec<_> = ThreadRanks::new(3)
+                .into_iter()
+                .map(|comm| {
+                    scope.spawn(move || {
+                        let mut same = vec![0.25f32; 1000];
+                        let stayed = align_with_rank0(&comm, &mut same).unwrap();
+                        // Rank 2 rounded one value the other way.
+                        let mut values = vec![0.5f32; 1000];
+                        if comm.rank() == 2 {
+                            values[999] = f32::from_bits(0.5f32.to_bits() + 1);
+                        }
+                        let crossed = align_with_rank0(&comm, &mut values).unwrap();
+                        (stayed, values, crossed)
+                    })
+                })
+                .collect();
+            handles.into_iter().map(|h| h.join().unwrap()).collect()
+        });
+        for (rank, (stayed, values, crossed)) in results.into_iter().enumerate() {
+            assert!(!stayed && crossed, "rank {rank}");
+            assert_eq!(values, vec![0.5f32; 1000], "rank {rank}");
         }
     }
 }

@@ -66,6 +66,8 @@ pub struct RunFolder {
     staged: BTreeSet<String>,
     made_dir: bool,
     lock: Option<File>,
+    /// A rank that writes into another rank's run (`join`) leaves the staging folder alone.
+    joined: bool,
 }
 
 impl RunFolder {
@@ -78,11 +80,30 @@ impl RunFolder {
         // Unique within the process too (several runs of one process, into other folders).
         static RUNS: AtomicUsize = AtomicUsize::new(0);
         let staging = dir.join(temporary_name(&format!("run-{}", RUNS.fetch_add(1, Ordering::Relaxed))));
-        let mut folder = RunFolder { dir: dir.to_path_buf(), kind, staging, previous: BTreeSet::new(), staged: BTreeSet::new(), made_dir, lock: Some(lock) };
+        let mut folder = RunFolder { dir: dir.to_path_buf(), kind, staging, previous: BTreeSet::new(), staged: BTreeSet::new(), made_dir, lock: Some(lock), joined: false };
         remove_stale_temporaries(dir);
         folder.previous = folder.check_contents(inputs, options)?;
         std::fs::create_dir(&folder.staging).map_err(|e| Error::io(&folder.staging, e))?;
         Ok(folder)
+    }
+
+    /// Writes into the run that rank 0 of a run on several processes opened in `dir`, whose
+    /// staging folder is `staging_name` there: `staged` works, `commit` is rank 0's, and dropping
+    /// this handle removes nothing.
+    pub fn join(dir: &Path, kind: RunKind, staging_name: &str) -> Result<Self> {
+        let staging = dir.join(staging_name);
+        if !is_plain_name(staging_name) || !staging.is_dir() {
+            return Err(Error::invalid_input(
+                &dir.display().to_string(),
+                format!("this rank does not see the staging folder {staging_name} that rank 0 made there; the output folder must be on a filesystem every rank sees"),
+            ));
+        }
+        Ok(RunFolder { dir: dir.to_path_buf(), kind, staging, previous: BTreeSet::new(), staged: BTreeSet::new(), made_dir: false, lock: None, joined: true })
+    }
+
+    /// The staging folder's name in `dir`, for `join`.
+    pub fn staging_name(&self) -> String {
+        self.staging.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default()
     }
 
     pub fn dir(&self) -> &Path {
@@ -187,6 +208,9 @@ impl RunFolder {
 
 impl Drop for RunFolder {
     fn drop(&mut self) {
+        if self.joined {
+            return;
+        }
         let _ = std::fs::remove_dir_all(&self.staging);
         if let Some(lock) = self.lock.take() {
             // Removed while held: a run that opened it meanwhile sees that it is gone and retries.

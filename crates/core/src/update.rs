@@ -11,6 +11,7 @@ use crate::fit::{collapse_warning, iterate, output_pass, with_prior};
 use crate::kernels::Backend;
 use crate::model::{Model, Operation, SufficientStats};
 use crate::quantiles::QuantileSample;
+use crate::ranks::{OneProcess, Share};
 use crate::run_folder::{RunFolder, RunKind, RunOptions};
 use crate::sources::chunk_shape;
 use crate::stream::{chunk_names, Progress};
@@ -96,11 +97,12 @@ pub fn passes(model: &Model, chunks: &[PathBuf], iterations: usize, decay: f64, 
     let mut cache = ChunkCache::new(config.cache, cache::estimated_bytes(chunks)?);
     let keep_old = decay > 0.0;
     let prior = keep_old.then_some((old, decay));
+    let share = Share::all(chunks);
     let mut centers = model.centers.clone();
     let mut history = model.history.clone();
     let first = history.len();
     for step in 1..=iterations {
-        let (next, entry) = iterate(config, &centers, chunks, &mut cache, backend, (first + step, step, iterations), prior, progress)?;
+        let (next, entry) = iterate(config, &centers, &share, &mut cache, backend, &OneProcess, (first + step, step, iterations), prior, progress)?;
         let max_shift = entry.max_shift;
         history.push(entry);
         centers = next;
@@ -120,8 +122,10 @@ pub fn passes(model: &Model, chunks: &[PathBuf], iterations: usize, decay: f64, 
     }
     // Old quantile examples compete by their keys, as if the old chunks were passed again.
     let quantiles = if keep_old { QuantileSample::from_bins(config.quantile_examples, config.seed, &model.quantiles) } else { QuantileSample::new(k, config.quantile_bins, config.quantile_examples, config.seed) };
+    // New chunks are numbered after the old ones in exemplar locations.
     let first_chunk = if keep_old { model.chunks.len() } else { 0 };
-    let out = output_pass(config, &centers, chunks, &names, first_chunk, (heaps, quantiles), &mut cache, folder, backend, progress)?;
+    let numbered = Share { paths: chunks.to_vec(), ids: (first_chunk..first_chunk + chunks.len()).collect() };
+    let out = output_pass(config, &centers, &numbered, &names, (heaps, quantiles), &mut cache, folder, backend, &OneProcess, progress)?;
     let stats = SufficientStats {
         s: with_prior(prior.map(|(o, dc)| (&o.s[..], dc)), &out.stats.s),
         m: with_prior(prior.map(|(o, dc)| (&o.m[..], dc)), &out.stats.mass),

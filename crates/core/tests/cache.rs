@@ -22,7 +22,7 @@ fn config(cache: CacheSetting) -> ClusteringConfig {
 }
 
 fn fit(config: &ClusteringConfig, chunks: &[PathBuf], out: &Path, progress: &mut dyn FnMut(&Progress)) -> Result<Model> {
-    fit_chunks(FitRequest { config, initial_centers: None, chunks, output_dir: out, resume: false, overwrite: false, device: None }, &CpuBackend::default(), progress)
+    fit_chunks(FitRequest { config, initial_centers: None, chunks, output_dir: out, resume: false, overwrite: false, device: None, ranks: &soft_cluster_core::ranks::OneProcess }, &CpuBackend::default(), progress)
 }
 
 /// Everything but timings and where the data came from.

@@ -182,7 +182,7 @@ fn planted_config_on(device: &str) -> ClusteringConfig {
 }
 
 fn fit_with(backend: &dyn Backend, config: &ClusteringConfig, init: Option<Centers>, chunks: &[PathBuf], out: &Path) -> Model {
-    fit_chunks(FitRequest { config, initial_centers: init, chunks, output_dir: out, resume: false, overwrite: false, device: None }, backend, &mut |_| {}).unwrap()
+    fit_chunks(FitRequest { config, initial_centers: init, chunks, output_dir: out, resume: false, overwrite: false, device: None, ranks: &soft_cluster_core::ranks::OneProcess }, backend, &mut |_| {}).unwrap()
 }
 
 #[test]

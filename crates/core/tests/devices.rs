@@ -8,7 +8,7 @@ use soft_cluster_core::fit::{fit_chunks, FitRequest};
 use soft_cluster_core::kernels::cpu::CpuBackend;
 use soft_cluster_core::kernels::multi::MultiBackend;
 use soft_cluster_core::kernels::{Backend, Centers, MembershipParams, Tokens, Want};
-use soft_cluster_core::{memberships_file, ClusteringConfig, Model};
+use soft_cluster_core::{ClusteringConfig, Model};
 use std::path::{Path, PathBuf};
 
 fn minilm() -> Vec<PathBuf> {
@@ -56,17 +56,11 @@ fn fit(backend: &dyn Backend, out: &Path) -> Model {
     config.n_iterations = 4;
     config.tol = 0.0;
     let chunks = minilm();
-    fit_chunks(FitRequest { config: &config, initial_centers: None, chunks: &chunks, output_dir: out, resume: false, overwrite: false, device: None }, backend, &mut |_| {}).unwrap()
-}
-
-fn close(a: f64, b: f64, tol: f64, what: &str) {
-    assert!((a - b).abs() <= tol * (1.0 + b.abs()), "{what}: {a} vs {b}");
+    fit_chunks(FitRequest { config: &config, initial_centers: None, chunks: &chunks, output_dir: out, resume: false, overwrite: false, device: None, ranks: &soft_cluster_core::ranks::OneProcess }, backend, &mut |_| {}).unwrap()
 }
 
 #[test]
 fn a_fit_on_two_or_three_backends_is_the_single_backend_fit() {
-    // Masses and objectives are float64 sums of float32 memberships whose GEMM blocks differ by
-    // device, so they agree to about 1e-9 relative; 1e-6 is the bound for centers.
     let one_dir = tempfile::tempdir().unwrap();
     let one = fit(&CpuBackend::default(), one_dir.path());
     for n in [2, 3] {
@@ -74,32 +68,7 @@ fn a_fit_on_two_or_three_backends_is_the_single_backend_fit() {
         let backend = cpus(n);
         assert_eq!(backend.name(), vec!["cpu"; n].join("+"));
         let many = fit(&backend, dir.path());
-        // The same temperature, the same start (init runs its cosines on the devices too).
-        assert_eq!(many.config.temperature, one.config.temperature, "{n} backends");
-        for c in 0..one.centers.k {
-            let cos: f64 = one.centers.row(c).iter().zip(many.centers.row(c)).map(|(&a, &b)| f64::from(a) * f64::from(b)).sum();
-            assert!(1.0 - cos < 1e-6, "{n} backends, cluster {c}: cosine {cos}");
-        }
-        assert_eq!(many.cluster_count, one.cluster_count);
-        one.cluster_mass.iter().zip(&many.cluster_mass).for_each(|(a, b)| close(*a, *b, 1e-6, "mass"));
-        assert_eq!(many.history.len(), one.history.len());
-        for (x, y) in one.history.iter().zip(&many.history) {
-            assert_eq!((x.reseeds, x.twins, x.skipped), (y.reseeds, y.twins, y.skipped));
-            close(x.objective, y.objective, 1e-6, "objective");
-            x.mass.iter().zip(&y.mass).for_each(|(a, b)| close(*a, *b, 1e-6, "history mass"));
-        }
-        // Exemplars and quantile examples: the same tokens, values within float32 rounding.
-        let locations = |m: &Model| m.exemplars.iter().map(|l| l.iter().map(|e| e.location()).collect::<Vec<_>>()).collect::<Vec<_>>();
-        assert_eq!(locations(&many), locations(&one));
-        let sampled = |m: &Model| m.quantiles.iter().map(|bins| bins.iter().map(|l| l.iter().map(|e| e.location()).collect::<Vec<_>>()).collect::<Vec<_>>()).collect::<Vec<_>>();
-        assert_eq!(sampled(&many), sampled(&one));
-        // Memberships files: the same entries, values within 1e-5.
-        for chunk in minilm() {
-            let name = memberships_file::file_name_for(&chunk.file_name().unwrap().to_string_lossy());
-            let (a, b) = (memberships_file::read(&one_dir.path().join(&name)).unwrap(), memberships_file::read(&dir.path().join(&name)).unwrap());
-            assert_eq!(a.indices, b.indices, "{name}");
-            a.values.iter().zip(&b.values).for_each(|(x, y)| assert!((x - y).abs() < 1e-5, "{name}: {x} vs {y}"));
-        }
+        common::assert_same_fit(&one, one_dir.path(), &many, dir.path(), &minilm(), &format!("{n} backends"));
     }
 }
 
@@ -127,7 +96,7 @@ fn a_run_on_several_backends_joins_rows_in_order() {
     let (x, y) = (one.stats.unwrap(), many.stats.unwrap());
     assert_eq!((x.n_rows, x.skipped, &x.hard_count), (y.n_rows, y.skipped, &y.hard_count));
     assert_eq!(x.farthest.iter().map(|f| (f.chunk, f.token)).collect::<Vec<_>>(), y.farthest.iter().map(|f| (f.chunk, f.token)).collect::<Vec<_>>());
-    x.s.iter().zip(&y.s).for_each(|(a, b)| close(*a, *b, 1e-6, "S (float32 blocks summed in float64)"));
+    x.s.iter().zip(&y.s).for_each(|(a, b)| common::close(*a, *b, 1e-6, "S (float32 blocks summed in float64)"));
     // Cosines too (init's k-means++ computes with them).
     let rows = common::unit_rows(11, d, 5);
     assert_eq!(cpus(3).cosines(&rows, &centers.data, d).unwrap(), CpuBackend::default().cosines(&rows, &centers.data, d).unwrap());

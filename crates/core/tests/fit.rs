@@ -17,7 +17,7 @@ fn centers_file(name: &str) -> Centers {
 
 fn fit(config: &ClusteringConfig, init: Option<Centers>, chunks: &[PathBuf], out: &Path) -> Model {
     let mut reports: Vec<Progress> = Vec::new();
-    let model = fit_chunks(FitRequest { config, initial_centers: init, chunks, output_dir: out, resume: false, overwrite: false, device: None }, &CpuBackend::default(), &mut |p| reports.push(p.clone())).unwrap();
+    let model = fit_chunks(FitRequest { config, initial_centers: init, chunks, output_dir: out, resume: false, overwrite: false, device: None, ranks: &soft_cluster_core::ranks::OneProcess }, &CpuBackend::default(), &mut |p| reports.push(p.clone())).unwrap();
     assert!(!reports.is_empty(), "progress was reported");
     model
 }
@@ -175,15 +175,15 @@ fn failures_name_the_chunk_and_leave_no_model() {
     for bad in ["bad/wrong_d_model.npz", "bad/truncated.npz", "bad/nan_in_valid_token.npz"] {
         let out = dir.path().join(bad.replace('/', "_"));
         let chunks = vec![fixture("planted_a_f32.npz"), fixture(bad)];
-        let err = fit_chunks(FitRequest { config: &config, initial_centers: Some(centers_file("planted_init_centers.npy")), chunks: &chunks, output_dir: &out, resume: false, overwrite: false, device: None }, &CpuBackend::default(), &mut |_| {}).unwrap_err();
+        let err = fit_chunks(FitRequest { config: &config, initial_centers: Some(centers_file("planted_init_centers.npy")), chunks: &chunks, output_dir: &out, resume: false, overwrite: false, device: None, ranks: &soft_cluster_core::ranks::OneProcess }, &CpuBackend::default(), &mut |_| {}).unwrap_err();
         assert!(err.to_string().contains(fixture(bad).to_str().unwrap()), "{bad}: {err}");
         assert!(!out.join("model.safetensors").exists());
         assert!(!out.join("planted_a_f32.memberships.npz").exists(), "no outputs before the iterations succeed");
     }
     let chunks = vec![fixture("planted_a_f32.npz"), fixture("planted_a_f32.npz")];
-    let err = fit_chunks(FitRequest { config: &config, initial_centers: None, chunks: &chunks, output_dir: dir.path(), resume: false, overwrite: false, device: None }, &CpuBackend::default(), &mut |_| {}).unwrap_err();
+    let err = fit_chunks(FitRequest { config: &config, initial_centers: None, chunks: &chunks, output_dir: dir.path(), resume: false, overwrite: false, device: None, ranks: &soft_cluster_core::ranks::OneProcess }, &CpuBackend::default(), &mut |_| {}).unwrap_err();
     assert!(err.to_string().contains("their names (without .npz) must differ"), "{err}");
-    let err = fit_chunks(FitRequest { config: &config, initial_centers: None, chunks: &[fixture("bad/all_masked.npz")], output_dir: dir.path(), resume: false, overwrite: false, device: None }, &CpuBackend::default(), &mut |_| {}).unwrap_err();
+    let err = fit_chunks(FitRequest { config: &config, initial_centers: None, chunks: &[fixture("bad/all_masked.npz")], output_dir: dir.path(), resume: false, overwrite: false, device: None, ranks: &soft_cluster_core::ranks::OneProcess }, &CpuBackend::default(), &mut |_| {}).unwrap_err();
     assert!(err.to_string().contains("fewer than nClusters"), "{err}");
 }
 
@@ -227,7 +227,7 @@ fn membership_files_hold_the_spec_arrays_and_metadata() {
 /// matching `kill_at`; returns whether it was interrupted.
 fn interrupted_fit(config: &ClusteringConfig, chunks: &[PathBuf], out: &Path, resume: bool, kill_at: impl Fn(&Progress) -> bool) -> bool {
     std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-        let request = FitRequest { config, initial_centers: None, chunks, output_dir: out, resume, overwrite: false, device: None };
+        let request = FitRequest { config, initial_centers: None, chunks, output_dir: out, resume, overwrite: false, device: None, ranks: &soft_cluster_core::ranks::OneProcess };
         fit_chunks(request, &CpuBackend::default(), &mut |p| {
             if kill_at(p) {
                 panic!("killed");
@@ -265,7 +265,7 @@ fn an_interrupted_fit_resumes_to_the_same_model() {
         assert!(interrupted_fit(&config, &paths, &out, false, kill_at), "{label}: the fit was interrupted");
         let cp = soft_cluster_core::checkpoint::Checkpoint::load(&out).unwrap().expect("a checkpoint was left");
         assert_eq!(cp.history.len(), if label == "mid-iteration" { 2 } else { 6 }, "{label}");
-        let resumed = fit_chunks(FitRequest { config: &config, initial_centers: None, chunks: &paths, output_dir: &out, resume: true, overwrite: false, device: None }, &CpuBackend::default(), &mut |_| {}).unwrap();
+        let resumed = fit_chunks(FitRequest { config: &config, initial_centers: None, chunks: &paths, output_dir: &out, resume: true, overwrite: false, device: None, ranks: &soft_cluster_core::ranks::OneProcess }, &CpuBackend::default(), &mut |_| {}).unwrap();
         assert_eq!(without_timings(resumed), whole, "{label}: resumed = uninterrupted");
         assert_eq!(without_timings(Model::load(&out.join("model.safetensors")).unwrap()), whole);
     }
@@ -280,7 +280,7 @@ fn resume_refuses_changed_chunks_and_other_settings() {
     config.tol = 0.0;
     let out = dir.path().join("out");
     assert!(interrupted_fit(&config, &paths, &out, false, |p| p.iteration == 2));
-    let resume = |config: &ClusteringConfig| fit_chunks(FitRequest { config, initial_centers: None, chunks: &paths, output_dir: &out, resume: true, overwrite: false, device: None }, &CpuBackend::default(), &mut |_| {});
+    let resume = |config: &ClusteringConfig| fit_chunks(FitRequest { config, initial_centers: None, chunks: &paths, output_dir: &out, resume: true, overwrite: false, device: None, ranks: &soft_cluster_core::ranks::OneProcess }, &CpuBackend::default(), &mut |_| {});
 
     let mut other = config.clone();
     other.temperature = Temperature::Fixed(0.5);
@@ -295,7 +295,7 @@ fn resume_refuses_changed_chunks_and_other_settings() {
     assert!(err.to_string().contains(paths[1].to_str().unwrap()) && err.to_string().contains("changed since the checkpoint"), "{err}");
 
     // Without resume, the unfinished fit is refused unless it may be overwritten; then it starts over.
-    let fresh = |overwrite| fit_chunks(FitRequest { config: &config, initial_centers: None, chunks: &paths, output_dir: &out, resume: false, overwrite, device: None }, &CpuBackend::default(), &mut |_| {});
+    let fresh = |overwrite| fit_chunks(FitRequest { config: &config, initial_centers: None, chunks: &paths, output_dir: &out, resume: false, overwrite, device: None, ranks: &soft_cluster_core::ranks::OneProcess }, &CpuBackend::default(), &mut |_| {});
     let err = fresh(false).err().unwrap();
     assert_eq!(err.code(), "ERR_OUTPUT_EXISTS");
     assert!(err.to_string().contains("holds an unfinished fit (checkpoint.safetensors); pass --resume"), "{err}");
@@ -306,7 +306,7 @@ fn resume_refuses_changed_chunks_and_other_settings() {
 fn the_world_failing_gives_clear_errors() {
     let dir = tempfile::tempdir().unwrap();
     let (paths, _) = planted_chunks(dir.path(), 2, 3, 8, 9);
-    let run = |config: &ClusteringConfig, chunks: &[PathBuf], out: &Path| fit_chunks(FitRequest { config, initial_centers: None, chunks, output_dir: out, resume: false, overwrite: false, device: None }, &CpuBackend::default(), &mut |_| {});
+    let run = |config: &ClusteringConfig, chunks: &[PathBuf], out: &Path| fit_chunks(FitRequest { config, initial_centers: None, chunks, output_dir: out, resume: false, overwrite: false, device: None, ranks: &soft_cluster_core::ranks::OneProcess }, &CpuBackend::default(), &mut |_| {});
     let config = ClusteringConfig::new(3, 8);
 
     // An output folder that cannot be made: a file stands where it should be.
@@ -326,7 +326,7 @@ fn the_world_failing_gives_clear_errors() {
     let out = dir.path().join("o3");
     let doomed = paths[1].clone();
     let streamed = ClusteringConfig { cache: soft_cluster_core::CacheSetting::Off, ..config.clone() };
-    let err = fit_chunks(FitRequest { config: &streamed, initial_centers: None, chunks: &paths, output_dir: &out, resume: false, overwrite: false, device: None }, &CpuBackend::default(), &mut |p| {
+    let err = fit_chunks(FitRequest { config: &streamed, initial_centers: None, chunks: &paths, output_dir: &out, resume: false, overwrite: false, device: None, ranks: &soft_cluster_core::ranks::OneProcess }, &CpuBackend::default(), &mut |p| {
         if p.iteration == 1 && p.chunk == 2 {
             let _ = std::fs::remove_file(&doomed);
         }
@@ -541,7 +541,7 @@ fn chunks_writing_the_same_output_or_naming_the_same_file_are_refused() {
     // `chunk_000.npz` and `chunk_000` would both write chunk_000.memberships.npz.
     std::fs::copy(&paths[0], bare.join("chunk_000")).unwrap();
     let config = ClusteringConfig::new(3, 8);
-    let run = |chunks: &[PathBuf]| fit_chunks(FitRequest { config: &config, initial_centers: None, chunks, output_dir: &dir.path().join("out"), resume: false, overwrite: false, device: None }, &CpuBackend::default(), &mut |_| {});
+    let run = |chunks: &[PathBuf]| fit_chunks(FitRequest { config: &config, initial_centers: None, chunks, output_dir: &dir.path().join("out"), resume: false, overwrite: false, device: None, ranks: &soft_cluster_core::ranks::OneProcess }, &CpuBackend::default(), &mut |_| {});
     let err = run(&[paths[0].clone(), bare.join("chunk_000")]).unwrap_err();
     assert_eq!(err.code(), "ERR_INVALID_INPUT");
     assert!(err.to_string().contains("also writes chunk_000.memberships.npz"), "{err}");
@@ -561,11 +561,11 @@ fn a_refused_fit_leaves_no_output_folder_it_made() {
     config.temperature = Temperature::Fixed(0.25);
     let out = dir.path().join("new/out");
     let chunks = vec![fixture("planted_a_f32.npz"), fixture("bad/truncated.npz")];
-    let err = fit_chunks(FitRequest { config: &config, initial_centers: None, chunks: &chunks, output_dir: &out, resume: false, overwrite: false, device: None }, &CpuBackend::default(), &mut |_| {}).unwrap_err();
+    let err = fit_chunks(FitRequest { config: &config, initial_centers: None, chunks: &chunks, output_dir: &out, resume: false, overwrite: false, device: None, ranks: &soft_cluster_core::ranks::OneProcess }, &CpuBackend::default(), &mut |_| {}).unwrap_err();
     assert_eq!(err.code(), "ERR_BAD_CHUNK", "{err}");
     assert!(!out.exists(), "the empty folder the fit made is gone");
     // A folder that was there before stays.
     std::fs::create_dir_all(&out).unwrap();
-    fit_chunks(FitRequest { config: &config, initial_centers: None, chunks: &chunks, output_dir: &out, resume: false, overwrite: false, device: None }, &CpuBackend::default(), &mut |_| {}).unwrap_err();
+    fit_chunks(FitRequest { config: &config, initial_centers: None, chunks: &chunks, output_dir: &out, resume: false, overwrite: false, device: None, ranks: &soft_cluster_core::ranks::OneProcess }, &CpuBackend::default(), &mut |_| {}).unwrap_err();
     assert!(out.exists());
 }

@@ -81,7 +81,7 @@ fn hostile_sizes_are_refused_without_inflating_them() {
     config.n_exemplars = 5;
     config.context_window = 2;
     let fit = |out: &std::path::Path| {
-        let request = soft_cluster_core::fit::FitRequest { config: &config, initial_centers: None, chunks: &[big.clone()], output_dir: out, resume: false, overwrite: false, device: None };
+        let request = soft_cluster_core::fit::FitRequest { config: &config, initial_centers: None, chunks: &[big.clone()], output_dir: out, resume: false, overwrite: false, device: None, ranks: &soft_cluster_core::ranks::OneProcess };
         soft_cluster_core::fit::fit_chunks(request, &soft_cluster_core::kernels::cpu::CpuBackend::default(), &mut |_| {}).unwrap()
     };
     let whole = fit(&dir.path().join("whole"));

@@ -20,7 +20,7 @@ fn config(k: usize) -> ClusteringConfig {
 }
 
 fn fit(k: usize, chunks: &[PathBuf], out: &Path, overwrite: bool) -> Result<Model> {
-    fit_chunks(FitRequest { config: &config(k), initial_centers: None, chunks, output_dir: out, resume: false, overwrite, device: None }, &CpuBackend::default(), &mut |_| {})
+    fit_chunks(FitRequest { config: &config(k), initial_centers: None, chunks, output_dir: out, resume: false, overwrite, device: None, ranks: &soft_cluster_core::ranks::OneProcess }, &CpuBackend::default(), &mut |_| {})
 }
 
 /// Every file of `dir` (names and bytes), the lock file excepted.
@@ -129,7 +129,7 @@ fn an_unfinished_fit_is_resumed_or_overwritten_never_mixed() {
     let out = dir.path().join("out");
     // A fit killed after its second iteration leaves its checkpoint.
     let killed = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-        let request = FitRequest { config: &config(3), initial_centers: None, chunks: &paths, output_dir: &out, resume: false, overwrite: false, device: None };
+        let request = FitRequest { config: &config(3), initial_centers: None, chunks: &paths, output_dir: &out, resume: false, overwrite: false, device: None, ranks: &soft_cluster_core::ranks::OneProcess };
         fit_chunks(request, &CpuBackend::default(), &mut |p| assert!(p.iteration < 2, "killed")).unwrap()
     }));
     assert!(killed.is_err());
@@ -138,11 +138,11 @@ fn an_unfinished_fit_is_resumed_or_overwritten_never_mixed() {
     let err = fit(4, &paths, &out, false).unwrap_err();
     assert!(err.to_string().contains("holds an unfinished fit (checkpoint.safetensors); pass --resume (resume: true) to continue it, or --overwrite"), "{err}");
     // Resumed: finishes that fit.
-    let resumed = fit_chunks(FitRequest { config: &config(3), initial_centers: None, chunks: &paths, output_dir: &out, resume: true, overwrite: false, device: None }, &CpuBackend::default(), &mut |_| {}).unwrap();
+    let resumed = fit_chunks(FitRequest { config: &config(3), initial_centers: None, chunks: &paths, output_dir: &out, resume: true, overwrite: false, device: None, ranks: &soft_cluster_core::ranks::OneProcess }, &CpuBackend::default(), &mut |_| {}).unwrap();
     assert_eq!(resumed.history.len(), 3);
     assert!(!out.join("checkpoint.safetensors").exists());
     // Resuming a finished run is refused (nothing to resume; its outputs would be replaced).
-    let err = fit_chunks(FitRequest { config: &config(3), initial_centers: None, chunks: &paths, output_dir: &out, resume: true, overwrite: false, device: None }, &CpuBackend::default(), &mut |_| {}).unwrap_err();
+    let err = fit_chunks(FitRequest { config: &config(3), initial_centers: None, chunks: &paths, output_dir: &out, resume: true, overwrite: false, device: None, ranks: &soft_cluster_core::ranks::OneProcess }, &CpuBackend::default(), &mut |_| {}).unwrap_err();
     assert_eq!(err.code(), "ERR_OUTPUT_EXISTS");
 }
 

@@ -84,7 +84,7 @@ fn a_fit_on_extreme_values_is_finite_and_its_model_loads() {
         let out = dir.path().join(format!("out_{label}"));
         let mut config = config();
         config.n_clusters = 3;
-        let model = fit_chunks(FitRequest { config: &config, initial_centers: None, chunks: &[path], output_dir: &out, resume: false, overwrite: false, device: None }, &CpuBackend::default(), &mut |_| {}).unwrap();
+        let model = fit_chunks(FitRequest { config: &config, initial_centers: None, chunks: &[path], output_dir: &out, resume: false, overwrite: false, device: None, ranks: &soft_cluster_core::ranks::OneProcess }, &CpuBackend::default(), &mut |_| {}).unwrap();
         assert!(model.centers.data.iter().all(|v| v.is_finite()) && model.history.iter().all(|h| h.objective.is_finite()), "{label}");
         Model::load(&out.join("model.safetensors")).unwrap();
         model

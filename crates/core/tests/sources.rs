@@ -49,7 +49,7 @@ fn fit(chunk: &Path, out: &Path) -> Model {
     let mut config = ClusteringConfig::new(3, D);
     config.temperature = Temperature::Fixed(0.1);
     config.n_iterations = 5;
-    fit_chunks(FitRequest { config: &config, initial_centers: None, chunks: &[chunk.to_path_buf()], output_dir: out, resume: false, overwrite: false, device: None }, &CpuBackend::default(), &mut |_| {}).unwrap()
+    fit_chunks(FitRequest { config: &config, initial_centers: None, chunks: &[chunk.to_path_buf()], output_dir: out, resume: false, overwrite: false, device: None, ranks: &soft_cluster_core::ranks::OneProcess }, &CpuBackend::default(), &mut |_| {}).unwrap()
 }
 
 fn same_fit(label: &str, a: &Model, b: &Model, a_dir: &Path, b_dir: &Path, a_name: &str, b_name: &str) {
@@ -160,7 +160,7 @@ fn bad_safetensors_and_npy_chunks_are_one_line_errors() {
     write_safetensors(&nan, "activations", Dtype::BF16, &bytes(&brains, bf16::to_le_bytes), Some(&mask), None);
     let mut config = ClusteringConfig::new(3, D);
     config.temperature = Temperature::Fixed(0.1);
-    let err = fit_chunks(FitRequest { config: &config, initial_centers: None, chunks: &[nan.clone()], output_dir: &dir.path().join("o"), resume: false, overwrite: false, device: None }, &CpuBackend::default(), &mut |_| {}).unwrap_err();
+    let err = fit_chunks(FitRequest { config: &config, initial_centers: None, chunks: &[nan.clone()], output_dir: &dir.path().join("o"), resume: false, overwrite: false, device: None, ranks: &soft_cluster_core::ranks::OneProcess }, &CpuBackend::default(), &mut |_| {}).unwrap_err();
     assert_eq!(err.to_string(), format!("{}: batch 1, position 2: activation vector holds NaN or Inf", nan.display()));
     assert!(!dir.path().join("o").exists(), "nothing written");
 
@@ -168,7 +168,7 @@ fn bad_safetensors_and_npy_chunks_are_one_line_errors() {
     let narrow = dir.path().join("narrow.safetensors");
     let tensors = vec![("activations", TensorView::new(Dtype::F32, vec![B * S, D / 2], &a[..B * S * D / 2 * 4]).unwrap())];
     std::fs::write(&narrow, safetensors::serialize(tensors, None).unwrap()).unwrap();
-    let err = fit_chunks(FitRequest { config: &config, initial_centers: None, chunks: &[good.clone(), narrow.clone()], output_dir: &dir.path().join("o2"), resume: false, overwrite: false, device: None }, &CpuBackend::default(), &mut |_| {}).unwrap_err();
+    let err = fit_chunks(FitRequest { config: &config, initial_centers: None, chunks: &[good.clone(), narrow.clone()], output_dir: &dir.path().join("o2"), resume: false, overwrite: false, device: None, ranks: &soft_cluster_core::ranks::OneProcess }, &CpuBackend::default(), &mut |_| {}).unwrap_err();
     assert!(err.to_string().starts_with(&format!("{}: activations: D = 8 but the model's dModel is 16", narrow.display())), "{err}");
 
     // Pickles are never loaded; say how to convert.

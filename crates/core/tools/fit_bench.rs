@@ -52,7 +52,7 @@ fn main() {
     });
     let out = PathBuf::from(get("out"));
     let started = Instant::now();
-    let request = FitRequest { config: &config, initial_centers: init, chunks: &chunks, output_dir: &out, resume: false, overwrite: true, device: None };
+    let request = FitRequest { config: &config, initial_centers: init, chunks: &chunks, output_dir: &out, resume: false, overwrite: true, device: None, ranks: &soft_cluster_core::ranks::OneProcess };
     let model = fit_chunks(request, backend.as_ref(), &mut |_| {}).unwrap_or_else(|e| {
         eprintln!("fit-bench: {e}");
         std::process::exit(1)

@@ -11,6 +11,7 @@
 //! - `summary`: history, exemplars and the model summary
 //! - `analysis`: the quality metrics and their options
 //! - `device`: whether a device is usable, and why
+//! - `processes`: rank and size of a run on several processes (MPI)
 
 pub mod analysis;
 pub mod chunks;
@@ -18,5 +19,6 @@ pub mod config;
 pub mod device;
 pub mod errors;
 pub mod model;
+pub mod processes;
 pub mod summary;
 pub mod tasks;

@@ -18,6 +18,9 @@ use soft_cluster_core::{ActivationsRef, Centers, ClusteringConfig, Model, PassOu
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex, MutexGuard};
 
+/// Held by the fit under way when this process is one rank of several.
+static MPI_FIT: Mutex<()> = Mutex::new(());
+
 /// Memberships of a batch of tokens (docs/algorithm.md "Memberships"), in dense and sparse form.
 #[napi(object)]
 pub struct TransformOutput {
@@ -115,7 +118,7 @@ struct State {
     file: Option<PathBuf>,
 }
 
-fn lock(state: &Mutex<State>) -> MutexGuard<'_, State> {
+fn lock<T>(state: &Mutex<T>) -> MutexGuard<'_, T> {
     // A panic while locked can only come from a bug; the state itself stays consistent.
     state.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
 }
@@ -299,8 +302,11 @@ impl NativeModel {
         let output_dir = PathBuf::from(output_dir);
         let (resume, overwrite) = (resume.unwrap_or(false), overwrite.unwrap_or(false));
         Ok(Work::new(move || {
+            let world = soft_cluster_core::world::processes()?;
+            // Ranks make their collective calls in one order: one fit at a time per process.
+            let _one_fit = (world.size() > 1).then(|| lock(&MPI_FIT));
             let chosen = choose_backend(&config)?;
-            let request = FitRequest { config: &config, initial_centers: initial, chunks: &chunks, output_dir: &output_dir, resume, overwrite, device: Some(&chosen.reason) };
+            let request = FitRequest { config: &config, initial_centers: initial, chunks: &chunks, output_dir: &output_dir, resume, overwrite, device: Some(&chosen.reason), ranks: world };
             let model = fit_chunks(request, chosen.backend.as_ref(), &mut progress_reporter(on_progress))?;
             let history = model.history.iter().map(HistoryEntry::from).collect();
             let mut state = lock(&fitting.0);

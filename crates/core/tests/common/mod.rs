@@ -158,3 +158,43 @@ pub fn planted_chunks(dir: &Path, n_chunks: usize, k: usize, d: usize, seed: u64
     }
     (paths, truth)
 }
+
+pub fn close(a: f64, b: f64, tol: f64, what: &str) {
+    assert!((a - b).abs() <= tol * (1.0 + b.abs()), "{what}: {a} vs {b}");
+}
+
+/// A fit split over devices or ranks against the one-device, one-process fit of the same chunks
+/// (`one` written into `one_dir`, `many` into `many_dir`): centers within 1e-6 (cosine), the same
+/// counts, exemplars and quantile examples, the same history apart from timings, memberships
+/// files with the same entries and values within 1e-5. Masses and objectives are float64 sums of
+/// float32 memberships whose GEMM blocks differ by split, so they agree to about 1e-9 relative.
+pub fn assert_same_fit(one: &soft_cluster_core::Model, one_dir: &Path, many: &soft_cluster_core::Model, many_dir: &Path, chunks: &[PathBuf], what: &str) {
+    use soft_cluster_core::{memberships_file, Model};
+    // The same temperature, the same start.
+    assert_eq!(many.config.temperature, one.config.temperature, "{what}");
+    for c in 0..one.centers.k {
+        let cos: f64 = one.centers.row(c).iter().zip(many.centers.row(c)).map(|(&a, &b)| f64::from(a) * f64::from(b)).sum();
+        assert!(1.0 - cos < 1e-6, "{what}, cluster {c}: cosine {cos}");
+    }
+    assert_eq!(many.cluster_count, one.cluster_count, "{what}");
+    one.cluster_mass.iter().zip(&many.cluster_mass).for_each(|(a, b)| close(*a, *b, 1e-6, "mass"));
+    assert_eq!(many.history.len(), one.history.len(), "{what}");
+    for (x, y) in one.history.iter().zip(&many.history) {
+        assert_eq!((x.reseeds, x.twins, x.skipped), (y.reseeds, y.twins, y.skipped), "{what}");
+        close(x.objective, y.objective, 1e-6, "objective");
+        x.mass.iter().zip(&y.mass).for_each(|(a, b)| close(*a, *b, 1e-6, "history mass"));
+    }
+    assert_eq!(many.chunks, one.chunks, "{what}");
+    // Exemplars and quantile examples: the same tokens, values within float32 rounding.
+    let locations = |m: &Model| m.exemplars.iter().map(|l| l.iter().map(|e| e.location()).collect::<Vec<_>>()).collect::<Vec<_>>();
+    assert_eq!(locations(many), locations(one), "{what}");
+    let sampled = |m: &Model| m.quantiles.iter().map(|bins| bins.iter().map(|l| l.iter().map(|e| e.location()).collect::<Vec<_>>()).collect::<Vec<_>>()).collect::<Vec<_>>();
+    assert_eq!(sampled(many), sampled(one), "{what}");
+    // Memberships files: the same entries, values within 1e-5.
+    for chunk in chunks {
+        let name = memberships_file::file_name_for(&chunk.file_name().unwrap().to_string_lossy());
+        let (a, b) = (memberships_file::read(&one_dir.join(&name)).unwrap(), memberships_file::read(&many_dir.join(&name)).unwrap());
+        assert_eq!(a.indices, b.indices, "{what}: {name}");
+        a.values.iter().zip(&b.values).for_each(|(x, y)| assert!((x - y).abs() < 1e-5, "{what}: {name}: {x} vs {y}"));
+    }
+}
