@@ -61,7 +61,9 @@ beforeAll(async () => {
   const real = analyzeSequentialClusters(model, activations, tokenIds, { shape: [B, S, D] })
   // Hostile text for the top token of one cluster; on another, lift tokens replaced by two of our
   // own, one of them with a text no top token has.
-  evilCluster = real.clusters.findIndex((s) => s.topTokens.length > 0)
+  // (A cluster whose top token is also in one of its exemplars' windows, so that both places show it.)
+  const inExemplars = (c: number, id: number) => model.summary!.exemplars[c]!.some((e) => e.tokens.includes(id))
+  evilCluster = real.clusters.findIndex((s, c) => s.topTokens.length > 0 && inExemplars(c, s.topTokens[0]!.tokenId))
   const evilId = real.clusters[evilCluster]!.topTokens[0]!.tokenId
   liftCluster = real.clusters.findIndex((s, c) => c !== evilCluster && s.topTokens.length > 0)
   const analysis: ClusterAnalysis = { ...real, clusters: real.clusters.map((s, c) => (c === liftCluster ? { ...s, liftTokens: [{ tokenId: 100_000, lift: 42.5, weight: 3.5, count: 7 }, { tokenId: s.topTokens[0]!.tokenId, lift: 9, weight: 20, count: 30 }] } : s)) }

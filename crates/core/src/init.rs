@@ -4,7 +4,6 @@
 
 use crate::config::{ClusteringConfig, Temperature};
 use crate::error::{Error, Result};
-use crate::exemplars::Location;
 use crate::kernels::{for_each_cosine_row, prepare_rows, unit_row, Backend, Centers, Tokens};
 use crate::cache::ChunkCache;
 use crate::quantiles;
@@ -25,31 +24,33 @@ pub fn sample_size(k: usize) -> usize {
 /// Salt of the sample's keys, so that they are not the quantile sample's.
 const SAMPLE_SALT: u64 = 0x5a3c_91e7_d204_6b1f;
 
-/// A sampled token: its key, its location (chunk number in the run, batch, position), its unit vector.
-type Sampled = (u64, Location, Vec<f32>);
+/// A sampled token: its key, its place among all the run's tokens, its unit vector.
+type Sampled = (u64, u64, Vec<f32>);
 
 /// A seeded uniform sample of the unit vectors of real tokens: the `sample_size(K)` tokens with
-/// the smallest keys, a hash of the seed and the token's location (ties: the earliest location),
-/// in key order. It depends neither on the order chunks are read in nor on how they are shared
-/// among ranks: each rank keeps its own smallest, the ranks agree on the cut from the keys alone,
-/// and rank 0 gets the rows under it (the other ranks get none).
+/// the smallest keys, a hash of the seed and the token's place among all the run's tokens (ties:
+/// the earlier), in key order. It depends neither on the order chunks are read in, nor on how
+/// they are shared among ranks, nor on how the tokens are split into files: each rank keeps its
+/// own smallest, the ranks agree on the cut from the keys alone, and rank 0 gets the rows under it
+/// (the other ranks get none).
 fn sample_tokens(config: &ClusteringConfig, share: &Share, cache: &mut ChunkCache, comm: &dyn Collective, progress: &mut dyn FnMut(&Progress)) -> Result<Vec<f32>> {
     let (k, d) = (config.n_clusters, config.d_model);
     let capacity = sample_size(k);
     let seed = config.seed ^ SAMPLE_SALT;
     let local = (|| {
         // A max-heap on (key, location): the top is the first to go when a smaller key comes.
-        let mut kept: BinaryHeap<(u64, Location, usize)> = BinaryHeap::with_capacity(capacity + 1);
+        let mut kept: BinaryHeap<(u64, u64, usize)> = BinaryHeap::with_capacity(capacity + 1);
         let mut rows: Vec<f32> = Vec::with_capacity(capacity * d);
         let mut seen: u64 = 0;
         let started = Instant::now();
         cache.stream(&share.paths, d, |i, chunk| {
             let tokens = Tokens::from_chunk(chunk, share.ids[i]);
             let prepared = prepare_rows(&tokens)?;
-            let seq_len = tokens.seq_len.max(1);
+            // A large file comes in blocks of whole sequences.
+            let first = share.first_token[i] + (tokens.first_row * tokens.seq_len.max(1)) as u64;
             for (&t, &inv) in prepared.token.iter().zip(&prepared.inv_norm) {
-                let at = (share.ids[i], tokens.first_row + t as usize / seq_len, t as usize % seq_len);
-                let key = quantiles::key(seed, at);
+                let at = first + u64::from(t);
+                let key = quantiles::key(seed, (at as usize, 0, 0));
                 let slot = if kept.len() < capacity {
                     rows.resize(rows.len() + d, 0.0);
                     kept.len()
@@ -70,31 +71,30 @@ fn sample_tokens(config: &ClusteringConfig, share: &Share, cache: &mut ChunkCach
     let mut sample = agree(comm, local)?;
     if comm.size() > 1 {
         // The cut: the `capacity`-th smallest (key, location) of all ranks.
-        let keys: Vec<u8> = sample.iter().flat_map(|(key, at, _)| [*key, at.0 as u64, at.1 as u64, at.2 as u64]).flat_map(u64::to_le_bytes).collect();
-        let mut all: Vec<(u64, Location)> = comm
+        let keys: Vec<u8> = sample.iter().flat_map(|(key, at, _)| [*key, *at]).flat_map(u64::to_le_bytes).collect();
+        let mut all: Vec<(u64, u64)> = comm
             .all_gather(keys)?
             .iter()
-            .flat_map(|b| b.chunks_exact(32).map(|e| e.chunks_exact(8).map(|v| u64::from_le_bytes(v.try_into().expect("8 bytes"))).collect::<Vec<u64>>()))
-            .map(|v| (v[0], (v[1] as usize, v[2] as usize, v[3] as usize)))
+            .flat_map(|b| b.chunks_exact(16).map(|e| (u64_at(&e[..8]), u64_at(&e[8..]))))
             .collect();
         all.sort_unstable();
         if let Some(&cut) = all.get(capacity.saturating_sub(1)) {
             sample.retain(|(key, at, _)| (*key, *at) <= cut);
         }
-        let mine: Vec<u8> = sample.iter().flat_map(|(key, at, row)| [*key, at.0 as u64, at.1 as u64, at.2 as u64].into_iter().flat_map(u64::to_le_bytes).chain(row.iter().flat_map(|v| v.to_le_bytes()))).collect();
-        let entry = 32 + 4 * d;
+        let mine: Vec<u8> = sample.iter().flat_map(|(key, at, row)| [*key, *at].into_iter().flat_map(u64::to_le_bytes).chain(row.iter().flat_map(|v| v.to_le_bytes()))).collect();
         sample = comm
             .gather(mine)?
             .iter()
-            .flat_map(|b| b.chunks_exact(entry))
-            .map(|e| {
-                let v: Vec<u64> = e[..32].chunks_exact(8).map(|v| u64::from_le_bytes(v.try_into().expect("8 bytes"))).collect();
-                (v[0], (v[1] as usize, v[2] as usize, v[3] as usize), e[32..].chunks_exact(4).map(|v| f32::from_le_bytes(v.try_into().expect("4 bytes"))).collect())
-            })
+            .flat_map(|b| b.chunks_exact(16 + 4 * d))
+            .map(|e| (u64_at(&e[..8]), u64_at(&e[8..16]), e[16..].chunks_exact(4).map(|v| f32::from_le_bytes(v.try_into().expect("4 bytes"))).collect()))
             .collect();
     }
     sample.sort_unstable_by(|a, b| (a.0, a.1).cmp(&(b.0, b.1)));
     Ok(sample.into_iter().flat_map(|(_, _, row)| row).collect())
+}
+
+fn u64_at(bytes: &[u8]) -> u64 {
+    u64::from_le_bytes(bytes.try_into().expect("8 bytes"))
 }
 
 /// Spherical k-means++ (distance `1 - cos`) over the unit rows of `sample`.

@@ -28,31 +28,32 @@ pub fn assign_chunks(tokens_per_chunk: &[u64], ranks: usize) -> Vec<Vec<usize>> 
     lists
 }
 
-/// This rank's part of a run: its chunk files, in run order, and their numbers among all the
-/// run's chunks (exemplar locations and reseed candidates use those).
+/// This rank's part of a run: its chunk files, in run order, their numbers among all the run's
+/// chunks (exemplar locations and reseed candidates use those), and the place of each one's first
+/// token among all the run's tokens (padding included; the init sample's keys use it, so that the
+/// sample depends neither on the ranks nor on how the tokens are split into files).
 #[derive(Debug, Clone, PartialEq)]
 pub struct Share {
     pub paths: Vec<PathBuf>,
     pub ids: Vec<usize>,
+    pub first_token: Vec<u64>,
 }
 
 impl Share {
     /// Every chunk: a run in one process.
-    pub fn all(paths: &[PathBuf]) -> Share {
-        Share { paths: paths.to_vec(), ids: (0..paths.len()).collect() }
+    pub fn all(paths: &[PathBuf]) -> Result<Share> {
+        Share::of(paths, &OneProcess)
     }
 
     /// This rank's chunks under `assign_chunks`, by the token counts in the chunk headers.
     pub fn of(paths: &[PathBuf], comm: &dyn Collective) -> Result<Share> {
-        if comm.size() == 1 {
-            return Ok(Share::all(paths));
-        }
         let tokens = paths
             .iter()
             .map(|p| crate::sources::chunk_shape(p).map(|(b, s, _)| b as u64 * s as u64))
             .collect::<Result<Vec<u64>>>()?;
+        let starts: Vec<u64> = tokens.iter().scan(0u64, |at, &n| Some(std::mem::replace(at, *at + n))).collect();
         let ids = assign_chunks(&tokens, comm.size()).swap_remove(comm.rank());
-        Ok(Share { paths: ids.iter().map(|&i| paths[i].clone()).collect(), ids })
+        Ok(Share { paths: ids.iter().map(|&i| paths[i].clone()).collect(), first_token: ids.iter().map(|&i| starts[i]).collect(), ids })
     }
 }
 

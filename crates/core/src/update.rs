@@ -97,7 +97,7 @@ pub fn passes(model: &Model, chunks: &[PathBuf], iterations: usize, decay: f64, 
     let mut cache = ChunkCache::new(config.cache, cache::estimated_bytes(chunks)?);
     let keep_old = decay > 0.0;
     let prior = keep_old.then_some((old, decay));
-    let share = Share::all(chunks);
+    let share = Share::all(chunks)?;
     let mut centers = model.centers.clone();
     let mut history = model.history.clone();
     let first = history.len();
@@ -124,7 +124,7 @@ pub fn passes(model: &Model, chunks: &[PathBuf], iterations: usize, decay: f64, 
     let quantiles = if keep_old { QuantileSample::from_bins(config.quantile_examples, config.seed, &model.quantiles) } else { QuantileSample::new(k, config.quantile_bins, config.quantile_examples, config.seed) };
     // New chunks are numbered after the old ones in exemplar locations.
     let first_chunk = if keep_old { model.chunks.len() } else { 0 };
-    let numbered = Share { paths: chunks.to_vec(), ids: (first_chunk..first_chunk + chunks.len()).collect() };
+    let numbered = Share { ids: (first_chunk..first_chunk + chunks.len()).collect(), ..share };
     let out = output_pass(config, &centers, &numbered, &names, (heaps, quantiles), &mut cache, folder, backend, &OneProcess, progress)?;
     let stats = SufficientStats {
         s: with_prior(prior.map(|(o, dc)| (&o.s[..], dc)), &out.stats.s),
