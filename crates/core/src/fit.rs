@@ -7,7 +7,7 @@ use crate::checkpoint::{Checkpoint, ChunkFingerprint};
 use crate::config::ClusteringConfig;
 use crate::error::{Error, Result};
 use crate::exemplars::{self, ExemplarHeaps};
-use crate::config::Temperature;
+use crate::config::{CacheSetting, Temperature};
 use crate::init::{sample_size, start, suggested_temperature};
 use crate::kernels::{for_each_cosine_row, Backend, Centers, MembershipParams, Tokens, Want, COSINE_BLOCK_BYTES};
 use crate::memberships_file;
@@ -108,7 +108,12 @@ fn fit_into(config: &ClusteringConfig, initial_centers: Option<Centers>, share: 
     let root = comm.rank() == 0;
     let opened = (|| Ok((if resume { Checkpoint::load(output_dir)? } else { None }, cache::estimated_bytes(&share.paths)?)))();
     let (checkpoint, estimated) = agree(comm, opened)?;
-    let mut cache = ChunkCache::new(config.cache, estimated);
+    // Ranks on one machine share its memory: `auto` gives each its part.
+    let setting = match (config.cache, comm.on_this_machine()) {
+        (CacheSetting::Auto, n) if n > 1 => CacheSetting::Bytes(cache::auto_budget() / n as u64),
+        (setting, _) => setting,
+    };
+    let mut cache = ChunkCache::new(setting, estimated);
     // `config` with the temperature as a number (chosen at init when it is `auto`).
     let (config, mut centers, mut history, mut iterations_done, auto_temperature) = match checkpoint {
         Some(cp) => {
@@ -144,9 +149,11 @@ fn fit_into(config: &ClusteringConfig, initial_centers: Option<Centers>, share: 
     let local_names: Vec<String> = share.ids.iter().map(|&i| names[i].clone()).collect();
     let out = output_pass(config, &centers, share, &local_names, candidates, &mut cache, Some(folder), backend, comm, progress)?;
     let (stats, entropy) = (out.stats, out.entropy);
-    // Whether the fit collapsed is rank 0's to say; then every rank takes part in the suggestion.
-    let collapsed = is_collapsed(&centers, entropy, backend);
-    let collapsed = comm.broadcast(vec![u8::from(*collapsed.as_ref().unwrap_or(&false))])?.first() == Some(&1);
+    // Whether the fit collapsed is rank 0's to say (twins come from a GEMM, here a K x K one);
+    // then every rank takes part in the suggestion.
+    let twins = if root { twin_pairs(&centers, backend).map(|p| p.len()) } else { Ok(0) };
+    let collapsed = root && (entropy >= COLLAPSED_ENTROPY || twins.as_ref().is_ok_and(|&t| t > 0));
+    let collapsed = comm.broadcast(vec![u8::from(collapsed)])?.first() == Some(&1);
     let suggestion = match (collapsed, &config.temperature_rule) {
         (false, _) => String::new(),
         (true, Some(_)) => "it was chosen by \"auto\"; try more nIterations or fewer clusters".to_string(),
@@ -159,7 +166,7 @@ fn fit_into(config: &ClusteringConfig, initial_centers: Option<Centers>, share: 
     if !root {
         return Ok(None);
     }
-    let warnings = collapse_warning(config, &centers, entropy, backend, |_| suggestion)?;
+    let warnings = if collapsed { vec![collapse_message(config, twins?, entropy, &suggestion)?] } else { Vec::new() };
 
     let model = Model {
         config: config.clone(),
@@ -233,24 +240,23 @@ pub(crate) fn iterate(config: &ClusteringConfig, centers: &Centers, share: &Shar
     Ok((next, entry))
 }
 
-/// Whether centers and the output pass's `entropy` call for the collapse warning.
-fn is_collapsed(centers: &Centers, entropy: f64, backend: &dyn Backend) -> Result<bool> {
-    Ok(entropy >= COLLAPSED_ENTROPY || !twin_pairs(centers, backend)?.is_empty())
-}
-
 /// The collapse warning (docs/algorithm.md "Collapse warning") of a model whose output pass
 /// left `entropy`: none unless twin centers remain or the entropy is near 1; `suggestion` says
 /// what to try, and is asked for only then.
 pub(crate) fn collapse_warning(config: &ClusteringConfig, centers: &Centers, entropy: f64, backend: &dyn Backend, suggestion: impl FnOnce(&ClusteringConfig) -> String) -> Result<Vec<String>> {
-    if !is_collapsed(centers, entropy, backend)? {
+    let twins = twin_pairs(centers, backend)?.len();
+    if twins == 0 && entropy < COLLAPSED_ENTROPY {
         return Ok(Vec::new());
     }
-    let twins = twin_pairs(centers, backend)?.len();
+    Ok(vec![collapse_message(config, twins, entropy, &suggestion(config))?])
+}
+
+/// The text of the collapse warning.
+fn collapse_message(config: &ClusteringConfig, twins: usize, entropy: f64, suggestion: &str) -> Result<String> {
     let t = MembershipParams::try_from(config)?.temperature;
-    Ok(vec![format!(
-        "the fit ended collapsed at temperature {t}: {twins} twin center pairs above cosine {TWIN_COSINE}, partition entropy {entropy:.3} (1 = every token in every cluster alike); {}",
-        suggestion(config)
-    )])
+    Ok(format!(
+        "the fit ended collapsed at temperature {t}: {twins} twin center pairs above cosine {TWIN_COSINE}, partition entropy {entropy:.3} (1 = every token in every cluster alike); {suggestion}"
+    ))
 }
 
 /// What the output pass learns besides the memberships files it writes.

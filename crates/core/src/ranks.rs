@@ -74,6 +74,10 @@ pub trait Collective: Send + Sync {
         let all = self.all_gather(bytes)?;
         Ok(if self.rank() == 0 { all } else { Vec::new() })
     }
+    /// Ranks on this machine, this one included: they share its memory.
+    fn on_this_machine(&self) -> usize {
+        1
+    }
 }
 
 /// A run in one process: rank 0 of 1.
@@ -145,6 +149,10 @@ impl Collective for ThreadRanks {
     }
 
     fn size(&self) -> usize {
+        self.shared.size
+    }
+
+    fn on_this_machine(&self) -> usize {
         self.shared.size
     }
 

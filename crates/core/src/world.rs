@@ -77,6 +77,7 @@ mod mpi_ranks {
     pub struct MpiRanks {
         rank: usize,
         size: usize,
+        local: usize,
         timeout: Duration,
     }
 
@@ -101,6 +102,7 @@ mod mpi_ranks {
             let (universe, _) = mpi::initialize_with_threading(mpi::Threading::Serialized).ok_or("MPI was initialized before soft-cluster could")?;
             let world = universe.world();
             let (rank, size) = (world.rank() as usize, world.size() as usize);
+            let local = world.split_shared(world.rank()).size() as usize;
             // Finalized at exit, after whatever the process still does with the results.
             std::mem::forget(universe);
             // SAFETY: registers a plain extern "C" function.
@@ -119,7 +121,7 @@ mod mpi_ranks {
                     }
                 })
                 .map_err(|e| format!("could not start the MPI watchdog thread: {e}"))?;
-            Ok(MpiRanks { rank, size, timeout })
+            Ok(MpiRanks { rank, size, local, timeout })
         }
 
         /// Runs one collective step under the deadline.
@@ -176,6 +178,10 @@ mod mpi_ranks {
 
         fn size(&self) -> usize {
             self.size
+        }
+
+        fn on_this_machine(&self) -> usize {
+            self.local
         }
 
         fn all_reduce_sum(&self, values: &mut [f64]) -> Result<()> {
