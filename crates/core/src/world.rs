@@ -15,11 +15,13 @@ pub const DEFAULT_TIMEOUT_S: u64 = 3600;
 pub const HAS_MPI: bool = cfg!(feature = "mpi");
 
 /// What the launcher's variables say: (rank, size, the variable that said it), when a launcher
-/// started more than one process. `PMIX_RANK` alone (srun --mpi=pmix) gives no size: then `None`
-/// for the size, and MPI says.
+/// started more than one process: OpenMPI's `mpirun`, a PMI launcher (MPICH's `mpiexec`, `srun
+/// --mpi=pmi2`) or a PMIx one (`srun --mpi=pmix`; `PMIX_RANK` gives no size: `None`, and MPI says).
+/// Not Slurm's own task variables: a batch script with several tasks that runs one fit without
+/// `srun` has them too.
 pub fn launched() -> Option<(usize, Option<usize>, &'static str)> {
     let var = |name: &str| std::env::var(name).ok().and_then(|v| v.trim().parse::<usize>().ok());
-    for (size, rank) in [("OMPI_COMM_WORLD_SIZE", "OMPI_COMM_WORLD_RANK"), ("PMI_SIZE", "PMI_RANK"), ("SLURM_STEP_NUM_TASKS", "SLURM_PROCID")] {
+    for (size, rank) in [("OMPI_COMM_WORLD_SIZE", "OMPI_COMM_WORLD_RANK"), ("PMI_SIZE", "PMI_RANK")] {
         if let Some(n) = var(size) {
             return (n > 1).then(|| (var(rank).unwrap_or(0), Some(n), size));
         }
