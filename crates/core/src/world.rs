@@ -16,9 +16,9 @@ pub const HAS_MPI: bool = cfg!(feature = "mpi");
 
 /// What the launcher's variables say: (rank, size, the variable that said it), when a launcher
 /// started more than one process: OpenMPI's `mpirun`, a PMI launcher (MPICH's `mpiexec`, `srun
-/// --mpi=pmi2`) or a PMIx one (`srun --mpi=pmix`; `PMIX_RANK` gives no size: `None`, and MPI says).
-/// Not Slurm's own task variables: a batch script with several tasks that runs one fit without
-/// `srun` has them too.
+/// --mpi=pmi2`) or a PMIx one (`srun --mpi=pmix`: `PMIX_RANK`, with the step's task count when
+/// Slurm gives it, else no size: `None`, and MPI says). Not Slurm's task variables alone: a batch
+/// script with several tasks that runs one fit without `srun` has them too.
 pub fn launched() -> Option<(usize, Option<usize>, &'static str)> {
     let var = |name: &str| std::env::var(name).ok().and_then(|v| v.trim().parse::<usize>().ok());
     for (size, rank) in [("OMPI_COMM_WORLD_SIZE", "OMPI_COMM_WORLD_RANK"), ("PMI_SIZE", "PMI_RANK")] {
@@ -26,7 +26,11 @@ pub fn launched() -> Option<(usize, Option<usize>, &'static str)> {
             return (n > 1).then(|| (var(rank).unwrap_or(0), Some(n), size));
         }
     }
-    var("PMIX_RANK").map(|r| (r, None, "PMIX_RANK"))
+    // Under srun the step's task count says whether a PMIx launch is of one process.
+    var("PMIX_RANK").and_then(|r| match var("SLURM_STEP_NUM_TASKS") {
+        Some(n) if n <= 1 => None,
+        n => Some((r, n, "PMIX_RANK")),
+    })
 }
 
 static WORLD: OnceLock<std::result::Result<Box<dyn Collective>, String>> = OnceLock::new();
