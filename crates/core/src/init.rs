@@ -24,9 +24,6 @@ pub fn sample_size(k: usize) -> usize {
 /// Salt of the sample's keys, so that they are not the quantile sample's.
 const SAMPLE_SALT: u64 = 0x5a3c_91e7_d204_6b1f;
 
-/// A sampled token: its key, its place among all the run's tokens, its unit vector.
-type Sampled = (u64, u64, Vec<f32>);
-
 /// A seeded uniform sample of the unit vectors of real tokens: the `sample_size(K)` tokens with
 /// the smallest keys, a hash of the seed and the token's place among all the run's tokens (ties:
 /// the earlier), in key order. It depends neither on the order chunks are read in, nor on how
@@ -66,12 +63,13 @@ fn sample_tokens(config: &ClusteringConfig, share: &Share, cache: &mut ChunkCach
             report(progress, Phase::Init, 0, config.n_iterations, i, share.paths.len(), seen, started);
             Ok(())
         })?;
-        Ok(kept.into_vec().into_iter().map(|(key, at, slot)| (key, at, rows[slot * d..(slot + 1) * d].to_vec())).collect::<Vec<Sampled>>())
+        Ok((kept.into_vec(), rows))
     })();
-    let mut sample = agree(comm, local)?;
+    // (key, place, row in `rows`) of each sampled token.
+    let (mut sample, mut rows) = agree(comm, local)?;
     if comm.size() > 1 {
-        // The cut: the `capacity`-th smallest (key, location) of all ranks.
-        let keys: Vec<u8> = sample.iter().flat_map(|(key, at, _)| [*key, *at]).flat_map(u64::to_le_bytes).collect();
+        // The cut: the `capacity`-th smallest (key, place) of all ranks.
+        let keys: Vec<u8> = sample.iter().flat_map(|&(key, at, _)| [key, at]).flat_map(u64::to_le_bytes).collect();
         let mut all: Vec<(u64, u64)> = comm
             .all_gather(keys)?
             .iter()
@@ -79,18 +77,38 @@ fn sample_tokens(config: &ClusteringConfig, share: &Share, cache: &mut ChunkCach
             .collect();
         all.sort_unstable();
         if let Some(&cut) = all.get(capacity.saturating_sub(1)) {
-            sample.retain(|(key, at, _)| (*key, *at) <= cut);
+            sample.retain(|&(key, at, _)| (key, at) <= cut);
         }
-        let mine: Vec<u8> = sample.iter().flat_map(|(key, at, row)| [*key, *at].into_iter().flat_map(u64::to_le_bytes).chain(row.iter().flat_map(|v| v.to_le_bytes()))).collect();
-        sample = comm
-            .gather(mine)?
-            .iter()
-            .flat_map(|b| b.chunks_exact(16 + 4 * d))
-            .map(|e| (u64_at(&e[..8]), u64_at(&e[8..16]), e[16..].chunks_exact(4).map(|v| f32::from_le_bytes(v.try_into().expect("4 bytes"))).collect()))
-            .collect();
+        let row = |slot: usize| rows[slot * d..(slot + 1) * d].iter().flat_map(|v| v.to_le_bytes());
+        let mine: Vec<u8> = sample.iter().flat_map(|&(key, at, slot)| [key, at].into_iter().flat_map(u64::to_le_bytes).chain(row(slot))).collect();
+        // Rank 0 gets every rank's rows under the cut, one buffer of rows as they came.
+        (sample, rows) = (Vec::new(), Vec::new());
+        for e in comm.gather(mine)?.iter().flat_map(|b| b.chunks_exact(16 + 4 * d)) {
+            sample.push((u64_at(&e[..8]), u64_at(&e[8..16]), sample.len()));
+            rows.extend(e[16..].chunks_exact(4).map(|v| f32::from_le_bytes(v.try_into().expect("4 bytes"))));
+        }
     }
-    sample.sort_unstable_by(|a, b| (a.0, a.1).cmp(&(b.0, b.1)));
-    Ok(sample.into_iter().flat_map(|(_, _, row)| row).collect())
+    sample.sort_unstable();
+    let order: Vec<usize> = sample.iter().map(|&(_, _, slot)| slot).collect();
+    Ok(reorder_rows(rows, &order, d))
+}
+
+/// `rows` (of `d` values) with row `i` the old row `order[i]`, rows not in `order` dropped: in
+/// place, as the sample may be a large part of memory.
+fn reorder_rows(mut rows: Vec<f32>, order: &[usize], d: usize) -> Vec<f32> {
+    let mut to = vec![usize::MAX; rows.len() / d];
+    order.iter().enumerate().for_each(|(i, &slot)| to[slot] = i);
+    for at in 0..to.len() {
+        // Each swap puts the row at `at` where it belongs and brings another one to `at`.
+        while to[at] != usize::MAX && to[at] != at {
+            let dest = to[at];
+            let (low, high) = rows.split_at_mut(at.max(dest) * d);
+            low[at.min(dest) * d..(at.min(dest) + 1) * d].swap_with_slice(&mut high[..d]);
+            to.swap(at, dest);
+        }
+    }
+    rows.truncate(order.len() * d);
+    rows
 }
 
 fn u64_at(bytes: &[u8]) -> u64 {
@@ -359,4 +377,18 @@ pub fn auto_temperature(sample: &[f32], centers: &Centers, backend: &dyn Backend
         merge.len()
     );
     Ok((t, rule))
+}
+
+#[cfg(test)]
+mod reorder_tests {
+    use super::reorder_rows;
+
+    #[test]
+    fn rows_are_reordered_in_place_and_the_rest_dropped() {
+        let rows: Vec<f32> = (0..6).flat_map(|r| [r as f32, 10.0 + r as f32]).collect();
+        for order in [vec![3, 0, 4], vec![5, 4, 3, 2, 1, 0], vec![1], vec![]] {
+            let want: Vec<f32> = order.iter().flat_map(|&r| [r as f32, 10.0 + r as f32]).collect();
+            assert_eq!(reorder_rows(rows.clone(), &order, 2), want, "{order:?}");
+        }
+    }
 }
