@@ -4,6 +4,7 @@
 
 use crate::config::{ClusteringConfig, Temperature};
 use crate::error::{Error, Result};
+use crate::kernels::half_rows::HalfRows;
 use crate::kernels::{for_each_cosine_row, prepare_rows, unit_row, Backend, Centers, Tokens};
 use crate::cache::ChunkCache;
 use crate::quantiles;
@@ -14,9 +15,9 @@ use rand_chacha::ChaCha8Rng;
 use std::collections::BinaryHeap;
 use std::time::Instant;
 
-/// Tokens sampled for init: enough for the warm-up and the temperature rule to see each
-/// cluster's spread (at least 16384, 16 per cluster), at most 32768 rows: k-means++ and the
-/// warm-up cost `rows x K x D` each, and a fit warned of collapse pays for them once more.
+/// Tokens sampled for init: enough for the temperature rule to see each cluster's spread (at
+/// least 16384, 16 per cluster), at most 32768 rows: k-means++ and the warm-up (on the first
+/// `seeding_rows` of them) cost `rows x K x D` each.
 pub fn sample_size(k: usize) -> usize {
     (16 * k).clamp(16384, 32768).max(k)
 }
@@ -115,46 +116,59 @@ fn u64_at(bytes: &[u8]) -> u64 {
     u64::from_le_bytes(bytes.try_into().expect("8 bytes"))
 }
 
-/// Spherical k-means++ (distance `1 - cos`) over the unit rows of `sample`.
-fn kmeans_plus_plus(sample: &[f32], k: usize, d: usize, rng: &mut ChaCha8Rng, backend: &dyn Backend) -> Result<Centers> {
-    let n = sample.len() / d;
+/// Sample rows that k-means++ and the warm-up run on: the first of the sample (a uniform
+/// subsample, as the sample is in key order), 16 per cluster and at least 4096. Below K = 1024
+/// that is fewer than the sample (which the temperature rule reads whole): k-means++ makes K
+/// passes over its rows and the warm-up one GEMM per iteration, so init at K = 256 went from
+/// 1.5 s to 0.3 s on the harness data (benches/RESULTS.md); seeding from 16 rows per cluster
+/// measured as good as from 32 on the real activations of the quality bench, 8 did not.
+pub fn seeding_rows(k: usize) -> usize {
+    (16 * k).max(4096)
+}
+
+/// Greedy spherical k-means++ (distance `1 - cos`) over the first `seeding_rows(K)` unit rows of
+/// `sample`, their cosines computed in float16 (`HalfRows`: each step reads every row).
+fn kmeans_plus_plus(sample: &[f32], k: usize, d: usize, rng: &mut ChaCha8Rng) -> Result<Centers> {
+    let n = (sample.len() / d).min(seeding_rows(k));
+    let rows = HalfRows::from_f32(&sample[..n * d], d);
     let row = |i: usize| &sample[i * d..(i + 1) * d];
-    // Cosines of every sampled token to each of `candidates`, `[n, t]`.
-    let cosines_to = |candidates: &[usize]| -> Result<Vec<f32>> {
-        let matrix: Vec<f32> = candidates.iter().flat_map(|&c| row(c).iter().copied()).collect();
-        backend.cosines(&sample, &matrix, d)
-    };
+    // Cosines of every seeding row to each of `candidates`, `[n, t]`.
+    let cosines_to = |candidates: &[usize]| rows.dots(&candidates.iter().flat_map(|&c| row(c).iter().copied()).collect::<Vec<f32>>());
     // `gap[i]` = 1 - max cos(x_i, chosen): the squared chord distance / 2, what k-means++ samples by.
     let mut chosen = vec![rng.random_range(0..n)];
-    let mut gap: Vec<f32> = cosines_to(&chosen)?.iter().map(|&c| (1.0 - c).max(0.0)).collect();
+    let mut gap: Vec<f32> = cosines_to(&chosen).iter().map(|&c| (1.0 - c).max(0.0)).collect();
+    gap[chosen[0]] = 0.0; // not the float16 rounding of its own cosine
     // Greedy k-means++ (as scikit-learn does): draw a few candidates, keep the one that lowers the
     // total gap most. Plain k-means++ too often puts two centers in one planted cluster.
     let trials = 2 + (k as f64).ln().floor() as usize;
+    let mut cumulative = vec![0f64; n];
     while chosen.len() < k {
-        let total: f64 = gap.iter().map(|&g| f64::from(g)).sum();
+        let mut total = 0f64;
+        for (c, &g) in cumulative.iter_mut().zip(&gap) {
+            total += f64::from(g);
+            *c = total;
+        }
         let candidates: Vec<usize> = (0..trials)
             .map(|_| {
                 if total <= 0.0 {
                     return rng.random_range(0..n); // every token sits on a chosen center
                 }
+                // The first row whose running total passes the draw.
                 let target = rng.random::<f64>() * total;
-                let mut acc = 0.0;
-                gap.iter().position(|&g| {
-                    acc += f64::from(g);
-                    acc > target
-                }).unwrap_or(n - 1)
+                cumulative.partition_point(|&c| c <= target).min(n - 1)
             })
             .collect();
-        let cosines = cosines_to(&candidates)?;
+        let cosines = cosines_to(&candidates);
         let (gap_ref, cos_ref) = (&gap, &cosines);
         let gap_with = |c: usize| (0..n).map(move |i| gap_ref[i].min((1.0 - cos_ref[i * trials + c]).max(0.0)));
         let (best, _) = (0..trials)
             .map(|c| (c, gap_with(c).map(f64::from).sum::<f64>()))
             .fold((0, f64::INFINITY), |b, x| if x.1 < b.1 { x } else { b });
         gap = gap_with(best).collect();
+        gap[candidates[best]] = 0.0;
         chosen.push(candidates[best]);
     }
-    let data = chosen.iter().flat_map(|&i| sample[i * d..(i + 1) * d].iter().copied()).collect();
+    let data = chosen.iter().flat_map(|&i| row(i).iter().copied()).collect();
     // Sample rows are unit vectors already; a failure here is ours, not the user's initialCenters.
     Centers::from_rows(k, d, data).map_err(|e| Error::invalid_input("k-means++ init", format!("a sampled token could not be a center: {e}")))
 }
@@ -236,8 +250,8 @@ fn start_from_sample(config: &ClusteringConfig, initial: Option<Centers>, sample
             if n < k {
                 return Err(Error::invalid_input("chunks", format!("hold {n} real, non-zero tokens, fewer than nClusters = {k}")));
             }
-            let centers = kmeans_plus_plus(sample, k, d, &mut rng, backend)?;
-            warm_up(sample, centers, config.warmup_iterations, backend)?
+            let centers = kmeans_plus_plus(sample, k, d, &mut rng)?;
+            warm_up(&sample[..n.min(seeding_rows(k)) * d], centers, config.warmup_iterations, backend)?
         }
     };
     match config.temperature {
@@ -377,6 +391,35 @@ pub fn auto_temperature(sample: &[f32], centers: &Centers, backend: &dyn Backend
         merge.len()
     );
     Ok((t, rule))
+}
+
+#[cfg(test)]
+mod seeding_tests {
+    use super::{kmeans_plus_plus, seeding_rows};
+    use rand::SeedableRng;
+    use rand_chacha::ChaCha8Rng;
+
+    #[test]
+    fn kmeans_plus_plus_seeds_one_center_per_cluster_from_the_seeding_rows_only() {
+        let (d, k) = (16, 5);
+        let n = seeding_rows(k);
+        // Rows 0..n: tight clusters around axes 0..4 in turn; after them, 2000 rows on axis 5
+        // that k-means++ would take for a sixth cluster if it read past the seeding rows.
+        let mut sample = Vec::new();
+        for i in 0..n + 2000 {
+            let axis = if i < n { i % 5 } else { 5 };
+            let mut row: Vec<f32> = (0..d).map(|j| if j == axis { 1.0 } else { 0.01 * ((i * 7 + j) % 5) as f32 }).collect();
+            let norm = row.iter().map(|v| v * v).sum::<f32>().sqrt();
+            row.iter_mut().for_each(|v| *v /= norm);
+            sample.extend(row);
+        }
+        for seed in 0..4 {
+            let centers = kmeans_plus_plus(&sample, k, d, &mut ChaCha8Rng::seed_from_u64(seed)).unwrap();
+            let mut axes: Vec<usize> = (0..k).map(|c| (0..d).max_by(|&a, &b| centers.row(c)[a].total_cmp(&centers.row(c)[b])).unwrap()).collect();
+            axes.sort_unstable();
+            assert_eq!(axes, vec![0, 1, 2, 3, 4], "seed {seed}");
+        }
+    }
 }
 
 #[cfg(test)]

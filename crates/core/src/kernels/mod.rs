@@ -4,6 +4,7 @@
 
 pub mod cpu;
 pub mod cuda;
+pub mod half_rows;
 pub mod multi;
 
 use crate::config::{ClusteringConfig, Device, Precision};
