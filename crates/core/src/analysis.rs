@@ -47,7 +47,7 @@
 
 use crate::config::ClusteringConfig;
 use crate::error::{Error, Result};
-use crate::stream::{report, reservoir_slot, stream_chunks, Phase, Progress};
+use crate::stream::{report, reservoir_slot, visit_chunks, Phase, Progress};
 use crate::kernels::{unit_row, Backend, Centers, MembershipParams, Tokens, Want};
 use crate::model::Model;
 use rand::SeedableRng;
@@ -363,7 +363,7 @@ pub fn analyze_chunks(model: &Model, chunks: &[PathBuf], backend: &dyn Backend, 
     options.validate()?;
     let mut analyzer = Analyzer::new(&model.config, &model.centers, options);
     let started = Instant::now();
-    stream_chunks(chunks, model.config.d_model, |i, chunk| {
+    visit_chunks(chunks, model.config.d_model, |i, chunk| {
         analyzer.add(backend, &Tokens::from_chunk(&chunk, i), chunk.token_ids.as_deref())?;
         report(progress, Phase::Analyze, 0, model.config.n_iterations, i, chunks.len(), analyzer.n_tokens, started);
         Ok(())

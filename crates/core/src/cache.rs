@@ -5,9 +5,10 @@
 //! fit gives the same bits with the cache and without it. When the chunks do not fit, nothing is
 //! kept (the estimate from the chunk headers says so before the first pass; a dtype that takes
 //! more room than estimated drops what was kept as soon as the budget is passed) and every pass
-//! streams the files as before: memory stays bounded by the budget plus the two streamed blocks.
+//! streams the files as before: memory stays bounded by the budget plus the two streamed blocks,
+//! whose buffers every pass reuses.
 
-use crate::chunk::Chunk;
+use crate::chunk::{Activations, Chunk};
 use crate::error::Result;
 use crate::stream::stream_chunks;
 use crate::config::CacheSetting;
@@ -35,6 +36,8 @@ pub struct ChunkCache {
     state: State,
     blocks: Vec<(usize, Chunk)>,
     bytes: u64,
+    /// Buffers of streamed blocks, read into again by the next pass (`stream_chunks`).
+    spares: Vec<Activations>,
 }
 
 impl ChunkCache {
@@ -47,7 +50,7 @@ impl ChunkCache {
             CacheSetting::Bytes(n) => n,
         };
         let state = if estimated_bytes <= budget { State::Filling } else { State::Streaming };
-        ChunkCache { budget, state, blocks: Vec::new(), bytes: 0 }
+        ChunkCache { budget, state, blocks: Vec::new(), bytes: 0, spares: Vec::new() }
     }
 
     /// Visits every block of `paths` in order, from memory when the cache holds them all, else
@@ -56,17 +59,17 @@ impl ChunkCache {
         if let State::Complete = self.state {
             return self.blocks.iter().try_for_each(|(i, chunk)| visit(*i, chunk));
         }
-        stream_chunks(paths, d_model, |i, chunk| {
+        stream_chunks(paths, d_model, &mut self.spares, |i, chunk| {
             visit(i, &chunk)?;
             if let State::Filling = self.state {
                 self.bytes += chunk_bytes(&chunk);
                 if self.bytes <= self.budget {
                     self.blocks.push((i, chunk));
-                } else {
-                    (self.state, self.blocks, self.bytes) = (State::Streaming, Vec::new(), 0);
+                    return Ok(None);
                 }
+                (self.state, self.blocks, self.bytes) = (State::Streaming, Vec::new(), 0);
             }
-            Ok(())
+            Ok(Some(chunk))
         })?;
         if let State::Filling = self.state {
             self.state = State::Complete;

@@ -31,6 +31,30 @@ pub enum Activations {
     F64(Vec<f64>),
 }
 
+/// A dtype activations are stored in: its `Activations` variant both ways (for buffers handed
+/// from one chunk to the next, `memory::array_to_fill`).
+pub(crate) trait StoredDtype: bytemuck::Pod + Send {
+    fn wrap(values: Vec<Self>) -> Activations;
+    fn unwrap(activations: Activations) -> std::result::Result<Vec<Self>, Activations>;
+}
+
+macro_rules! stored_dtype {
+    ($($t:ty => $variant:ident),*) => {$(
+        impl StoredDtype for $t {
+            fn wrap(values: Vec<Self>) -> Activations {
+                Activations::$variant(values)
+            }
+            fn unwrap(activations: Activations) -> std::result::Result<Vec<Self>, Activations> {
+                match activations {
+                    Activations::$variant(values) => Ok(values),
+                    other => Err(other),
+                }
+            }
+        }
+    )*};
+}
+stored_dtype!(bf16 => BF16, f16 => F16, f32 => F32, f64 => F64);
+
 impl Activations {
     pub fn len(&self) -> usize {
         match self {

@@ -1,7 +1,9 @@
 //! What this machine's memory allows: the available memory, and the largest array a chunk may
 //! decode to (docs/formats.md "Limits"), so that a small hostile file cannot exhaust the machine.
 
+use crate::chunk::{Activations, StoredDtype};
 use crate::error::{Error, Result};
+use std::cell::RefCell;
 use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
 
@@ -51,6 +53,57 @@ pub(crate) fn large_array<T: bytemuck::Pod>(n: usize) -> Vec<T> {
     values
 }
 
+thread_local! {
+    /// Activation buffers of chunks already visited, handed back to the thread that reads the
+    /// next ones (`stream::stream_chunks`).
+    static SPARE: RefCell<Vec<Activations>> = const { RefCell::new(Vec::new()) };
+}
+
+/// Spare buffers a reading thread keeps: a stream has two chunks alive at once.
+const SPARES: usize = 2;
+
+/// Keeps the buffer of `activations` for a later `array_to_fill` of its dtype on this thread.
+pub(crate) fn offer_spare(activations: Activations) {
+    SPARE.with(|s| {
+        let mut spare = s.borrow_mut();
+        if spare.len() < SPARES {
+            spare.push(activations);
+        }
+    });
+}
+
+/// This thread's spare buffers, taken.
+pub(crate) fn take_spares() -> Vec<Activations> {
+    SPARE.with(|s| std::mem::take(&mut *s.borrow_mut()))
+}
+
+/// An array of `n` values that the caller overwrites entirely: a spare buffer of this thread
+/// when one is large enough (its old values are still in it), else `large_array`. Streaming
+/// reuses two buffers for every chunk of a pass: a fresh allocation per chunk made every chunk
+/// fault its pages in again, and left glibc's per-thread arenas holding freed chunks, so peak
+/// memory grew with the number of chunks (benches/RESULTS.md, "Memory over 40 chunks").
+pub(crate) fn array_to_fill<T: StoredDtype>(n: usize) -> Vec<T> {
+    let reused = SPARE.with(|s| {
+        let mut spare = s.borrow_mut();
+        let mut found = None;
+        for activations in std::mem::take(&mut *spare) {
+            match T::unwrap(activations) {
+                Ok(values) if found.is_none() && values.capacity() >= n => found = Some(values),
+                Ok(values) => spare.push(T::wrap(values)),
+                Err(other) => spare.push(other),
+            }
+        }
+        found
+    });
+    match reused {
+        Some(mut values) => {
+            values.resize(n, T::zeroed());
+            values
+        }
+        None => large_array(n),
+    }
+}
+
 #[cfg(target_os = "linux")]
 fn advise_huge_pages(start: usize, len: usize) {
     const HUGE: usize = 2 << 20;
@@ -74,8 +127,8 @@ const PIECE_BYTES: usize = 8 << 20;
 /// their array (one copy, no per-value decoding); a large array is read in pieces on several
 /// threads, since a single reader is bound by one core's page faults and copies from the page
 /// cache.
-pub(crate) fn read_values_at<T: bytemuck::Pod + Send>(file: &std::fs::File, offset: u64, n: usize) -> std::io::Result<Vec<T>> {
-    let mut values: Vec<T> = large_array(n);
+pub(crate) fn read_values_at<T: StoredDtype>(file: &std::fs::File, offset: u64, n: usize) -> std::io::Result<Vec<T>> {
+    let mut values: Vec<T> = array_to_fill(n);
     let bytes: &mut [u8] = bytemuck::cast_slice_mut(&mut values);
     #[cfg(unix)]
     {

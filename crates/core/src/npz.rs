@@ -5,7 +5,7 @@
 //! Every member is checked against its header before anything is allocated, so a lying header
 //! can not make us allocate more than the archive really holds.
 
-use crate::chunk::{Activations, Chunk};
+use crate::chunk::{Activations, Chunk, StoredDtype};
 use crate::error::{Error, Result};
 use crate::memory::read_values_at;
 use half::f16;
@@ -386,20 +386,20 @@ fn read_stored_in_parallel(path: &Path, name: &str, start: u64, size: u64, crc: 
         }
         Ok(all)
     };
-    // `vec![0; n]` of a primitive is a zeroed allocation: its pages are touched by the readers.
+    // Every value is read into the array (a reused buffer's old values do not survive).
     let (elements, hasher) = match item {
         2 => {
-            let mut v = vec![0u16; len];
+            let mut v: Vec<f16> = crate::memory::array_to_fill(len);
             let h = fill(bytemuck::cast_slice_mut(&mut v))?;
-            (Elements::F16(bytemuck::allocation::cast_vec(v)), h)
+            (Elements::F16(v), h)
         }
         4 => {
-            let mut v = vec![0f32; len];
+            let mut v: Vec<f32> = crate::memory::array_to_fill(len);
             let h = fill(bytemuck::cast_slice_mut(&mut v))?;
             (Elements::F32(v), h)
         }
         _ => {
-            let mut v = vec![0f64; len];
+            let mut v: Vec<f64> = crate::memory::array_to_fill(len);
             let h = fill(bytemuck::cast_slice_mut(&mut v))?;
             (Elements::F64(v), h)
         }
@@ -504,25 +504,28 @@ fn read_npy_data<R: Read>(reader: Counting<R>, header: Header, total_size: u64, 
         "u4" => Elements::U32(u32::read_to_end_exact_vec(&mut reader, &canonical, len).map_err(read_error)?),
         "i8" => Elements::I64(i64::read_to_end_exact_vec(&mut reader, &canonical, len).map_err(read_error)?),
         "u8" => Elements::U64(u64::read_to_end_exact_vec(&mut reader, &canonical, len).map_err(read_error)?),
-        "f4" => Elements::F32(f32::read_to_end_exact_vec(&mut reader, &canonical, len).map_err(read_error)?),
-        "f8" => Elements::F64(f64::read_to_end_exact_vec(&mut reader, &canonical, len).map_err(read_error)?),
-        "f2" => {
-            // ndarray-npy has no float16: read the halves straight into place, then fix the byte
-            // order if it is not this machine's.
-            let mut halves = vec![f16::ZERO; len];
-            reader.read_exact(bytemuck::cast_slice_mut(&mut halves)).map_err(|e| bad(format!("cannot decode data: {e}")))?;
-            if reader.read(&mut [0u8]).map_err(|e| bad(format!("cannot decode data: {e}")))? > 0 {
-                return Err(bad("cannot decode data: the member holds more data than its header declares".into()));
-            }
-            if (order == ">") != cfg!(target_endian = "big") {
-                halves.iter_mut().for_each(|h| *h = f16::from_bits(h.to_bits().swap_bytes()));
-            }
-            Elements::F16(halves)
-        }
+        // Floats (activations) go straight into place, in an array a stream may reuse.
+        "f2" => Elements::F16(read_floats(&mut reader, len, order, |v: f16| f16::from_bits(v.to_bits().swap_bytes()), &bad)?),
+        "f4" => Elements::F32(read_floats(&mut reader, len, order, |v: f32| f32::from_bits(v.to_bits().swap_bytes()), &bad)?),
+        "f8" => Elements::F64(read_floats(&mut reader, len, order, |v: f64| f64::from_bits(v.to_bits().swap_bytes()), &bad)?),
         _ => unreachable!("kinds were filtered above"),
     };
     let elements = if header.layout.is_fortran() && shape.len() > 1 { to_c_order(elements, &shape) } else { elements };
     Ok(NpyArray { shape, descr, elements })
+}
+
+/// `len` floats in byte order `order` from `reader`, which must hold exactly that many, read
+/// into an array for them (`memory::array_to_fill`); `swap` reverses one value's bytes.
+fn read_floats<T: StoredDtype>(reader: &mut impl Read, len: usize, order: &str, swap: fn(T) -> T, bad: &dyn Fn(String) -> Error) -> Result<Vec<T>> {
+    let mut values: Vec<T> = crate::memory::array_to_fill(len);
+    reader.read_exact(bytemuck::cast_slice_mut(&mut values)).map_err(|e| bad(format!("cannot decode data: {e}")))?;
+    if reader.read(&mut [0u8]).map_err(|e| bad(format!("cannot decode data: {e}")))? > 0 {
+        return Err(bad("cannot decode data: the member holds more data than its header declares".into()));
+    }
+    if (order == ">") != cfg!(target_endian = "big") {
+        values.iter_mut().for_each(|v| *v = swap(*v));
+    }
+    Ok(values)
 }
 
 /// Splits a numpy type string such as `<f4` into byte order (`<`, `>` or `|`) and kind (`f4`).

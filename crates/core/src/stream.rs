@@ -2,7 +2,7 @@
 //! reservoir slot that samples a stream. Shared by the fit, transform and analysis.
 
 use crate::error::{Error, Result};
-use crate::chunk::Chunk;
+use crate::chunk::{Activations, Chunk};
 use crate::sources::{blocks, BLOCK_BYTES};
 use rand::Rng;
 use rand_chacha::ChaCha8Rng;
@@ -85,21 +85,28 @@ pub fn chunk_names(chunks: &[PathBuf]) -> Result<Vec<String>> {
 /// Visits every chunk in order while the next one is read and decoded on another thread. At most
 /// two chunks are alive: the one being visited and the one waiting to be handed over. A large
 /// safetensors file comes as several blocks (`sources::blocks`), each visited with its file's
-/// index.
-pub fn stream_chunks(paths: &[PathBuf], d_model: usize, mut visit: impl FnMut(usize, Chunk) -> Result<()>) -> Result<()> {
+/// index. A chunk the visitor hands back has its activations buffer read into again for a later
+/// one (`memory::array_to_fill`); one it keeps is its own. `spares` are such buffers to start
+/// with, and hold the last ones when the pass is over, for the next pass.
+pub fn stream_chunks(paths: &[PathBuf], d_model: usize, spares: &mut Vec<Activations>, mut visit: impl FnMut(usize, Chunk) -> Result<Option<Chunk>>) -> Result<()> {
+    let handed = std::mem::take(spares);
     std::thread::scope(|scope| {
         let (tx, rx) = std::sync::mpsc::sync_channel::<Result<Chunk>>(0);
-        scope.spawn(move || {
+        let (spare_tx, spare_rx) = std::sync::mpsc::channel::<Activations>();
+        let reader = scope.spawn(move || {
+            handed.into_iter().for_each(crate::memory::offer_spare);
             let block_bytes = crate::memory::max_chunk_bytes().map_or(BLOCK_BYTES, |(limit, _)| BLOCK_BYTES.min(limit as usize));
             'files: for path in paths {
-                let blocks = match blocks(path, block_bytes) {
+                let mut blocks = match blocks(path, block_bytes) {
                     Ok(blocks) => blocks,
                     Err(e) => {
                         let _ = tx.send(Err(e));
                         break;
                     }
                 };
-                for chunk in blocks {
+                loop {
+                    spare_rx.try_iter().for_each(crate::memory::offer_spare);
+                    let Some(chunk) = blocks.next() else { break };
                     let chunk = chunk.and_then(|c| c.check_d_model(d_model).map(|()| c));
                     let failed = chunk.is_err();
                     if tx.send(chunk).is_err() || failed {
@@ -107,17 +114,33 @@ pub fn stream_chunks(paths: &[PathBuf], d_model: usize, mut visit: impl FnMut(us
                     }
                 }
             }
+            // The last chunks come back after the last read: their buffers go to the next pass.
+            drop(tx);
+            spare_rx.iter().for_each(crate::memory::offer_spare);
+            crate::memory::take_spares()
         });
         // Blocks of one file share its index: a file's last block has first_row + batch = file_batch.
-        let mut i = 0;
-        for chunk in rx.iter() {
-            let chunk = chunk?;
-            let last = chunk.first_row + chunk.batch >= chunk.file_batch;
-            visit(i, chunk)?;
-            i += usize::from(last);
-        }
-        Ok(())
+        let visited = (|| {
+            let mut i = 0;
+            for chunk in rx.iter() {
+                let chunk = chunk?;
+                let last = chunk.first_row + chunk.batch >= chunk.file_batch;
+                if let Some(done) = visit(i, chunk)? {
+                    let _ = spare_tx.send(done.activations);
+                }
+                i += usize::from(last);
+            }
+            Ok(())
+        })();
+        (drop(rx), drop(spare_tx));
+        *spares = reader.join().unwrap_or_default();
+        visited
     })
+}
+
+/// `stream_chunks` for a visitor that keeps no chunk, in one pass.
+pub fn visit_chunks(paths: &[PathBuf], d_model: usize, mut visit: impl FnMut(usize, &Chunk) -> Result<()>) -> Result<()> {
+    stream_chunks(paths, d_model, &mut Vec::new(), |i, chunk| visit(i, &chunk).map(|()| Some(chunk)))
 }
 
 /// Algorithm R: where the `seen`-th item (0-based) of a stream goes in a uniform sample of at most

@@ -6,7 +6,7 @@ use crate::kernels::{Backend, Centers, MembershipParams, PassOutput, Tokens, Wan
 use crate::memberships_file;
 use crate::model::Model;
 use crate::run_folder::{RunFolder, RunKind, RunOptions};
-use crate::stream::{chunk_names, report, stream_chunks, Phase, Progress};
+use crate::stream::{chunk_names, report, visit_chunks, Phase, Progress};
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
@@ -81,7 +81,7 @@ pub fn transform_chunks(model: &Model, request: TransformRequest, backend: &dyn 
     let started = Instant::now();
     let mut rows = 0u64;
     let mut memberships = memberships_file::FileMemberships::default();
-    stream_chunks(chunks, model.config.d_model, |i, chunk| {
+    visit_chunks(chunks, model.config.d_model, |i, chunk| {
         let out = backend.run(&model.centers, &Tokens::from_chunk(&chunk, i), params, Want { sparse: true, ..Want::default() })?;
         let out = match &groups {
             Some((group_of, n)) => out.grouped(group_of, *n),

@@ -121,3 +121,44 @@ fn cache_settings_parse_and_are_named_in_errors() {
     let c = parse(serde_json::json!(4096)).unwrap();
     assert_eq!(ClusteringConfig::from_json(&c.to_json()).unwrap(), c);
 }
+
+/// Where a chunk's activations live (to see which buffers a stream reuses).
+fn buffer_of(chunk: &soft_cluster_core::Chunk) -> usize {
+    use soft_cluster_core::Activations as A;
+    match &chunk.activations {
+        A::BF16(v) => v.as_ptr() as usize,
+        A::F16(v) => v.as_ptr() as usize,
+        A::F32(v) => v.as_ptr() as usize,
+        A::F64(v) => v.as_ptr() as usize,
+    }
+}
+
+#[test]
+fn streamed_passes_read_every_chunk_into_two_reused_buffers_and_leave_kept_chunks_alone() {
+    use soft_cluster_core::stream::stream_chunks;
+    let dir = tempfile::tempdir().unwrap();
+    let (chunks, _) = planted_chunks(dir.path(), 7, K, D, 11);
+    let fresh: Vec<_> = chunks.iter().map(|c| soft_cluster_core::read_chunk(c).unwrap()).collect();
+    let mut spares = Vec::new();
+    let mut buffers = std::collections::HashSet::new();
+    let mut kept = Vec::new();
+    for pass in 0..3 {
+        stream_chunks(&chunks, D, &mut spares, |i, chunk| {
+            assert_eq!(chunk.activations, fresh[i].activations, "pass {pass}, chunk {i}: the values of a reused buffer");
+            assert_eq!((&chunk.attention_mask, &chunk.token_ids), (&fresh[i].attention_mask, &fresh[i].token_ids));
+            buffers.insert(buffer_of(&chunk));
+            // The first pass keeps chunk 2: its buffer is its own from then on.
+            if pass == 0 && i == 2 {
+                kept.push(chunk);
+                return Ok(None);
+            }
+            Ok(Some(chunk))
+        })
+        .unwrap();
+        assert_eq!(spares.len(), 2, "pass {pass}: the last two buffers are kept for the next pass");
+    }
+    assert_eq!(kept.len(), 1);
+    assert_eq!(kept[0].activations, fresh[2].activations, "a kept chunk is not read into");
+    // Two buffers for the first pass, one more after chunk 2 was kept, none after.
+    assert_eq!(buffers.len(), 3, "{buffers:?}");
+}
