@@ -3,12 +3,13 @@
 
 use crate::error::{Error, Result};
 use crate::chunk::{Activations, Chunk};
-use crate::sources::{blocks, BLOCK_BYTES};
+use crate::sources::{blocks, chunk_shape, format_of, Format, BLOCK_BYTES};
 use rand::Rng;
 use rand_chacha::ChaCha8Rng;
 use serde::Serialize;
 use std::collections::HashSet;
 use std::path::PathBuf;
+use std::sync::mpsc::{Receiver, SyncSender};
 use std::time::Instant;
 
 /// Which part of a fit is running.
@@ -82,60 +83,116 @@ pub fn chunk_names(chunks: &[PathBuf]) -> Result<Vec<String>> {
         .collect()
 }
 
-/// Visits every chunk in order while the next one is read and decoded on another thread. At most
-/// two chunks are alive: the one being visited and the one waiting to be handed over. A large
-/// safetensors file comes as several blocks (`sources::blocks`), each visited with its file's
-/// index. A chunk the visitor hands back has its activations buffer read into again for a later
-/// one (`memory::array_to_fill`); one it keeps is its own. `spares` are such buffers to start
-/// with, and hold the last ones when the pass is over, for the next pass.
-pub fn stream_chunks(paths: &[PathBuf], d_model: usize, spares: &mut Vec<Activations>, mut visit: impl FnMut(usize, Chunk) -> Result<Option<Chunk>>) -> Result<()> {
-    let handed = std::mem::take(spares);
+/// Visits every chunk in order while the next ones are read and decoded on other threads
+/// (`read_ahead` of them at once, each thread reading every `read_ahead`-th file). A large
+/// safetensors or `.npy` file comes as several blocks (`sources::blocks`), each visited with its
+/// file's index. A chunk the visitor hands back has its activations buffer read into again for a
+/// later one (`memory::array_to_fill`); one it keeps is its own. `spares` are such buffers to
+/// start with, and hold the last ones when the pass is over, for the next pass.
+pub fn stream_chunks(paths: &[PathBuf], d_model: usize, spares: &mut Vec<Activations>, visit: impl FnMut(usize, Chunk) -> Result<Option<Chunk>>) -> Result<()> {
+    stream_chunks_with(read_ahead(paths), paths, d_model, spares, visit)
+}
+
+/// Files read at once ahead of the visitor: one per core up to 4, while the two buffers each
+/// reader has (the block it reads or waits to hand over, and one to reuse) take at most a quarter
+/// of the available memory, the first file's size standing for all (8 bytes a value, one block of
+/// at most `sources::BLOCK_BYTES` or the `--max-chunk-bytes` limit where the format is read in
+/// blocks). A deflated `.npz` member inflates on one core: on this 2-core VM two readers made
+/// streamed passes over 12 deflated chunks 1.4-1.7x faster, and passes over stored chunks (read
+/// in pieces on every core anyway) about as fast as one (benches/RESULTS.md).
+pub fn read_ahead(paths: &[PathBuf]) -> usize {
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let block = crate::memory::max_chunk_bytes().map_or(BLOCK_BYTES as u64, |(limit, _)| limit.min(BLOCK_BYTES as u64));
+    let first = paths.first().and_then(|p| Some((chunk_shape(p).ok()?, format_of(p).ok()?)));
+    let bytes = first.map_or(u64::MAX, |((b, s, d), format)| {
+        let whole = ((b * s * d) as u64).saturating_mul(8);
+        if format == Format::Npz { whole } else { whole.min(block) }
+    });
+    let by_memory = crate::memory::available_memory().map_or(1, |a| (a / 4 / bytes.max(1) / 2) as usize);
+    cores.min(4).min(by_memory).min(paths.len()).max(1)
+}
+
+/// `stream_chunks` with `readers` reading threads. Each holds at most the block it reads or has
+/// read, so at most `readers + 1` blocks are alive (and about `2 x readers` buffers allocated);
+/// a visitor that stops (an error) drops the channels, and every reader ends at its next send.
+pub fn stream_chunks_with(readers: usize, paths: &[PathBuf], d_model: usize, spares: &mut Vec<Activations>, mut visit: impl FnMut(usize, Chunk) -> Result<Option<Chunk>>) -> Result<()> {
+    let readers = readers.clamp(1, paths.len().max(1));
+    let mut handed: Vec<Vec<Activations>> = (0..readers).map(|_| Vec::new()).collect();
+    for (i, spare) in std::mem::take(spares).into_iter().enumerate() {
+        handed[i % readers].push(spare);
+    }
     std::thread::scope(|scope| {
-        let (tx, rx) = std::sync::mpsc::sync_channel::<Result<Chunk>>(0);
-        let (spare_tx, spare_rx) = std::sync::mpsc::channel::<Activations>();
-        let reader = scope.spawn(move || {
-            handed.into_iter().for_each(crate::memory::offer_spare);
-            let block_bytes = crate::memory::max_chunk_bytes().map_or(BLOCK_BYTES, |(limit, _)| BLOCK_BYTES.min(limit as usize));
-            'files: for path in paths {
-                let mut blocks = match blocks(path, block_bytes) {
-                    Ok(blocks) => blocks,
-                    Err(e) => {
-                        let _ = tx.send(Err(e));
-                        break;
-                    }
-                };
-                loop {
-                    spare_rx.try_iter().for_each(crate::memory::offer_spare);
-                    let Some(chunk) = blocks.next() else { break };
-                    let chunk = chunk.and_then(|c| c.check_d_model(d_model).map(|()| c));
-                    let failed = chunk.is_err();
-                    if tx.send(chunk).is_err() || failed {
-                        break 'files; // the visitor stopped, or this chunk was bad
-                    }
-                }
-            }
-            // The last chunks come back after the last read: their buffers go to the next pass.
-            drop(tx);
-            spare_rx.iter().for_each(crate::memory::offer_spare);
-            crate::memory::take_spares()
-        });
-        // Blocks of one file share its index: a file's last block has first_row + batch = file_batch.
+        let (mut blocks_rx, mut spares_tx, mut threads) = (Vec::new(), Vec::new(), Vec::new());
+        for (r, mine) in handed.into_iter().enumerate() {
+            let (tx, rx) = std::sync::mpsc::sync_channel::<Result<Chunk>>(0);
+            let (spare_tx, spare_rx) = std::sync::mpsc::channel::<Activations>();
+            threads.push(scope.spawn(move || {
+                mine.into_iter().for_each(crate::memory::offer_spare);
+                read_files(paths.iter().skip(r).step_by(readers), d_model, &tx, &spare_rx);
+                // The last blocks come back after the last read: their buffers go to the next pass.
+                drop(tx);
+                spare_rx.iter().for_each(crate::memory::offer_spare);
+                crate::memory::take_spares()
+            }));
+            blocks_rx.push(rx);
+            spares_tx.push(spare_tx);
+        }
         let visited = (|| {
-            let mut i = 0;
-            for chunk in rx.iter() {
-                let chunk = chunk?;
-                let last = chunk.first_row + chunk.batch >= chunk.file_batch;
-                if let Some(done) = visit(i, chunk)? {
-                    let _ = spare_tx.send(done.activations);
+            for (i, path) in paths.iter().enumerate() {
+                let r = i % readers;
+                // A file's last block has first_row + batch = file_batch.
+                let mut last = false;
+                while !last {
+                    // Only a panic ends a reader without a word; it is raised again below.
+                    let chunk = blocks_rx[r].recv().map_err(|_| Error::invalid_input(&path.display().to_string(), "its reading thread stopped"))??;
+                    last = chunk.first_row + chunk.batch >= chunk.file_batch;
+                    if let Some(done) = visit(i, chunk)? {
+                        let _ = spares_tx[r].send(done.activations);
+                    }
                 }
-                i += usize::from(last);
             }
             Ok(())
         })();
-        (drop(rx), drop(spare_tx));
-        *spares = reader.join().unwrap_or_default();
+        (drop(blocks_rx), drop(spares_tx));
+        for thread in threads {
+            match thread.join() {
+                Ok(kept) => spares.extend(kept),
+                Err(panic) => std::panic::resume_unwind(panic),
+            }
+        }
         visited
     })
+}
+
+/// One reading thread's work: the blocks of `paths` in order, until a block is bad or the visitor
+/// has stopped listening.
+fn read_files<'a>(paths: impl Iterator<Item = &'a PathBuf>, d_model: usize, tx: &SyncSender<Result<Chunk>>, spare_rx: &Receiver<Activations>) {
+    let block_bytes = crate::memory::max_chunk_bytes().map_or(BLOCK_BYTES, |(limit, _)| BLOCK_BYTES.min(limit as usize));
+    for path in paths {
+        let mut blocks = match blocks(path, block_bytes) {
+            Ok(blocks) => blocks,
+            Err(e) => {
+                let _ = tx.send(Err(e));
+                return;
+            }
+        };
+        for at in 0.. {
+            spare_rx.try_iter().for_each(crate::memory::offer_spare);
+            let Some(chunk) = blocks.next() else {
+                if at == 0 {
+                    // The visitor waits for this file's last block; every reader yields one.
+                    let _ = tx.send(Err(Error::bad_chunk(path, "activations", "yields no block of data")));
+                    return;
+                }
+                break;
+            };
+            let chunk = chunk.and_then(|c| c.check_d_model(d_model).map(|()| c));
+            let failed = chunk.is_err();
+            if tx.send(chunk).is_err() || failed {
+                return; // the visitor stopped, or this block was bad
+            }
+        }
+    }
 }
 
 /// `stream_chunks` for a visitor that keeps no chunk, in one pass.

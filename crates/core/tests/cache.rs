@@ -135,7 +135,7 @@ fn buffer_of(chunk: &soft_cluster_core::Chunk) -> usize {
 
 #[test]
 fn streamed_passes_read_every_chunk_into_two_reused_buffers_and_leave_kept_chunks_alone() {
-    use soft_cluster_core::stream::stream_chunks;
+    use soft_cluster_core::stream::stream_chunks_with;
     let dir = tempfile::tempdir().unwrap();
     let (chunks, _) = planted_chunks(dir.path(), 7, K, D, 11);
     let fresh: Vec<_> = chunks.iter().map(|c| soft_cluster_core::read_chunk(c).unwrap()).collect();
@@ -143,7 +143,8 @@ fn streamed_passes_read_every_chunk_into_two_reused_buffers_and_leave_kept_chunk
     let mut buffers = std::collections::HashSet::new();
     let mut kept = Vec::new();
     for pass in 0..3 {
-        stream_chunks(&chunks, D, &mut spares, |i, chunk| {
+        // One reading thread (tests/stream.rs has several).
+        stream_chunks_with(1, &chunks, D, &mut spares, |i, chunk| {
             assert_eq!(chunk.activations, fresh[i].activations, "pass {pass}, chunk {i}: the values of a reused buffer");
             assert_eq!((&chunk.attention_mask, &chunk.token_ids), (&fresh[i].attention_mask, &fresh[i].token_ids));
             buffers.insert(buffer_of(&chunk));
