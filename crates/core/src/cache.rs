@@ -5,12 +5,12 @@
 //! fit gives the same bits with the cache and without it. When the chunks do not fit, nothing is
 //! kept (the estimate from the chunk headers says so before the first pass; a dtype that takes
 //! more room than estimated drops what was kept as soon as the budget is passed) and every pass
-//! streams the files as before: memory stays bounded by the budget plus the two streamed blocks,
-//! whose buffers every pass reuses.
+//! streams the files as before: memory stays bounded by the budget plus the streamed blocks (one
+//! per reading thread and the one visited), whose buffers every pass reuses.
 
 use crate::chunk::{Activations, Chunk};
 use crate::error::Result;
-use crate::stream::stream_chunks;
+use crate::stream::{read_ahead, stream_chunks_with};
 use crate::config::CacheSetting;
 use std::path::PathBuf;
 
@@ -36,8 +36,10 @@ pub struct ChunkCache {
     state: State,
     blocks: Vec<(usize, Chunk)>,
     bytes: u64,
-    /// Buffers of streamed blocks, read into again by the next pass (`stream_chunks`).
+    /// Buffers of streamed blocks, read into again by the next pass (`stream_chunks_with`).
     spares: Vec<Activations>,
+    /// Reading threads of a streamed pass (`stream::read_ahead`, from the headers once).
+    readers: Option<usize>,
 }
 
 impl ChunkCache {
@@ -50,7 +52,7 @@ impl ChunkCache {
             CacheSetting::Bytes(n) => n,
         };
         let state = if estimated_bytes <= budget { State::Filling } else { State::Streaming };
-        ChunkCache { budget, state, blocks: Vec::new(), bytes: 0, spares: Vec::new() }
+        ChunkCache { budget, state, blocks: Vec::new(), bytes: 0, spares: Vec::new(), readers: None }
     }
 
     /// Visits every block of `paths` in order, from memory when the cache holds them all, else
@@ -59,7 +61,8 @@ impl ChunkCache {
         if let State::Complete = self.state {
             return self.blocks.iter().try_for_each(|(i, chunk)| visit(*i, chunk));
         }
-        stream_chunks(paths, d_model, &mut self.spares, |i, chunk| {
+        let readers = *self.readers.get_or_insert_with(|| read_ahead(paths));
+        stream_chunks_with(readers, paths, d_model, &mut self.spares, |i, chunk| {
             visit(i, &chunk)?;
             if let State::Filling = self.state {
                 self.bytes += chunk_bytes(&chunk);

@@ -19,7 +19,8 @@ pub fn available_memory() -> Option<u64> {
 static MAX_CHUNK_BYTES: AtomicU64 = AtomicU64::new(0);
 
 /// Sets, for the whole process, the most bytes one array of a chunk may decode to; `None` goes
-/// back to the default (half the available memory: two chunks are alive while one is read ahead).
+/// back to the default (half the available memory: with one reading thread two chunks are alive;
+/// `stream::read_ahead` starts more only where their buffers fit a quarter of it).
 pub fn set_max_chunk_bytes(limit: Option<u64>) {
     MAX_CHUNK_BYTES.store(limit.unwrap_or(0).max(u64::from(limit.is_some())), Ordering::Relaxed);
 }
@@ -59,16 +60,19 @@ thread_local! {
     static SPARE: RefCell<Vec<Activations>> = const { RefCell::new(Vec::new()) };
 }
 
-/// Spare buffers a reading thread keeps: a stream has two chunks alive at once.
+/// Spare buffers a reading thread keeps: it has at most two chunks of its own alive at once
+/// (the one it reads, the one the visitor has).
 const SPARES: usize = 2;
 
-/// Keeps the buffer of `activations` for a later `array_to_fill` of its dtype on this thread.
+/// Keeps the buffer of `activations` for a later `array_to_fill` of its dtype on this thread,
+/// in place of the oldest spare when two are kept.
 pub(crate) fn offer_spare(activations: Activations) {
     SPARE.with(|s| {
         let mut spare = s.borrow_mut();
-        if spare.len() < SPARES {
-            spare.push(activations);
+        if spare.len() == SPARES {
+            spare.remove(0);
         }
+        spare.push(activations);
     });
 }
 
@@ -77,18 +81,22 @@ pub(crate) fn take_spares() -> Vec<Activations> {
     SPARE.with(|s| std::mem::take(&mut *s.borrow_mut()))
 }
 
-/// An array of `n` values that the caller overwrites entirely: a spare buffer of this thread
-/// when one is large enough (its old values are still in it), else `large_array`. Streaming
+/// An array of `n` values that the caller overwrites entirely: the smallest spare buffer of this
+/// thread that is large enough (its old values are still in it), else `large_array`. Streaming
 /// reuses two buffers for every chunk of a pass: a fresh allocation per chunk made every chunk
 /// fault its pages in again, and left glibc's per-thread arenas holding freed chunks, so peak
 /// memory grew with the number of chunks (benches/RESULTS.md, "Memory over 40 chunks").
 pub(crate) fn array_to_fill<T: StoredDtype>(n: usize) -> Vec<T> {
     let reused = SPARE.with(|s| {
         let mut spare = s.borrow_mut();
-        let mut found = None;
+        let mut found: Option<Vec<T>> = None;
         for activations in std::mem::take(&mut *spare) {
             match T::unwrap(activations) {
-                Ok(values) if found.is_none() && values.capacity() >= n => found = Some(values),
+                Ok(values) if values.capacity() >= n && found.as_ref().is_none_or(|f| values.capacity() < f.capacity()) => {
+                    if let Some(larger) = found.replace(values) {
+                        spare.push(T::wrap(larger));
+                    }
+                }
                 Ok(values) => spare.push(T::wrap(values)),
                 Err(other) => spare.push(other),
             }
@@ -151,4 +159,27 @@ pub(crate) fn copy_values<T: Copy + Send + Sync>(dst: &mut [T], src: &[T]) {
     use rayon::prelude::*;
     let piece = (PIECE_BYTES / std::mem::size_of::<T>().max(1)).max(1);
     dst.par_chunks_mut(piece).zip(src.par_chunks(piece)).for_each(|(d, s)| d.copy_from_slice(s));
+}
+
+#[cfg(test)]
+mod spare_tests {
+    use super::*;
+
+    #[test]
+    fn the_newest_two_spares_are_kept_and_the_smallest_that_fits_is_taken() {
+        let buffer = |n: usize| Activations::F32(Vec::with_capacity(n));
+        let capacity = |a: &Activations| match a {
+            Activations::F32(v) => v.capacity(),
+            _ => 0,
+        };
+        for n in [10, 100, 50] {
+            offer_spare(buffer(n));
+        }
+        let v: Vec<f32> = array_to_fill(20);
+        assert_eq!((v.len(), v.capacity()), (20, 50));
+        // No float16 spare: a fresh array, the float32 one stays.
+        let h: Vec<half::f16> = array_to_fill(5);
+        assert_eq!(h.len(), 5);
+        assert_eq!(take_spares().iter().map(capacity).collect::<Vec<_>>(), vec![100]);
+    }
 }

@@ -93,22 +93,27 @@ pub fn stream_chunks(paths: &[PathBuf], d_model: usize, spares: &mut Vec<Activat
     stream_chunks_with(read_ahead(paths), paths, d_model, spares, visit)
 }
 
-/// Files read at once ahead of the visitor: one per core up to 4, while the two buffers each
-/// reader has (the block it reads or waits to hand over, and one to reuse) take at most a quarter
-/// of the available memory, the first file's size standing for all (8 bytes a value, one block of
-/// at most `sources::BLOCK_BYTES` or the `--max-chunk-bytes` limit where the format is read in
-/// blocks). A deflated `.npz` member inflates on one core: on this 2-core VM two readers made
-/// streamed passes over 12 deflated chunks 1.4-1.7x faster, and passes over stored chunks (read
-/// in pieces on every core anyway) about as fast as one (benches/RESULTS.md).
+/// Files read at once ahead of the visitor: one per core up to 4, while two buffers per reader
+/// (the block it reads or waits to hand over, and one to reuse) of the largest file (8 bytes a
+/// value; one block of at most `sources::BLOCK_BYTES` or the `--max-chunk-bytes` limit for the
+/// formats always read in blocks) take at most a quarter of the available memory; one where that
+/// cannot be read (not Linux) or a header cannot. A deflated `.npz` member inflates on one core:
+/// on this 2-core VM two readers made streamed passes over 12 deflated chunks 1.4-1.7x faster,
+/// and passes over stored chunks (read in pieces on every core anyway) about as fast as one
+/// (benches/RESULTS.md). Reads every file's header.
 pub fn read_ahead(paths: &[PathBuf]) -> usize {
     let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
     let block = crate::memory::max_chunk_bytes().map_or(BLOCK_BYTES as u64, |(limit, _)| limit.min(BLOCK_BYTES as u64));
-    let first = paths.first().and_then(|p| Some((chunk_shape(p).ok()?, format_of(p).ok()?)));
-    let bytes = first.map_or(u64::MAX, |((b, s, d), format)| {
+    let largest = paths.iter().try_fold(0u64, |most, p| {
+        let (b, s, d) = chunk_shape(p).ok()?;
         let whole = ((b * s * d) as u64).saturating_mul(8);
-        if format == Format::Npz { whole } else { whole.min(block) }
+        let bytes = if matches!(format_of(p).ok()?, Format::Safetensors | Format::Arrow) { whole.min(block) } else { whole };
+        Some(most.max(bytes))
     });
-    let by_memory = crate::memory::available_memory().map_or(1, |a| (a / 4 / bytes.max(1) / 2) as usize);
+    let by_memory = match (largest, crate::memory::available_memory()) {
+        (Some(bytes), Some(available)) => (available / 4 / bytes.max(1) / 2) as usize,
+        _ => 1,
+    };
     cores.min(4).min(by_memory).min(paths.len()).max(1)
 }
 

@@ -77,9 +77,13 @@ fn every_number_of_readers_visits_the_same_blocks_in_file_order_and_stops_cleanl
         assert!(result.unwrap_err().to_string().contains("the visitor stops"));
     }
     set_max_chunk_bytes(None);
-    // Small files: a reader per core, up to 4 and the number of files.
+    // Small files: a reader per core, up to 4 and the number of files (where the available
+    // memory can be read); a file whose header cannot be read: one.
     let cores = std::thread::available_parallelism().unwrap().get();
-    assert_eq!(read_ahead(&paths), cores.min(4));
+    if cfg!(target_os = "linux") {
+        assert_eq!(read_ahead(&paths), cores.min(4));
+    }
+    assert_eq!(read_ahead(&bad), 1);
     assert_eq!(read_ahead(&paths[..1]), 1);
     assert_eq!(read_ahead(&[]), 1);
 }

@@ -174,10 +174,11 @@ mod x86 {
         tails(row, others, full, out);
     }
 
-    /// Up to four dot products of `row` with the rows of `others` (AVX-512).
+    /// One to four dot products of `row` with the rows of `others` (AVX-512).
     #[target_feature(enable = "avx512f")]
     pub(super) unsafe fn dots_avx512(row: &[f16], others: &[f32], out: &mut [f32]) {
-        // SAFETY: the caller checked the features; `others` holds `out.len()` rows.
+        assert!((1..=4).contains(&out.len()) && others.len() == out.len() * row.len());
+        // SAFETY: the caller checked the features; `others` holds `out.len()` rows (asserted).
         unsafe {
             match out.len() {
                 4 => group_avx512::<4>(row, others, out),
@@ -188,9 +189,10 @@ mod x86 {
         }
     }
 
-    /// Up to four dot products of `row` with the rows of `others` (AVX2).
+    /// One to four dot products of `row` with the rows of `others` (AVX2).
     #[target_feature(enable = "avx2,fma,f16c")]
     pub(super) unsafe fn dots_avx2(row: &[f16], others: &[f32], out: &mut [f32]) {
+        assert!((1..=4).contains(&out.len()) && others.len() == out.len() * row.len());
         // SAFETY: as `dots_avx512`.
         unsafe {
             match out.len() {
