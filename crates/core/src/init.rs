@@ -251,7 +251,7 @@ fn start_from_sample(config: &ClusteringConfig, initial: Option<Centers>, sample
                 return Err(Error::invalid_input("chunks", format!("hold {n} real, non-zero tokens, fewer than nClusters = {k}")));
             }
             let centers = kmeans_plus_plus(sample, k, d, &mut rng)?;
-            warm_up(&sample[..n.min(seeding_rows(k)) * d], centers, config.warmup_iterations, backend)?
+            warm_up(&sample[..n.min(seeding_rows(k)) * d], centers, config.warmup_iterations, backend)?.0
         }
     };
     match config.temperature {
@@ -291,16 +291,27 @@ fn nearest(rows: &[f32], others: &[f32], d: usize, skip_self: bool, backend: &dy
     Ok(best)
 }
 
+/// Stop the warm-up once an assignment moves at most this share of the seeding rows: on the
+/// quality bench's real activations stopping at 0.5% or 2% changed the fitted hard objective by
+/// at most 0.0003 (the soft iterations follow), and at K = 1024 on the harness data the warm-up
+/// runs 3 GEMMs instead of 9.
+const WARMUP_SETTLED: f64 = 0.01;
+
 /// Hard spherical k-means on the sample: each row goes to its nearest center, each center to
 /// the normalized sum of its rows. A center left without rows moves to the sample row worst
-/// covered by the others (lowest best cosine, earliest first). Stops early when nothing moves.
-fn warm_up(sample: &[f32], mut centers: Centers, iterations: usize, backend: &dyn Backend) -> Result<Centers> {
+/// covered by the others (lowest best cosine, earliest first). Stops early when nothing moves,
+/// and after the update of an assignment that moved at most `WARMUP_SETTLED` of the rows.
+/// Also returns how many rows each assignment moved (all of them for the first).
+fn warm_up(sample: &[f32], mut centers: Centers, iterations: usize, backend: &dyn Backend) -> Result<(Centers, Vec<usize>)> {
     let (k, d) = (centers.k, centers.d);
     let mut previous: Vec<usize> = Vec::new();
+    let mut moved = Vec::new();
     for _ in 0..iterations {
         let best = assign(sample, &centers, backend)?;
         let owner: Vec<usize> = best.iter().map(|b| b.0).collect();
-        if owner == previous {
+        let changed = if previous.is_empty() { owner.len() } else { owner.iter().zip(&previous).filter(|(a, b)| a != b).count() };
+        moved.push(changed);
+        if changed == 0 {
             break;
         }
         let mut sums = vec![0f64; k * d];
@@ -326,9 +337,12 @@ fn warm_up(sample: &[f32], mut centers: Centers, iterations: usize, backend: &dy
                 row.copy_from_slice(&sample[i * d..(i + 1) * d]);
             }
         }
+        if moved.len() > 1 && changed as f64 <= WARMUP_SETTLED * owner.len() as f64 {
+            break;
+        }
         previous = owner;
     }
-    Ok(centers)
+    Ok((centers, moved))
 }
 
 /// The `auto` temperature (docs/algorithm.md "Temperature"). Soft k-means keeps two clusters
@@ -419,6 +433,32 @@ mod seeding_tests {
             axes.sort_unstable();
             assert_eq!(axes, vec![0, 1, 2, 3, 4], "seed {seed}");
         }
+    }
+}
+
+#[cfg(test)]
+mod warm_up_tests {
+    use super::{warm_up, WARMUP_SETTLED};
+    use crate::kernels::cpu::CpuBackend;
+    use crate::kernels::Centers;
+
+    #[test]
+    fn warm_up_stops_after_the_first_assignment_that_moves_at_most_one_percent_of_the_rows() {
+        // Rows spread evenly over an arc of 1.5 radians, two centers starting at one end: each
+        // Lloyd step moves the boundary half the way to the middle, so the moves halve and
+        // reach 1% only after several steps (full convergence takes many more).
+        let (n, d) = (2000, 3);
+        let sample: Vec<f32> = (0..n).flat_map(|i| {
+            let a = 1.5 * (i as f32 + 0.5) / n as f32;
+            [a.cos(), a.sin(), 0.0]
+        }).collect();
+        let start = Centers::from_rows(2, d, vec![1.0, 0.0, 0.0, 0.05f32.cos(), 0.05f32.sin(), 0.0]).unwrap();
+        let (_, moved) = warm_up(&sample, start, 50, &CpuBackend::default()).unwrap();
+        let settled = (WARMUP_SETTLED * n as f64) as usize;
+        assert!(moved.len() >= 4, "{moved:?}");
+        assert_eq!(moved[0], n);
+        assert!(moved[1..moved.len() - 1].iter().all(|&m| m > settled), "stopped late: {moved:?}");
+        assert!(*moved.last().unwrap() <= settled && *moved.last().unwrap() > 0, "{moved:?}");
     }
 }
 
