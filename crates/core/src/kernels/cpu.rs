@@ -181,7 +181,10 @@ impl Job<'_> {
         // The block's nonzero memberships (cluster, value), row j at nz[nz_offset[j]..nz_offset[j + 1]].
         let mut nz: Vec<(u32, f32)> = Vec::new();
         let mut nz_offset: Vec<usize> = Vec::with_capacity(block_rows + 1);
-        let mut by_cluster: Vec<(u32, u32, f32)> = Vec::new();
+        // The block's nonzeros grouped by cluster, (row, value): cluster c's at
+        // by_cluster[cluster_start[c]..cluster_start[c + 1]].
+        let mut by_cluster: Vec<(u32, f32)> = Vec::new();
+        let (mut cluster_start, mut next): (Vec<usize>, Vec<usize>) = (Vec::new(), Vec::new());
 
         for start in (0..n).step_by(block_rows) {
             let b = block_rows.min(n - start);
@@ -235,14 +238,23 @@ impl Job<'_> {
                     // Thresholding left few memberships: S_k += p_k x over the nonzeros only,
                     // nnz * D work instead of the GEMM's K * D per row.
                     // Cluster-major order keeps each row of S in L1 while the block's rows stream by.
-                    by_cluster.clear();
+                    // A counting sort by cluster; rows come in order, so each cluster's
+                    // entries stay in row order.
+                    cluster_start.clear();
+                    cluster_start.resize(k + 1, 0);
+                    nz.iter().for_each(|&(c, _)| cluster_start[c as usize + 1] += 1);
+                    (0..k).for_each(|c| cluster_start[c + 1] += cluster_start[c]);
+                    next.clear();
+                    next.extend_from_slice(&cluster_start[..k]);
+                    by_cluster.resize(nz.len(), (0, 0.0));
                     for j in 0..b {
-                        by_cluster.extend(nz[nz_offset[j]..nz_offset[j + 1]].iter().map(|&(c, v)| (c, j as u32, v)));
+                        for &(c, v) in &nz[nz_offset[j]..nz_offset[j + 1]] {
+                            by_cluster[next[c as usize]] = (j as u32, v);
+                            next[c as usize] += 1;
+                        }
                     }
-                    by_cluster.sort_unstable_by_key(|&(c, j, _)| (c, j));
-                    for &(c, j, v) in &by_cluster {
-                        let (c, j) = (c as usize, j as usize);
-                        axpy(v, &x[j * d..(j + 1) * d], &mut s_block[c * d..(c + 1) * d]);
+                    for c in (0..k).filter(|&c| cluster_start[c] < cluster_start[c + 1]) {
+                        add_scaled_rows(&by_cluster[cluster_start[c]..cluster_start[c + 1]], &x[..b * d], &mut s_block[c * d..(c + 1) * d]);
                     }
                 } else {
                     // S[K x D] += p^T[K x b] . x[b x D]
@@ -340,16 +352,78 @@ fn push_nonzeros(row: &[f32], out: &mut Vec<(u32, f32)>) {
     out.extend(row.iter().enumerate().filter(|(_, &v)| v > 0.0).map(|(c, &v)| (c as u32, v)));
 }
 
-/// `y += a * x`.
-fn axpy(a: f32, x: &[f32], y: &mut [f32]) {
+/// `y += v_1 x_(j_1) + v_2 x_(j_2) + ...` for the `(j, v)` of `entries`, `x` rows of `y.len()`
+/// values: every element takes the entries in order, as one `y += v x_j` per entry would (an FMA
+/// each where the SIMD versions have a full vector, a multiply and an add past it), but `y` is
+/// loaded and stored once per group of vectors instead of once per entry.
+fn add_scaled_rows(entries: &[(u32, f32)], x: &[f32], y: &mut [f32]) {
+    let d = y.len();
+    assert!(entries.iter().all(|&(j, _)| (j as usize + 1) * d <= x.len()), "a row past the block");
     #[cfg(target_arch = "x86_64")]
     {
+        if std::arch::is_x86_feature_detected!("avx512f") && std::arch::is_x86_feature_detected!("fma") {
+            // SAFETY: the CPU supports the features; every row is inside `x` (asserted).
+            return unsafe { avx512::add_scaled_rows(entries, x, y) };
+        }
         if std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma") {
-            // SAFETY: the CPU supports the features.
-            return unsafe { avx2::axpy(a, x, y) };
+            // SAFETY: as above.
+            return unsafe { avx2::add_scaled_rows(entries, x, y, 0) };
         }
     }
-    y.iter_mut().zip(x).for_each(|(y, &x)| *y += a * x);
+    add_scaled_tail(entries, x, y, 0);
+}
+
+/// `add_scaled_rows` on the elements from `from` on, one multiply and add per entry.
+fn add_scaled_tail(entries: &[(u32, f32)], x: &[f32], y: &mut [f32], from: usize) {
+    let d = y.len();
+    for &(j, v) in entries {
+        let row = &x[j as usize * d..(j as usize + 1) * d];
+        y[from..].iter_mut().zip(&row[from..]).for_each(|(y, &x)| *y += v * x);
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+mod avx512 {
+    //! `add_scaled_rows` sixteen lanes at a time.
+    use std::arch::x86_64::*;
+
+    #[target_feature(enable = "avx512f,avx2,fma")]
+    pub(super) unsafe fn add_scaled_rows(entries: &[(u32, f32)], x: &[f32], y: &mut [f32]) {
+        let d = y.len();
+        let (xp, yp) = (x.as_ptr(), y.as_mut_ptr());
+        let mut i = 0;
+        // SAFETY (all loads and stores): i + width <= d, and every row j holds d values of `x`
+        // (the caller asserted it).
+        while i + 64 <= d {
+            unsafe {
+                let (mut a0, mut a1, mut a2, mut a3) = (_mm512_loadu_ps(yp.add(i)), _mm512_loadu_ps(yp.add(i + 16)), _mm512_loadu_ps(yp.add(i + 32)), _mm512_loadu_ps(yp.add(i + 48)));
+                for &(j, v) in entries {
+                    let (r, v) = (xp.add(j as usize * d + i), _mm512_set1_ps(v));
+                    a0 = _mm512_fmadd_ps(v, _mm512_loadu_ps(r), a0);
+                    a1 = _mm512_fmadd_ps(v, _mm512_loadu_ps(r.add(16)), a1);
+                    a2 = _mm512_fmadd_ps(v, _mm512_loadu_ps(r.add(32)), a2);
+                    a3 = _mm512_fmadd_ps(v, _mm512_loadu_ps(r.add(48)), a3);
+                }
+                _mm512_storeu_ps(yp.add(i), a0);
+                _mm512_storeu_ps(yp.add(i + 16), a1);
+                _mm512_storeu_ps(yp.add(i + 32), a2);
+                _mm512_storeu_ps(yp.add(i + 48), a3);
+            }
+            i += 64;
+        }
+        while i + 16 <= d {
+            unsafe {
+                let mut a = _mm512_loadu_ps(yp.add(i));
+                for &(j, v) in entries {
+                    a = _mm512_fmadd_ps(_mm512_set1_ps(v), _mm512_loadu_ps(xp.add(j as usize * d + i)), a);
+                }
+                _mm512_storeu_ps(yp.add(i), a);
+            }
+            i += 16;
+        }
+        // Eight lanes past the last sixteen, then one at a time, as the AVX2 version does.
+        unsafe { super::avx2::add_scaled_rows(entries, x, y, i) }
+    }
 }
 
 /// The portable version of `fused_softmax`, and the reference for the SIMD one.
@@ -439,21 +513,42 @@ pub(crate) mod avx2 {
         out.extend(row[full..].iter().enumerate().filter(|(_, &v)| v > 0.0).map(|(c, &v)| ((full + c) as u32, v)));
     }
 
+    /// `super::add_scaled_rows` on the elements from `from` on, eight lanes at a time.
     #[target_feature(enable = "avx2,fma")]
-    pub(super) unsafe fn axpy(a: f32, x: &[f32], y: &mut [f32]) {
-        let n = x.len().min(y.len());
-        let full = n - n % 8;
-        let va = _mm256_set1_ps(a);
-        for i in (0..full).step_by(8) {
-            // SAFETY: i + 8 <= full <= both lengths.
+    pub(super) unsafe fn add_scaled_rows(entries: &[(u32, f32)], x: &[f32], y: &mut [f32], from: usize) {
+        let d = y.len();
+        let (xp, yp) = (x.as_ptr(), y.as_mut_ptr());
+        let mut i = from;
+        // SAFETY (all loads and stores): i + width <= d, and every row j holds d values of `x`
+        // (the caller asserted it).
+        while i + 32 <= d {
             unsafe {
-                let yv = _mm256_fmadd_ps(va, _mm256_loadu_ps(x.as_ptr().add(i)), _mm256_loadu_ps(y.as_ptr().add(i)));
-                _mm256_storeu_ps(y.as_mut_ptr().add(i), yv);
+                let (mut a0, mut a1, mut a2, mut a3) = (_mm256_loadu_ps(yp.add(i)), _mm256_loadu_ps(yp.add(i + 8)), _mm256_loadu_ps(yp.add(i + 16)), _mm256_loadu_ps(yp.add(i + 24)));
+                for &(j, v) in entries {
+                    let (r, v) = (xp.add(j as usize * d + i), _mm256_set1_ps(v));
+                    a0 = _mm256_fmadd_ps(v, _mm256_loadu_ps(r), a0);
+                    a1 = _mm256_fmadd_ps(v, _mm256_loadu_ps(r.add(8)), a1);
+                    a2 = _mm256_fmadd_ps(v, _mm256_loadu_ps(r.add(16)), a2);
+                    a3 = _mm256_fmadd_ps(v, _mm256_loadu_ps(r.add(24)), a3);
+                }
+                _mm256_storeu_ps(yp.add(i), a0);
+                _mm256_storeu_ps(yp.add(i + 8), a1);
+                _mm256_storeu_ps(yp.add(i + 16), a2);
+                _mm256_storeu_ps(yp.add(i + 24), a3);
             }
+            i += 32;
         }
-        for i in full..n {
-            y[i] += a * x[i];
+        while i + 8 <= d {
+            unsafe {
+                let mut a = _mm256_loadu_ps(yp.add(i));
+                for &(j, v) in entries {
+                    a = _mm256_fmadd_ps(_mm256_set1_ps(v), _mm256_loadu_ps(xp.add(j as usize * d + i)), a);
+                }
+                _mm256_storeu_ps(yp.add(i), a);
+            }
+            i += 8;
         }
+        super::add_scaled_tail(entries, x, y, i);
     }
 
     #[target_feature(enable = "avx2,fma")]
@@ -631,6 +726,52 @@ mod tests {
             }
         }
         None
+    }
+
+    #[test]
+    fn scaled_rows_are_added_as_one_multiply_add_per_entry_in_order_bit_for_bit() {
+        let mut state = 5u64;
+        let mut next = move || {
+            state = state.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+            ((state >> 40) as f32 / (1u64 << 24) as f32) * 2.0 - 1.0
+        };
+        // Lengths around every vector width the versions step by.
+        for d in [1, 7, 8, 15, 16, 24, 63, 64, 65, 100, 768] {
+            let x: Vec<f32> = (0..9 * d).map(|_| next()).collect();
+            let y0: Vec<f32> = (0..d).map(|_| next()).collect();
+            let entries: Vec<(u32, f32)> = [(0, 0.3), (2, -1.7), (3, 0.01), (8, 2.5), (2, 0.6)].iter().map(|&(j, v)| (j, v * next())).collect();
+            // One `y += v x_j` per entry: fused where `fused` elements are, a multiply and an add past them.
+            let reference = |fused: usize| {
+                let mut y = y0.clone();
+                for &(j, v) in &entries {
+                    for (i, y) in y.iter_mut().enumerate() {
+                        let x = x[j as usize * d + i];
+                        *y = if i < fused { v.mul_add(x, *y) } else { *y + v * x };
+                    }
+                }
+                y
+            };
+            let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
+            let mut y = y0.clone();
+            add_scaled_tail(&entries, &x, &mut y, 0);
+            assert_eq!(bits(&y), bits(&reference(0)), "portable, d {d}");
+            #[cfg(target_arch = "x86_64")]
+            {
+                let fused = d - d % 8;
+                if std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma") {
+                    let mut y = y0.clone();
+                    // SAFETY: the CPU has the features; every row is inside `x`.
+                    unsafe { avx2::add_scaled_rows(&entries, &x, &mut y, 0) };
+                    assert_eq!(bits(&y), bits(&reference(fused)), "AVX2, d {d}");
+                }
+                if std::arch::is_x86_feature_detected!("avx512f") && std::arch::is_x86_feature_detected!("fma") {
+                    let mut y = y0.clone();
+                    // SAFETY: as above.
+                    unsafe { avx512::add_scaled_rows(&entries, &x, &mut y) };
+                    assert_eq!(bits(&y), bits(&reference(fused)), "AVX-512, d {d}");
+                }
+            }
+        }
     }
 
     #[test]

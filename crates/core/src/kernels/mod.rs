@@ -6,6 +6,7 @@ pub mod cpu;
 pub mod cuda;
 pub mod half_rows;
 pub mod multi;
+mod widen;
 
 use crate::config::{ClusteringConfig, Device, Precision};
 use crate::error::{Error, Result};
@@ -169,10 +170,7 @@ impl Element for bf16 {
         f64::from(self)
     }
     fn scale_into(src: &[bf16], scale: f64, dst: &mut [f32]) {
-        use half::slice::HalfFloatSliceExt;
-        src.convert_to_f32_slice(dst); // a 16-bit shift per value, vectorized by the compiler
-        let scale = scale as f32;
-        dst.iter_mut().for_each(|d| *d *= scale);
+        widen::bf16_scaled(src, scale as f32, dst);
     }
 }
 
@@ -181,10 +179,7 @@ impl Element for f16 {
         f64::from(self)
     }
     fn scale_into(src: &[f16], scale: f64, dst: &mut [f32]) {
-        use half::slice::HalfFloatSliceExt;
-        src.convert_to_f32_slice(dst); // F16C when the CPU has it
-        let scale = scale as f32;
-        dst.iter_mut().for_each(|d| *d *= scale);
+        widen::f16_scaled(src, scale as f32, dst);
     }
 }
 
