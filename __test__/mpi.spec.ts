@@ -20,7 +20,11 @@ const built = processes().mpiBuild
 const required = process.env.SOFT_CLUSTER_REQUIRE_MPI === '1'
 const why = !built ? 'this build has no MPI (npm run build:mpi)' : !mpirun ? 'no mpirun on PATH' : ''
 // Root in containers; shared-memory single copy needs ptrace rights containers often lack.
-const MPIRUN = ['--allow-run-as-root', '--oversubscribe', '--mca', 'btl_vader_single_copy_mechanism', 'none']
+// `--bind-to none`: with no more ranks than cores mpirun binds each rank to one core, so a rank
+// runs one thread where the one-process fit runs one per core, its chunks' sums are split
+// differently and the fits differ in the last bits (docs/scaling.md "Same answer"); the tests
+// compare ranks with the one-process fit at the same thread count.
+const MPIRUN = ['--allow-run-as-root', '--oversubscribe', '--bind-to', 'none', '--mca', 'btl_vader_single_copy_mechanism', 'none']
 const mpi = (n: number, args: string[], env: NodeJS.ProcessEnv = {}) =>
   spawnSync('mpirun', [...MPIRUN, '-n', String(n), process.execPath, ...args], { encoding: 'utf8', env: { ...process.env, ...env }, timeout: 120_000 })
 
