@@ -4,7 +4,7 @@
 
 use crate::config::{ClusteringConfig, Temperature};
 use crate::error::{Error, Result};
-use crate::kernels::half_rows::HalfRows;
+use crate::kernels::byte_rows::ByteRows;
 use crate::kernels::{for_each_cosine_row, prepare_rows, unit_row, Backend, Centers, Tokens};
 use crate::cache::ChunkCache;
 use crate::quantiles;
@@ -127,17 +127,18 @@ pub fn seeding_rows(k: usize) -> usize {
 }
 
 /// Greedy spherical k-means++ (distance `1 - cos`) over the first `seeding_rows(K)` unit rows of
-/// `sample`, their cosines computed in float16 (`HalfRows`: each step reads every row).
+/// `sample`, their cosines computed from 8-bit copies of the rows (`ByteRows`: each step reads
+/// every row).
 fn kmeans_plus_plus(sample: &[f32], k: usize, d: usize, rng: &mut ChaCha8Rng) -> Result<Centers> {
     let n = (sample.len() / d).min(seeding_rows(k));
-    let rows = HalfRows::from_f32(&sample[..n * d], d);
+    let rows = ByteRows::from_f32(&sample[..n * d], d);
     let row = |i: usize| &sample[i * d..(i + 1) * d];
     // Cosines of every seeding row to each of `candidates`, `[n, t]`.
     let cosines_to = |candidates: &[usize]| rows.dots(&candidates.iter().flat_map(|&c| row(c).iter().copied()).collect::<Vec<f32>>());
     // `gap[i]` = 1 - max cos(x_i, chosen): the squared chord distance / 2, what k-means++ samples by.
     let mut chosen = vec![rng.random_range(0..n)];
     let mut gap: Vec<f32> = cosines_to(&chosen).iter().map(|&c| (1.0 - c).max(0.0)).collect();
-    gap[chosen[0]] = 0.0; // not the float16 rounding of its own cosine
+    gap[chosen[0]] = 0.0; // not the rounding of its own cosine
     // Greedy k-means++ (as scikit-learn does): draw a few candidates, keep the one that lowers the
     // total gap most. Plain k-means++ too often puts two centers in one planted cluster.
     let trials = 2 + (k as f64).ln().floor() as usize;
