@@ -1,12 +1,14 @@
 //! Unit rows kept in 8 bits per value and their cosines to a few float32 rows: the k-means++
-//! step. Each of its K steps reads every seeding row for a handful of candidates, and in float
-//! the step was bound by its multiply-adds (and float16 conversions: 1.6-2 ms for 16,384 x 768
-//! rows and 8 candidates on 2 cores). Here each column of the rows has its own scale (activations
-//! have a few columns far larger than the rest) and each candidate, scaled by the columns, one
-//! more: the dot products are integer sums, exact in any order, so every kernel (AVX-512 VNNI:
-//! 64 products an instruction; AVX2; portable) gives the same bits, on any CPU. The rounding
-//! (about 1e-3 on a cosine, at most 1.5e-2 on the quality bench's activations) only nudges which
-//! tokens k-means++ draws.
+//! step. Each of its K steps reads every seeding row for a handful of candidates, and in float16
+//! the step was bound by its multiply-adds and conversions (16,384 x 768 rows, 8 candidates:
+//! 1.6-2.0 ms on 2 cores, 3.0 ms on one). Here each column of the rows has its own scale
+//! (activations have a few columns far larger than the rest) and each candidate, scaled by the
+//! columns, one more: the dot products are integer sums, exact in any order, so every kernel
+//! (AVX-512 VNNI, 64 products an instruction, two rows at a time; AVX2; portable) gives the same
+//! bits on any CPU. Same rows: 0.94-0.97 ms on 2 cores, 1.5 ms on one. The rounding (about 1e-3
+//! on a cosine, at most 1.5e-2 on the quality bench's activations) only nudges which tokens
+//! k-means++ draws: the hard objective of the fits on that bench's 9 real cases moved by +0.0001
+//! on average over 4 seeds (benches/RESULTS.md).
 
 use rayon::prelude::*;
 
@@ -62,8 +64,13 @@ impl ByteRows {
         ByteRows { d, stride, data, scale }
     }
 
+    /// Rows held.
     pub fn len(&self) -> usize {
         self.data.len() / self.stride.max(1)
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.data.is_empty()
     }
 
     /// `t` float32 rows (`[t, d]`) against the column scales, each to -127..=127 by its own unit.
@@ -96,11 +103,12 @@ impl ByteRows {
         let kernel = Kernel::detect();
         let stride = self.stride;
         out.par_chunks_mut(BLOCK * t).zip(self.data.par_chunks(BLOCK * stride)).for_each(|(out, rows)| {
-            let mut sums = vec![0i32; t];
-            for (row, out) in rows.chunks_exact(stride).zip(out.chunks_exact_mut(t)) {
-                kernel.row_sums(row, &cand, &mut sums);
-                for (c, o) in out.iter_mut().enumerate() {
-                    *o = (sums[c] - cand.offset[c]) as f32 * cand.unit[c];
+            let mut sums = vec![0i32; 2 * t];
+            for (pair, out) in rows.chunks(2 * stride).zip(out.chunks_mut(2 * t)) {
+                let sums = &mut sums[..out.len()];
+                kernel.rows_sums(pair, &cand, sums);
+                for (i, o) in out.iter_mut().enumerate() {
+                    *o = (sums[i] - cand.offset[i % t]) as f32 * cand.unit[i % t];
                 }
             }
         });
@@ -148,14 +156,30 @@ impl Kernel {
         all
     }
 
+    /// `sums[r * t + c] = sum_j rows[r][j] * p_c[j]` (exact) for the one or two rows of `rows`.
+    fn rows_sums(self, rows: &[u8], cand: &Candidates, sums: &mut [i32]) {
+        let t = cand.unit.len();
+        let stride = cand.p.len() / t;
+        match self {
+            // SAFETY: `detect` (or `available`) checked the features; `sums_vnni512` asserts the lengths.
+            #[cfg(target_arch = "x86_64")]
+            Kernel::Vnni512 => unsafe { x86::sums_vnni512(rows, &cand.p, stride, sums) },
+            _ => {
+                for (row, sums) in rows.chunks_exact(stride).zip(sums.chunks_exact_mut(t)) {
+                    self.row_sums(row, cand, sums);
+                }
+            }
+        }
+    }
+
     /// `sums[c] = sum_j row[j] * p_c[j]` (exact).
     fn row_sums(self, row: &[u8], cand: &Candidates, sums: &mut [i32]) {
         let stride = row.len();
-        assert!(cand.p.len() == sums.len() * stride && stride % LANES == 0);
+        assert!(cand.p.len() == sums.len() * stride && stride.is_multiple_of(LANES));
         match self {
-            // SAFETY: `detect` (or `available`) checked the features; the lengths are asserted.
+            // SAFETY: as in `rows_sums`.
             #[cfg(target_arch = "x86_64")]
-            Kernel::Vnni512 => unsafe { x86::sums_vnni512(row, &cand.p, sums) },
+            Kernel::Vnni512 => unsafe { x86::sums_vnni512(row, &cand.p, stride, sums) },
             // SAFETY: as above.
             #[cfg(target_arch = "x86_64")]
             Kernel::Avx2 => unsafe { x86::sums_avx2(row, &cand.p16, sums) },
@@ -172,28 +196,38 @@ impl Kernel {
 mod x86 {
     use std::arch::x86_64::*;
 
-    /// Four candidates at a time, 64 byte products per instruction and accumulator.
+    /// One or two rows (`row.len()` a multiple of the candidates' stride) against four
+    /// candidates at a time, `sums[r * t + c]`, 64 byte products per instruction: two rows give
+    /// eight accumulator chains, enough to hide the instruction's latency.
     #[target_feature(enable = "avx512f,avx512bw,avx512vnni")]
-    pub(super) unsafe fn sums_vnni512(row: &[u8], p: &[i8], sums: &mut [i32]) {
-        let stride = row.len();
-        let (x, y) = (row.as_ptr(), p.as_ptr());
-        for c in (0..sums.len()).step_by(4) {
-            let g = 4.min(sums.len() - c);
+    pub(super) unsafe fn sums_vnni512(rows: &[u8], p: &[i8], stride: usize, sums: &mut [i32]) {
+        let (n_rows, t) = (rows.len() / stride, p.len() / stride);
+        assert!(stride.is_multiple_of(64) && (1..=2).contains(&n_rows) && rows.len() == n_rows * stride && p.len() == t * stride && sums.len() == n_rows * t);
+        let (x, y) = (rows.as_ptr(), p.as_ptr());
+        // The second row is the first again when there is one row (its sums are not written).
+        let x1 = if n_rows == 2 { stride } else { 0 };
+        for c in (0..t).step_by(4) {
+            let g = 4.min(t - c);
             let z = _mm512_setzero_si512();
-            let (mut a0, mut a1, mut a2, mut a3) = (z, z, z, z);
+            let (mut a0, mut a1, mut a2, mut a3, mut b0, mut b1, mut b2, mut b3) = (z, z, z, z, z, z, z, z);
             for i in (0..stride).step_by(64) {
-                // SAFETY: i + 64 <= stride; `p` holds `sums.len()` candidates of `stride` bytes.
+                // SAFETY: i + 64 <= stride; `rows` holds `n_rows` rows and `p` `t` candidates of
+                // `stride` bytes (asserted); candidates past `t` read the last one again.
                 unsafe {
-                    let v = _mm512_loadu_si512(x.add(i).cast());
+                    let (v, w) = (_mm512_loadu_si512(x.add(i).cast()), _mm512_loadu_si512(x.add(x1 + i).cast()));
                     let at = |k: usize| _mm512_loadu_si512(y.add((c + k.min(g - 1)) * stride + i).cast());
-                    a0 = _mm512_dpbusd_epi32(a0, v, at(0));
-                    a1 = _mm512_dpbusd_epi32(a1, v, at(1));
-                    a2 = _mm512_dpbusd_epi32(a2, v, at(2));
-                    a3 = _mm512_dpbusd_epi32(a3, v, at(3));
+                    let (p0, p1, p2, p3) = (at(0), at(1), at(2), at(3));
+                    (a0, a1, a2, a3) = (_mm512_dpbusd_epi32(a0, v, p0), _mm512_dpbusd_epi32(a1, v, p1), _mm512_dpbusd_epi32(a2, v, p2), _mm512_dpbusd_epi32(a3, v, p3));
+                    (b0, b1, b2, b3) = (_mm512_dpbusd_epi32(b0, w, p0), _mm512_dpbusd_epi32(b1, w, p1), _mm512_dpbusd_epi32(b2, w, p2), _mm512_dpbusd_epi32(b3, w, p3));
                 }
             }
             for (s, a) in sums[c..c + g].iter_mut().zip([a0, a1, a2, a3]) {
                 *s = _mm512_reduce_add_epi32(a);
+            }
+            if n_rows == 2 {
+                for (s, b) in sums[t + c..t + c + g].iter_mut().zip([b0, b1, b2, b3]) {
+                    *s = _mm512_reduce_add_epi32(b);
+                }
             }
         }
     }
@@ -254,6 +288,11 @@ mod tests {
                     let mut got = vec![i32::MIN; t];
                     kernel.row_sums(row, &cand, &mut got);
                     assert_eq!(got, want, "{kernel:?} n {n} d {d} t {t} row {i}");
+                    // The same row second in a pair, after the previous row (or alone for row 0).
+                    let pair = &rows.data[i.saturating_sub(1) * rows.stride..(i + 1) * rows.stride];
+                    let mut got = vec![i32::MIN; pair.len() / rows.stride * t];
+                    kernel.rows_sums(pair, &cand, &mut got);
+                    assert_eq!(&got[got.len() - t..], &want[..], "{kernel:?} pair ending at row {i}");
                 }
             }
         }

@@ -456,7 +456,7 @@ pub(crate) fn fused_softmax_scalar(row: &mut [f32], e: &mut [f32], inv_t: f32, m
 }
 
 #[cfg(target_arch = "x86_64")]
-pub(crate) mod avx2 {
+mod avx2 {
     //! `fused_softmax` with AVX2 + FMA intrinsics: the same steps as `fused_softmax_scalar`,
     //! eight lanes at a time (the compiler does not vectorize the reductions by itself).
     use super::{exp_nonpositive, RowSummary};
@@ -464,7 +464,7 @@ pub(crate) mod avx2 {
 
     #[inline]
     #[target_feature(enable = "avx2,fma")]
-    pub(crate) fn hsum(v: __m256) -> f32 {
+    fn hsum(v: __m256) -> f32 {
         let s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
         let s = _mm_add_ps(s, _mm_movehl_ps(s, s));
         _mm_cvtss_f32(_mm_add_ss(s, _mm_shuffle_ps(s, s, 1)))

@@ -5,7 +5,6 @@
 pub mod cpu;
 pub mod cuda;
 pub mod byte_rows;
-pub mod half_rows;
 pub mod multi;
 mod widen;
 
