@@ -331,7 +331,8 @@ fn block_batches(file: &ArrowFile, first_row: usize, rows: usize) -> Vec<(usize,
     out
 }
 
-/// One block, its activations copied once into an array of its exact size.
+/// One block, its activations copied once into an array of its exact size (a reused one when
+/// streaming).
 fn read_block(path: &Path, file: &ArrowFile, first_row: usize, rows: usize) -> Result<Chunk> {
     let (key, seq_len, d_model) = (&file.key, file.seq_len, file.d_model);
     let has = |name: &str| file.schema.fields().iter().any(|f| f.name() == name);
@@ -356,9 +357,11 @@ fn read_block(path: &Path, file: &ArrowFile, first_row: usize, rows: usize) -> R
             let element = leaf.data_type().primitive_width().unwrap_or(0);
             crate::memory::check_array_bytes(path, key, (values * element) as u64)?;
             activations = match leaf.data_type() {
-                DataType::Float32 => Some(Activations::F32(crate::memory::large_array(values))),
-                DataType::Float16 => Some(Activations::F16(crate::memory::large_array(values))),
-                DataType::Float64 => Some(Activations::F64(crate::memory::large_array(values))),
+                // A spare buffer of an earlier chunk when there is one (`memory::array_to_fill`):
+                // every value is overwritten, or the block is refused below.
+                DataType::Float32 => Some(Activations::F32(crate::memory::array_to_fill(values))),
+                DataType::Float16 => Some(Activations::F16(crate::memory::array_to_fill(values))),
+                DataType::Float64 => Some(Activations::F64(crate::memory::array_to_fill(values))),
                 _ => None,
             };
         }

@@ -237,6 +237,37 @@ mod arrow {
     }
 
     #[test]
+    fn streamed_arrow_shards_are_read_into_two_reused_buffers() {
+        use soft_cluster_core::stream::stream_chunks_with;
+        let dir = tempfile::tempdir().unwrap();
+        let (acts, _, ids) = data();
+        let shards: Vec<PathBuf> = (0..5)
+            .map(|i| {
+                let path = dir.path().join(format!("data-{i:05}-of-00005.arrow"));
+                let scaled: Vec<f32> = acts.iter().map(|v| v * (i + 1) as f32).collect();
+                write_stream(&path, &[batch(&scaled, &ids, 0..B)]);
+                path
+            })
+            .collect();
+        let fresh: Vec<_> = shards.iter().map(|p| read_chunk(p).unwrap()).collect();
+        let (mut spares, mut buffers) = (Vec::new(), std::collections::HashSet::new());
+        for pass in 0..3 {
+            stream_chunks_with(1, &shards, D, &mut spares, |i, chunk| {
+                assert_eq!(chunk.activations, fresh[i].activations, "pass {pass}, shard {i}: the values of a reused buffer");
+                buffers.insert(match &chunk.activations {
+                    soft_cluster_core::Activations::F32(v) => v.as_ptr() as usize,
+                    other => panic!("float32 shards read as {other:?}"),
+                });
+                Ok(Some(chunk))
+            })
+            .unwrap();
+        }
+        // Every shard of every pass in the same two buffers (a fresh array per shard faults its
+        // pages in again each time).
+        assert_eq!(buffers.len(), 2, "{buffers:?}");
+    }
+
+    #[test]
     fn arrow_shards_fit_like_their_npz_copy() {
         let dir = tempfile::tempdir().unwrap();
         let (acts, _, ids) = data();
