@@ -332,8 +332,12 @@ pub(crate) struct RowSummary {
 pub(crate) fn fused_softmax(row: &mut [f32], scratch: &mut [f32], inv_t: f32, min_m: f32) -> RowSummary {
     #[cfg(target_arch = "x86_64")]
     {
-        if std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma") {
+        if std::arch::is_x86_feature_detected!("avx512f") && std::arch::is_x86_feature_detected!("fma") {
             // SAFETY: the CPU supports the features this version is compiled for.
+            return unsafe { avx512::fused_softmax(row, scratch, inv_t, min_m) };
+        }
+        if std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma") {
+            // SAFETY: as above.
             return unsafe { avx2::fused_softmax(row, scratch, inv_t, min_m) };
         }
     }
@@ -344,6 +348,10 @@ pub(crate) fn fused_softmax(row: &mut [f32], scratch: &mut [f32], inv_t: f32, mi
 fn push_nonzeros(row: &[f32], out: &mut Vec<(u32, f32)>) {
     #[cfg(target_arch = "x86_64")]
     {
+        if std::arch::is_x86_feature_detected!("avx512f") {
+            // SAFETY: the CPU supports AVX-512F.
+            return unsafe { avx512::push_nonzeros(row, out) };
+        }
         if std::arch::is_x86_feature_detected!("avx2") {
             // SAFETY: the CPU supports AVX2.
             return unsafe { avx2::push_nonzeros(row, out) };
@@ -384,8 +392,107 @@ fn add_scaled_tail(entries: &[(u32, f32)], x: &[f32], y: &mut [f32], from: usize
 
 #[cfg(target_arch = "x86_64")]
 mod avx512 {
-    //! `add_scaled_rows` sixteen lanes at a time.
+    //! `add_scaled_rows`, `fused_softmax` and `push_nonzeros` sixteen lanes at a time; the last
+    //! partial vector of a row goes through masked loads and stores.
+    use super::{RowSummary, EXP_LN2_HI, EXP_LN2_LO, EXP_POLY};
     use std::arch::x86_64::*;
+
+    /// The lanes of a row's vector at `i` that lie inside the row of `k` values.
+    #[inline]
+    fn lanes(i: usize, k: usize) -> __mmask16 {
+        if k - i >= 16 { !0 } else { ((1u32 << (k - i)) - 1) as __mmask16 }
+    }
+
+    /// Sixteen lanes of `exp_nonpositive` (the AVX2 `exp8`'s steps).
+    #[inline]
+    #[target_feature(enable = "avx512f")]
+    fn exp16(x: __m512) -> __m512 {
+        let xc = _mm512_max_ps(x, _mm512_set1_ps(-87.0));
+        let n = _mm512_roundscale_ps::<{ _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC }>(_mm512_mul_ps(xc, _mm512_set1_ps(std::f32::consts::LOG2_E)));
+        let r = _mm512_fnmadd_ps(n, _mm512_set1_ps(EXP_LN2_HI), xc);
+        let r = _mm512_fnmadd_ps(n, _mm512_set1_ps(EXP_LN2_LO), r);
+        let mut p = _mm512_set1_ps(EXP_POLY[0]);
+        for c in &EXP_POLY[1..] {
+            p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(*c));
+        }
+        let y = _mm512_add_ps(_mm512_fmadd_ps(p, _mm512_mul_ps(r, r), r), _mm512_set1_ps(1.0));
+        let bits = _mm512_slli_epi32::<23>(_mm512_add_epi32(_mm512_cvtps_epi32(n), _mm512_set1_epi32(127)));
+        let in_range = _mm512_cmp_ps_mask::<_CMP_GE_OQ>(x, _mm512_set1_ps(-87.0));
+        _mm512_maskz_mul_ps(in_range, y, _mm512_castsi512_ps(bits))
+    }
+
+    #[target_feature(enable = "avx512f")]
+    pub(super) unsafe fn push_nonzeros(row: &[f32], out: &mut Vec<(u32, f32)>) {
+        let k = row.len();
+        for i in (0..k).step_by(16) {
+            // SAFETY: the mask keeps the load inside the row.
+            let v = unsafe { _mm512_maskz_loadu_ps(lanes(i, k), row.as_ptr().add(i)) };
+            let mut bits = _mm512_cmp_ps_mask::<_CMP_GT_OQ>(v, _mm512_setzero_ps()) as u32;
+            while bits != 0 {
+                let at = i + bits.trailing_zeros() as usize;
+                out.push((at as u32, row[at]));
+                bits &= bits - 1;
+            }
+        }
+    }
+
+    /// `super::fused_softmax_scalar`'s steps, sixteen lanes at a time: the max and its first
+    /// index, `e` and its sum, the kept sum, then the memberships and the objective.
+    #[target_feature(enable = "avx512f,fma")]
+    pub(super) unsafe fn fused_softmax(row: &mut [f32], e: &mut [f32], inv_t: f32, min_m: f32) -> RowSummary {
+        let k = row.len();
+        assert!(e.len() >= k);
+        let (rp, ep) = (row.as_mut_ptr(), e.as_mut_ptr());
+        // Whole vectors, then the tail's lanes (none when k is a multiple of 16).
+        let full = k - k % 16;
+        let steps = (0..full).step_by(16).map(|i| (i, !0)).chain((full < k).then(|| (full, lanes(full, k))));
+        // SAFETY (all loads and stores below): masked to the lanes below `k <= e.len()`.
+        let mut vmax = _mm512_set1_ps(f32::NEG_INFINITY);
+        for (i, m) in steps.clone() {
+            vmax = _mm512_mask_max_ps(vmax, m, vmax, unsafe { _mm512_maskz_loadu_ps(m, rp.add(i)) });
+        }
+        let max = _mm512_reduce_max_ps(vmax);
+        let vmaxb = _mm512_set1_ps(max);
+        let argmax = steps
+            .clone()
+            .find_map(|(i, m)| {
+                let hit = m & _mm512_cmp_ps_mask::<_CMP_EQ_OQ>(unsafe { _mm512_maskz_loadu_ps(m, rp.add(i)) }, vmaxb);
+                (hit != 0).then(|| i + hit.trailing_zeros() as usize)
+            })
+            .unwrap_or(0);
+
+        let vinv = _mm512_set1_ps(inv_t);
+        let mut vsum = _mm512_setzero_ps();
+        for (i, m) in steps.clone() {
+            let ez = exp16(_mm512_mul_ps(_mm512_sub_ps(unsafe { _mm512_maskz_loadu_ps(m, rp.add(i)) }, vmaxb), vinv));
+            unsafe { _mm512_mask_storeu_ps(ep.add(i), m, ez) };
+            vsum = _mm512_mask_add_ps(vsum, m, vsum, ez);
+        }
+        let threshold = min_m * _mm512_reduce_add_ps(vsum);
+        let vthr = _mm512_set1_ps(threshold);
+        let mut vkept = _mm512_setzero_ps();
+        for (i, m) in steps.clone() {
+            let ev = unsafe { _mm512_maskz_loadu_ps(m, ep.add(i)) };
+            vkept = _mm512_mask_add_ps(vkept, m & _mm512_cmp_ps_mask::<_CMP_GE_OQ>(ev, vthr), vkept, ev);
+        }
+        let forced = e[argmax] < threshold;
+        let kept = _mm512_reduce_add_ps(vkept) + if forced { e[argmax] } else { 0.0 };
+        let inv_kept = 1.0 / kept;
+        let vinv_kept = _mm512_set1_ps(inv_kept);
+        let mut vobj = _mm512_setzero_ps();
+        for (i, m) in steps {
+            let ev = unsafe { _mm512_maskz_loadu_ps(m, ep.add(i)) };
+            let p = _mm512_maskz_mul_ps(m & _mm512_cmp_ps_mask::<_CMP_GE_OQ>(ev, vthr), ev, vinv_kept);
+            vobj = _mm512_fmadd_ps(p, unsafe { _mm512_maskz_loadu_ps(m, rp.add(i)) }, vobj);
+            unsafe { _mm512_mask_storeu_ps(rp.add(i), m, p) };
+        }
+        let mut objective = _mm512_reduce_add_ps(vobj);
+        if forced {
+            row[argmax] = e[argmax] * inv_kept;
+            objective += row[argmax] * max;
+        }
+        RowSummary { argmax, best_cos: max, objective }
+    }
 
     #[target_feature(enable = "avx512f,avx2,fma")]
     pub(super) unsafe fn add_scaled_rows(entries: &[(u32, f32)], x: &[f32], y: &mut [f32]) {
@@ -459,7 +566,7 @@ pub(crate) fn fused_softmax_scalar(row: &mut [f32], e: &mut [f32], inv_t: f32, m
 mod avx2 {
     //! `fused_softmax` with AVX2 + FMA intrinsics: the same steps as `fused_softmax_scalar`,
     //! eight lanes at a time (the compiler does not vectorize the reductions by itself).
-    use super::{exp_nonpositive, RowSummary};
+    use super::{exp_nonpositive, RowSummary, EXP_LN2_HI, EXP_LN2_LO, EXP_POLY};
     use std::arch::x86_64::*;
 
     #[inline]
@@ -484,11 +591,11 @@ mod avx2 {
     fn exp8(x: __m256) -> __m256 {
         let xc = _mm256_max_ps(x, _mm256_set1_ps(-87.0));
         let n = _mm256_round_ps(_mm256_mul_ps(xc, _mm256_set1_ps(std::f32::consts::LOG2_E)), _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
-        let r = _mm256_fnmadd_ps(n, _mm256_set1_ps(0.693_359_4), xc);
-        let r = _mm256_fnmadd_ps(n, _mm256_set1_ps(-2.121_944_4e-4), r);
-        let mut p = _mm256_set1_ps(1.987_569_1e-4);
-        for c in [1.398_199_9e-3, 8.333_452e-3, 4.166_579_6e-2, 1.666_666_5e-1, 5.000_000_1e-1] {
-            p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(c));
+        let r = _mm256_fnmadd_ps(n, _mm256_set1_ps(EXP_LN2_HI), xc);
+        let r = _mm256_fnmadd_ps(n, _mm256_set1_ps(EXP_LN2_LO), r);
+        let mut p = _mm256_set1_ps(EXP_POLY[0]);
+        for c in &EXP_POLY[1..] {
+            p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(*c));
         }
         let y = _mm256_add_ps(_mm256_fmadd_ps(p, _mm256_mul_ps(r, r), r), _mm256_set1_ps(1.0));
         let bits = _mm256_slli_epi32::<23>(_mm256_add_epi32(_mm256_cvtps_epi32(n), _mm256_set1_epi32(127)));
@@ -563,9 +670,18 @@ mod avx2 {
             vmax = _mm256_max_ps(vmax, unsafe { _mm256_loadu_ps(rp.add(i)) });
         }
         let max = row[full..].iter().fold(hmax(vmax), |m, &v| m.max(v));
-        let argmax = row.iter().position(|&v| v == max).unwrap_or(0);
+        // The first index of the max, eight lanes at a time (a scalar scan was a fifth of the step).
+        let vmaxb = _mm256_set1_ps(max);
+        let argmax = (0..full)
+            .step_by(8)
+            .find_map(|i| {
+                let hit = _mm256_movemask_ps(_mm256_cmp_ps::<_CMP_EQ_OQ>(unsafe { _mm256_loadu_ps(rp.add(i)) }, vmaxb)) as u32;
+                (hit != 0).then(|| i + hit.trailing_zeros() as usize)
+            })
+            .or_else(|| row[full..].iter().position(|&v| v == max).map(|j| full + j))
+            .unwrap_or(0);
 
-        let (vmaxb, vinv) = (_mm256_set1_ps(max), _mm256_set1_ps(inv_t));
+        let vinv = _mm256_set1_ps(inv_t);
         let mut vsum = _mm256_setzero_ps();
         for i in (0..full).step_by(8) {
             let z = _mm256_mul_ps(_mm256_sub_ps(unsafe { _mm256_loadu_ps(rp.add(i)) }, vmaxb), vinv);
@@ -662,23 +778,23 @@ fn softmax_exact(row: &mut [f32], cosine: impl Fn(usize) -> f64, params: Members
     RowSummary { argmax, best_cos: max as f32, objective: objective as f32 }
 }
 
+/// `ln 2` split in two for `exp_nonpositive`'s range reduction (and its SIMD versions').
+const EXP_LN2_HI: f32 = 0.693_359_4;
+const EXP_LN2_LO: f32 = -2.121_944_4e-4;
+/// The polynomial's coefficients, highest degree first (Cephes' digits as published).
+#[allow(clippy::excessive_precision)]
+const EXP_POLY: [f32; 6] = [1.987_569_1e-4, 1.398_199_9e-3, 8.333_452e-3, 4.166_579_6e-2, 1.666_666_5e-1, 5.000_000_1e-1];
+
 /// `exp(x)` for `x <= 0` in float32, branch-free so that it vectorizes: Cephes' range reduction
 /// and degree-6 polynomial (relative error below 2e-7). Results below float32's normal range are 0.
 #[inline(always)]
 pub(crate) fn exp_nonpositive(x: f32) -> f32 {
     const LOG2E: f32 = std::f32::consts::LOG2_E;
-    const LN2_HI: f32 = 0.693_359_4;
-    const LN2_LO: f32 = -2.121_944_4e-4;
     const ROUND: f32 = 12_582_912.0; // 1.5 * 2^23: adding and subtracting it rounds to an integer
     let xc = x.max(-87.0);
     let n = (xc * LOG2E + ROUND) - ROUND;
-    let r = xc - n * LN2_HI - n * LN2_LO;
-    let mut poly = 1.987_569_1e-4_f32;
-    poly = poly * r + 1.398_199_9e-3;
-    poly = poly * r + 8.333_452e-3;
-    poly = poly * r + 4.166_579_6e-2;
-    poly = poly * r + 1.666_666_5e-1;
-    poly = poly * r + 5.000_000_1e-1;
+    let r = xc - n * EXP_LN2_HI - n * EXP_LN2_LO;
+    let poly = EXP_POLY[1..].iter().fold(EXP_POLY[0], |poly, &c| poly * r + c);
     let y = poly * r * r + r + 1.0;
     let scale = f32::from_bits((((n as i32) + 127) as u32) << 23);
     if x < -87.0 { 0.0 } else { y * scale }
@@ -717,15 +833,21 @@ mod tests {
     /// The AVX2+FMA `fused_softmax`, called directly (not through the dispatcher, which would
     /// silently fall back to the scalar version), or `None` when this CPU can not run it.
     #[allow(clippy::type_complexity)]
-    fn simd_softmax() -> Option<fn(&mut [f32], &mut [f32], f32, f32) -> RowSummary> {
+    fn simd_softmaxes() -> Vec<(&'static str, fn(&mut [f32], &mut [f32], f32, f32) -> RowSummary)> {
+        #[allow(unused_mut)]
+        let mut found: Vec<(&'static str, fn(&mut [f32], &mut [f32], f32, f32) -> RowSummary)> = Vec::new();
         #[cfg(target_arch = "x86_64")]
         {
             if std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma") {
                 // SAFETY: the CPU supports the features the function is compiled for.
-                return Some(|row, e, inv_t, min_m| unsafe { avx2::fused_softmax(row, e, inv_t, min_m) });
+                found.push(("AVX2", |row, e, inv_t, min_m| unsafe { avx2::fused_softmax(row, e, inv_t, min_m) }));
+            }
+            if std::arch::is_x86_feature_detected!("avx512f") && std::arch::is_x86_feature_detected!("fma") {
+                // SAFETY: as above.
+                found.push(("AVX-512", |row, e, inv_t, min_m| unsafe { avx512::fused_softmax(row, e, inv_t, min_m) }));
             }
         }
-        None
+        found
     }
 
     #[test]
@@ -776,30 +898,49 @@ mod tests {
 
     #[test]
     fn simd_and_scalar_softmax_agree() {
-        let Some(simd) = simd_softmax() else {
+        let simds = simd_softmaxes();
+        if simds.len() < 2 {
             // Straight to stderr: the harness captures `eprintln!` and shows it only on failure.
             use std::io::Write;
-            let _ = writeln!(std::io::stderr(), "SKIPPED simd_and_scalar_softmax_agree: no AVX2/FMA on this CPU, so the SIMD softmax was not compared");
-            return;
-        };
+            let found: Vec<_> = simds.iter().map(|s| s.0).collect();
+            let _ = writeln!(std::io::stderr(), "SKIPPED in part simd_and_scalar_softmax_agree: this CPU runs only {found:?} of the AVX2 and AVX-512 softmaxes, the others were not compared");
+        }
         let mut state = 17u64;
         let mut next = move || {
             state = state.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
             ((state >> 40) as f32 / (1u64 << 24) as f32) * 2.0 - 1.0
         };
-        for k in [1, 3, 8, 13, 64, 1000] {
+        for k in [1, 3, 8, 13, 16, 17, 64, 1000] {
             for (inv_t, min_m) in [(1.0, 0.0), (4.0, 0.01), (100.0, 0.3), (1e-6, 0.99)] {
                 let row: Vec<f32> = (0..k).map(|_| next()).collect();
-                let (mut a, mut b) = (row.clone(), row.clone());
+                let mut b = row.clone();
                 let mut scratch = vec![0f32; k];
-                let sa = simd(&mut a, &mut scratch, inv_t, min_m);
                 let sb = fused_softmax_scalar(&mut b, &mut scratch, inv_t, min_m);
-                assert_eq!((sa.argmax, sa.best_cos), (sb.argmax, sb.best_cos));
-                assert!((sa.objective - sb.objective).abs() < 1e-5);
-                for (x, y) in a.iter().zip(&b) {
-                    assert!((x - y).abs() < 1e-6, "k={k} inv_t={inv_t}: {x} vs {y}");
+                for &(name, simd) in &simds {
+                    let mut a = row.clone();
+                    // Past the row, the scratch must not matter (the masked tail reads none of it).
+                    let mut scratch = vec![f32::NAN; k + 5];
+                    let sa = simd(&mut a, &mut scratch, inv_t, min_m);
+                    assert_eq!((sa.argmax, sa.best_cos), (sb.argmax, sb.best_cos), "{name}");
+                    assert!((sa.objective - sb.objective).abs() < 1e-5, "{name}");
+                    for (x, y) in a.iter().zip(&b) {
+                        assert!((x - y).abs() < 1e-6, "{name} k={k} inv_t={inv_t}: {x} vs {y}");
+                    }
+                    assert!((a.iter().sum::<f32>() - 1.0).abs() < 1e-5, "{name}");
+                    let (mut nz, mut want) = (Vec::new(), Vec::new());
+                    push_nonzeros(&a, &mut nz);
+                    want.extend(a.iter().enumerate().filter(|(_, &v)| v > 0.0).map(|(c, &v)| (c as u32, v)));
+                    assert_eq!(nz, want, "{name} nonzeros");
                 }
-                assert!((a.iter().sum::<f32>() - 1.0).abs() < 1e-5);
+            }
+        }
+        // Ties for the max: the first index, in a whole vector, across vectors and in a tail.
+        for (k, first, second) in [(37, 17, 33), (37, 3, 5), (40, 34, 39), (16, 15, 15)] {
+            for &(name, simd) in &simds {
+                let mut row = vec![0.5f32; k];
+                (row[first], row[second]) = (0.9, 0.9);
+                let mut scratch = vec![0f32; k];
+                assert_eq!(simd(&mut row, &mut scratch, 10.0, 0.01).argmax, first, "{name}, k = {k}");
             }
         }
     }
