@@ -293,6 +293,42 @@ fn tiny_temperatures_stay_within_tolerance_where_float32_cosines_would_not() {
 }
 
 #[test]
+fn tiny_temperatures_at_many_clusters_match_float64_from_half_precision_rows() {
+    // The float64 finish at K = 300, D = 384 on float16 rows: clusters in groups of about 8 around
+    // 40 directions, so each row has several cosines within the recomputed window of its maximum
+    // (float64 products and exponentials) and most outside it (float32 exponentials).
+    let (k, d, n) = (300, 384, 240);
+    let directions = unit_rows(40, d, 21);
+    let spread = unit_rows(k, d, 22);
+    let centers: Vec<f32> = (0..k * d).map(|i| directions[(i / d) % 40 * d + i % d] + 0.15 * spread[i]).collect();
+    let centers = Centers::from_rows(k, d, centers).unwrap();
+    let noise = unit_rows(n, d, 23);
+    let acts: Vec<half::f16> = (0..n * d).map(|i| half::f16::from_f32(3.0 * (directions[(i / d) % 40 * d + i % d] + 0.2 * noise[i]))).collect();
+    let acts64: Vec<f64> = acts.iter().map(|v| v.to_f64()).collect();
+    let tokens = Tokens { source: "activations", chunk_index: 0, first_row: 0, activations: ActivationsRef::F16(&acts), seq_len: n, d, mask: None };
+    for (temperature, min_membership) in [(0.004, 0.01), (0.012, 0.0), (0.012, 0.05)] {
+        let params = MembershipParams { temperature, min_membership };
+        // The case must exercise both sides of the window and soft rows.
+        let (mut near, mut soft) = (0usize, 0usize);
+        for r in 0..n {
+            let a = &acts64[r * d..(r + 1) * d];
+            let norm = a.iter().map(|v| v * v).sum::<f64>().sqrt();
+            let cos: Vec<f64> = (0..k).map(|c| (0..d).map(|j| a[j] * f64::from(centers.data[c * d + j])).sum::<f64>() / norm).collect();
+            let max = cos.iter().copied().fold(f64::NEG_INFINITY, f64::max);
+            near += cos.iter().filter(|&&c| max - c < 14.0 * temperature).count();
+            let want = reference_row(a, &centers.data, k, temperature, min_membership);
+            soft += usize::from(want.iter().copied().fold(0.0, f64::max) < 0.99);
+        }
+        assert!(near > 3 * n && near < n * k / 4, "T = {temperature}: {near} cosines near the maxima of {n} rows");
+        assert!(soft > n / 10, "T = {temperature}: {soft} soft rows");
+        for backend in &backends() {
+            let compared = check_against_reference(backend, &tokens, &acts64, &centers, params);
+            assert!(compared > n / 2, "T = {temperature}: {compared} rows compared");
+        }
+    }
+}
+
+#[test]
 fn float64_rows_beyond_float32_range_keep_their_direction() {
     // Rows of 1e-50 and 1e200 (squares under- and overflow even in float64 for the latter).
     let acts = vec![1e-50f64, 0.0, 0.0, 1e200, -1e200, 0.0, 0.0, 0.0];

@@ -170,6 +170,8 @@ impl Job<'_> {
         let mut x = vec![0f32; block_rows.min(n) * d];
         let mut p = vec![0f32; block_rows.min(n) * k];
         let mut e = vec![0f32; k];
+        // The float64 path's row (widened once for all its recomputed cosines) and buffers.
+        let (mut exact_row, mut exact_scratch) = (vec![0f64; if exact { d } else { 0 }], ExactScratch::default());
         let mut sparse = self.want.sparse.then(|| SparseRows { offset: vec![0], ..Default::default() });
         let sums = self.want.stats && self.want.sums;
         let mut s_block = if sums { vec![0f32; k * d] } else { Vec::new() };
@@ -201,9 +203,10 @@ impl Job<'_> {
                 let row_p = &mut p[j * k..(j + 1) * k];
                 let row = if exact {
                     let t = tokens[start + j] as usize;
-                    let a = &src[t * d..(t + 1) * d];
+                    T::widen_f64(&src[t * d..(t + 1) * d], &mut exact_row);
+                    let a = &exact_row;
                     let cosine = |c: usize| dot_f64(a, self.centers.row(c)) * inv_norm[start + j];
-                    softmax_exact(row_p, cosine, self.params)
+                    softmax_exact(row_p, cosine, self.params, &mut exact_scratch)
                 } else {
                     fused_softmax(row_p, &mut e, inv_t, min_m)
                 };
@@ -737,34 +740,124 @@ pub const EXACT_BELOW_TEMPERATURE: f64 = 0.02;
 /// have memberships under e^-14 of the largest, where float32 cosines are more than enough.
 pub(crate) const EXACT_WINDOW: f64 = 14.0;
 
-fn dot_f64<T: Element>(a: &[T], c: &[f32]) -> f64 {
-    let mut lanes = [0f64; 4];
-    let mut ac = a.chunks_exact(4);
-    let mut cc = c.chunks_exact(4);
-    for (x, y) in (&mut ac).zip(&mut cc) {
-        for l in 0..4 {
-            lanes[l] += x[l].to_f64() * f64::from(y[l]);
-        }
-    }
-    let tail: f64 = ac.remainder().iter().zip(cc.remainder()).map(|(x, &y)| x.to_f64() * f64::from(y)).sum();
-    lanes.iter().sum::<f64>() + tail
+/// Buffers of `softmax_exact`, reused from row to row: the (index, cosine, exponential) of the
+/// cosines near the maximum, and every cosine and exponential for the rare rows that need them.
+#[derive(Default)]
+struct ExactScratch {
+    near: Vec<(usize, f64, f64)>,
+    cos: Vec<f64>,
+    e: Vec<f64>,
 }
 
-/// The membership formula (docs/algorithm.md "Memberships") on one row in float64, for tiny temperatures. `row` holds float32 cosines on entry
-/// (memberships on return); `cosine(k)` recomputes one exactly. Only the cosines near the
-/// maximum, the ones that decide the result, are recomputed.
-fn softmax_exact(row: &mut [f32], cosine: impl Fn(usize) -> f64, params: MembershipParams) -> RowSummary {
+/// `a . c` in float64: products of float64 and widened float32 values, summed in eight lanes
+/// (then pairwise), the same on every CPU (no fused multiply-adds: Rust does not contract).
+fn dot_f64(a: &[f64], c: &[f32]) -> f64 {
+    #[inline(always)]
+    fn lanes(a: &[f64], c: &[f32]) -> f64 {
+        let mut acc = [0f64; 8];
+        let (mut ac, mut cc) = (a.chunks_exact(8), c.chunks_exact(8));
+        for (x, y) in (&mut ac).zip(&mut cc) {
+            for l in 0..8 {
+                acc[l] += x[l] * f64::from(y[l]);
+            }
+        }
+        let tail: f64 = ac.remainder().iter().zip(cc.remainder()).map(|(&x, &y)| x * f64::from(y)).sum();
+        ((acc[0] + acc[4]) + (acc[1] + acc[5])) + ((acc[2] + acc[6]) + (acc[3] + acc[7])) + tail
+    }
+    #[cfg(target_arch = "x86_64")]
+    {
+        #[target_feature(enable = "avx2")]
+        fn wide(a: &[f64], c: &[f32]) -> f64 {
+            lanes(a, c)
+        }
+        if std::arch::is_x86_feature_detected!("avx2") {
+            // SAFETY: the CPU supports AVX2 (the same operations, in wider registers).
+            return unsafe { wide(a, c) };
+        }
+    }
+    lanes(a, c)
+}
+
+/// `sum exp((v - max) * inv_t)` over the entries `v` of `row` with `max - v >= window` (float32
+/// exponentials, summed in sixteen lanes).
+fn far_exp_sum(row: &[f32], max: f32, inv_t: f32, window: f64) -> f64 {
+    #[inline(always)]
+    fn lanes(row: &[f32], max: f32, inv_t: f32, window: f64) -> f64 {
+        let term = |v: f32| if f64::from(max - v) < window { 0.0 } else { exp_nonpositive((v - max) * inv_t) };
+        let mut acc = [0f32; 16];
+        let mut chunks = row.chunks_exact(16);
+        for c in &mut chunks {
+            for l in 0..16 {
+                acc[l] += term(c[l]);
+            }
+        }
+        acc.iter().map(|&v| f64::from(v)).sum::<f64>() + chunks.remainder().iter().map(|&v| f64::from(term(v))).sum::<f64>()
+    }
+    #[cfg(target_arch = "x86_64")]
+    {
+        #[target_feature(enable = "avx512f")]
+        fn wide(row: &[f32], max: f32, inv_t: f32, window: f64) -> f64 {
+            lanes(row, max, inv_t, window)
+        }
+        if std::arch::is_x86_feature_detected!("avx512f") {
+            // SAFETY: the CPU supports AVX-512F (the same operations, in wider registers).
+            return unsafe { wide(row, max, inv_t, window) };
+        }
+    }
+    lanes(row, max, inv_t, window)
+}
+
+/// The membership formula (docs/algorithm.md "Memberships") on one row in float64, for tiny
+/// temperatures. `row` holds float32 cosines on entry (memberships on return); `cosine(k)`
+/// recomputes one exactly. Only the cosines near the maximum, the ones that decide the result,
+/// are recomputed, and only their exponentials are taken in float64. The others are under
+/// `e^-14` of the largest: they count in the sum through float32 exponentials (relative error
+/// 2e-7, so the sum moves by less than `K * 2e-13`) and can not pass a threshold above `e^-13`,
+/// so their memberships are 0; a smaller threshold (a tiny `minMembership`) takes every entry
+/// one by one (`softmax_exact_every`).
+fn softmax_exact(row: &mut [f32], cosine: impl Fn(usize) -> f64, params: MembershipParams, scratch: &mut ExactScratch) -> RowSummary {
     let inv_t = 1.0 / params.temperature;
     let max32 = row.iter().copied().fold(f32::NEG_INFINITY, f32::max);
     let window = EXACT_WINDOW * params.temperature + 1e-5; // plus float32's own error
-    let cos: Vec<f64> = row
-        .iter()
-        .enumerate()
-        .map(|(c, &v)| if f64::from(max32 - v) < window { cosine(c) } else { f64::from(v) })
-        .collect();
+    let near = &mut scratch.near;
+    near.clear();
+    near.extend(row.iter().enumerate().filter(|&(_, &v)| f64::from(max32 - v) < window).map(|(c, _)| (c, cosine(c), 0.0)));
+    // The first index of the largest (`near` is in index order).
+    let (argmax, max) = near.iter().fold((usize::MAX, f64::NEG_INFINITY), |b, &(c, v, _)| if v > b.1 { (c, v) } else { b });
+    near.iter_mut().for_each(|(_, c, e)| *e = ((*c - max) * inv_t).exp());
+    let far = far_exp_sum(row, max32, inv_t as f32, window) * ((f64::from(max32) - max) * inv_t).exp();
+    let sum = near.iter().map(|&(_, _, e)| e).sum::<f64>() + far;
+    let threshold = params.min_membership * sum;
+    if threshold <= (-13f64).exp() {
+        return softmax_exact_every(row, cosine, params, &mut scratch.cos, &mut scratch.e);
+    }
+    let keep = |c: usize, e: f64| e >= threshold || c == argmax;
+    let kept: f64 = near.iter().filter(|&&(c, _, e)| keep(c, e)).map(|&(_, _, e)| e).sum();
+    row.fill(0.0);
+    let mut objective = 0.0;
+    for &(c, cos, e) in near.iter().filter(|&&(c, _, e)| keep(c, e)) {
+        let p = e / kept;
+        objective += p * cos;
+        row[c] = p as f32;
+    }
+    RowSummary { argmax, best_cos: max as f32, objective: objective as f32 }
+}
+
+/// `softmax_exact` entry by entry: for thresholds that far entries may pass.
+fn softmax_exact_every(row: &mut [f32], cosine: impl Fn(usize) -> f64, params: MembershipParams, cos: &mut Vec<f64>, e: &mut Vec<f64>) -> RowSummary {
+    let inv_t = 1.0 / params.temperature;
+    let max32 = row.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+    let window = EXACT_WINDOW * params.temperature + 1e-5;
+    let near = |v: f32| f64::from(max32 - v) < window;
+    cos.clear();
+    cos.extend(row.iter().enumerate().map(|(c, &v)| if near(v) { cosine(c) } else { f64::from(v) }));
     let max = cos.iter().copied().fold(f64::NEG_INFINITY, f64::max);
     let argmax = cos.iter().position(|&v| v == max).unwrap_or(0);
-    let e: Vec<f64> = cos.iter().map(|&c| ((c - max) * inv_t).exp()).collect();
+    e.clear();
+    e.extend(cos.iter().zip(row.iter()).map(|(&c, &v)| {
+        let z = (c - max) * inv_t;
+        if near(v) { z.exp() } else { f64::from(exp_nonpositive(z as f32)) }
+    }));
     let sum: f64 = e.iter().sum();
     let threshold = params.min_membership * sum;
     let keep = |c: usize| e[c] >= threshold || c == argmax;
@@ -942,6 +1035,34 @@ mod tests {
                 let mut scratch = vec![0f32; k];
                 assert_eq!(simd(&mut row, &mut scratch, 10.0, 0.01).argmax, first, "{name}, k = {k}");
             }
+        }
+    }
+
+    #[test]
+    fn softmax_exact_counts_far_entries_in_the_sum_and_keeps_the_first_maximum() {
+        // 3997 entries 15 T below a tie for the maximum (indices 7 and 9) and one near entry:
+        // each far exponential is e^-15 of the largest, together 0.05% of the sum, and at
+        // minMembership 0.3 that decides whether entry 100 passes the threshold (it does not).
+        let (t, far) = (0.01, 3997.0 * (-15f64).exp());
+        let e100 = (0.6 + 0.5 * 0.3 * far) / 0.7; // inside [2M, M (2 + far)) / (1 - M)
+        let mut row = vec![0.5 - 15.0 * t as f32; 4000];
+        (row[7], row[9], row[100]) = (0.5, 0.5, (0.5 + t * e100.ln()) as f32);
+        let cos: Vec<f64> = row.iter().map(|&v| f64::from(v)).collect();
+        for min_membership in [0.01, 0.3, 0.0] {
+            let e: Vec<f64> = cos.iter().map(|&c| ((c - 0.5) / t).exp()).collect();
+            let threshold = min_membership * e.iter().sum::<f64>();
+            let kept: f64 = e.iter().enumerate().filter(|&(c, &v)| v >= threshold || c == 7).map(|(_, &v)| v).sum();
+            let want: Vec<f64> = e.iter().enumerate().map(|(c, &v)| if v >= threshold || c == 7 { v / kept } else { 0.0 }).collect();
+            let mut got = row.clone();
+            let params = MembershipParams { temperature: t, min_membership };
+            let s = softmax_exact(&mut got, |c| cos[c], params, &mut ExactScratch::default());
+            assert_eq!((s.argmax, s.best_cos), (7, 0.5), "M = {min_membership}");
+            assert_eq!(got[100] > 0.0, min_membership < 0.3, "M = {min_membership}: entry 100");
+            for (c, (&g, &w)) in got.iter().zip(&want).enumerate() {
+                assert!((f64::from(g) - w).abs() < 1e-7 * w.max(1e-3), "M = {min_membership}, entry {c}: {g} vs {w}");
+            }
+            let objective: f64 = want.iter().zip(&cos).map(|(p, c)| p * c).sum();
+            assert!((f64::from(s.objective) - objective).abs() < 1e-6);
         }
     }
 

@@ -136,6 +136,10 @@ impl PreparedRows {
 /// Element types activations may be stored in.
 pub(crate) trait Element: Copy + Send + Sync + 'static {
     fn to_f64(self) -> f64;
+    /// Writes `src` into `dst` in float64 (exact).
+    fn widen_f64(src: &[Self], dst: &mut [f64]) {
+        dst.iter_mut().zip(src).for_each(|(d, &s)| *d = s.to_f64());
+    }
     /// Writes `src * scale` into `dst` as float32.
     fn scale_into(src: &[Self], scale: f64, dst: &mut [f32]);
 }
@@ -169,6 +173,10 @@ impl Element for bf16 {
     fn to_f64(self) -> f64 {
         f64::from(self)
     }
+    fn widen_f64(src: &[bf16], dst: &mut [f64]) {
+        // The `half` crate's slice conversion (F16C where the CPU has it), not a call per value.
+        half::slice::HalfFloatSliceExt::convert_to_f64_slice(src, dst);
+    }
     fn scale_into(src: &[bf16], scale: f64, dst: &mut [f32]) {
         widen::bf16_scaled(src, scale as f32, dst);
     }
@@ -177,6 +185,10 @@ impl Element for bf16 {
 impl Element for f16 {
     fn to_f64(self) -> f64 {
         f64::from(self)
+    }
+    fn widen_f64(src: &[f16], dst: &mut [f64]) {
+        // The `half` crate's slice conversion (F16C where the CPU has it), not a call per value.
+        half::slice::HalfFloatSliceExt::convert_to_f64_slice(src, dst);
     }
     fn scale_into(src: &[f16], scale: f64, dst: &mut [f32]) {
         widen::f16_scaled(src, scale as f32, dst);
