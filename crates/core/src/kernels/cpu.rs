@@ -778,12 +778,20 @@ fn dot_f64(a: &[f64], c: &[f32]) -> f64 {
     lanes(a, c)
 }
 
+/// The smallest float32 at or above `window`: for a float32 `x`, `f64::from(x) < window` exactly
+/// when `x < above(window)`, a test in float32 that vectorizes.
+fn f32_at_or_above(window: f64) -> f32 {
+    let w = window as f32;
+    if f64::from(w) >= window { w } else { f32::from_bits(w.to_bits() + 1) }
+}
+
 /// `sum exp((v - max) * inv_t)` over the entries `v` of `row` with `max - v >= window` (float32
 /// exponentials, summed in sixteen lanes).
 fn far_exp_sum(row: &[f32], max: f32, inv_t: f32, window: f64) -> f64 {
     #[inline(always)]
     fn lanes(row: &[f32], max: f32, inv_t: f32, window: f64) -> f64 {
-        let term = |v: f32| if f64::from(max - v) < window { 0.0 } else { exp_nonpositive((v - max) * inv_t) };
+        let window = f32_at_or_above(window);
+        let term = |v: f32| if max - v < window { 0.0 } else { exp_nonpositive((v - max) * inv_t) };
         let mut acc = [0f32; 16];
         let mut chunks = row.chunks_exact(16);
         for c in &mut chunks {
@@ -821,7 +829,8 @@ fn softmax_exact(row: &mut [f32], cosine: impl Fn(usize) -> f64, params: Members
     let window = EXACT_WINDOW * params.temperature + 1e-5; // plus float32's own error
     let near = &mut scratch.near;
     near.clear();
-    near.extend(row.iter().enumerate().filter(|&(_, &v)| f64::from(max32 - v) < window).map(|(c, _)| (c, cosine(c), 0.0)));
+    let window32 = f32_at_or_above(window);
+    near.extend(row.iter().enumerate().filter(|&(_, &v)| max32 - v < window32).map(|(c, _)| (c, cosine(c), 0.0)));
     // The first index of the largest (`near` is in index order).
     let (argmax, max) = near.iter().fold((usize::MAX, f64::NEG_INFINITY), |b, &(c, v, _)| if v > b.1 { (c, v) } else { b });
     near.iter_mut().for_each(|(_, c, e)| *e = ((*c - max) * inv_t).exp());
@@ -885,11 +894,14 @@ pub(crate) fn exp_nonpositive(x: f32) -> f32 {
     const LOG2E: f32 = std::f32::consts::LOG2_E;
     const ROUND: f32 = 12_582_912.0; // 1.5 * 2^23: adding and subtracting it rounds to an integer
     let xc = x.max(-87.0);
-    let n = (xc * LOG2E + ROUND) - ROUND;
+    let shifted = xc * LOG2E + ROUND;
+    let n = shifted - ROUND;
     let r = xc - n * EXP_LN2_HI - n * EXP_LN2_LO;
     let poly = EXP_POLY[1..].iter().fold(EXP_POLY[0], |poly, &c| poly * r + c);
     let y = poly * r * r + r + 1.0;
-    let scale = f32::from_bits((((n as i32) + 127) as u32) << 23);
+    // 2^n from the integer in `shifted`'s low bits: integer steps that vectorize, where `n as
+    // i32` (saturating) went value by value.
+    let scale = f32::from_bits((shifted.to_bits().wrapping_sub(ROUND.to_bits()).wrapping_add(127)) << 23);
     if x < -87.0 { 0.0 } else { y * scale }
 }
 
@@ -1034,6 +1046,20 @@ mod tests {
                 (row[first], row[second]) = (0.9, 0.9);
                 let mut scratch = vec![0f32; k];
                 assert_eq!(simd(&mut row, &mut scratch, 10.0, 0.01).argmax, first, "{name}, k = {k}");
+            }
+        }
+    }
+
+    #[test]
+    fn the_float32_window_test_is_the_float64_one() {
+        // Windows float32 rounds up, down, or holds exactly.
+        for window in (1..200).map(|i| 14.0 * 0.0001 * f64::from(i) + 1e-5).chain([0.25, 0.5]) {
+            let w = f32_at_or_above(window);
+            // Every float32 within a few steps of the window, on both sides.
+            let mid = (window as f32).to_bits();
+            for bits in mid - 4..=mid + 4 {
+                let x = f32::from_bits(bits);
+                assert_eq!(x < w, f64::from(x) < window, "window {window}, x {x}");
             }
         }
     }
