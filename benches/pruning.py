@@ -13,8 +13,16 @@ Reported per iteration: the share of pairs that bound skips (the exp and normali
 the share of (block of 1024 tokens, cluster) tiles where it skips every token (what a blocked GEMM
 could leave out).
 
+With `--tiles R` it estimates instead what a pass could really leave out of its GEMM: tokens
+sorted once by their cluster after the first pass (file order has no skippable tiles), tiles of R
+sorted tokens, and for each tile one bound carried from pass to pass, H >= max over its tokens of
+cos(x, C_k) - (the token's best cosine), refreshed where the tile was computed and grown by the
+shifts (H + d_k + the largest d_b of its tokens' best clusters) where it was skipped. A tile is
+skipped when H + d_k + that d_b < -gap, gap = T ln(1 / minMembership), or 14 T (the float64
+window of tiny temperatures) with --window.
+
     python3 benches/pruning.py CHUNK_DIR --clusters K [--temperature T] [--min-membership M]
-        [--iterations N] [--max-tokens N]
+        [--iterations N] [--max-tokens N] [--tiles R [--window]]
 """
 import argparse, glob, os
 import numpy as np
@@ -53,6 +61,37 @@ def memberships(s, t, m):
     return p / p.sum(1, keepdims=True)
 
 
+def carried_tiles(x, c, t, m, iterations, rows, window):
+    """The share of (tile, cluster) GEMM tiles skipped at each pass after the first (see the top)."""
+    gap = max(-t * np.log(m), 14 * t if window else 0.0) + 1e-5
+    s = x @ c.T
+    b = s.argmax(1)
+    order = np.argsort(b, kind="stable")
+    x, s, b = x[order], s[order], b[order]
+    best = s.max(1)
+    tiles = range(0, len(x), rows)
+    bound = np.stack([(s[i:i + rows] - best[i:i + rows, None]).max(0) for i in tiles])
+    print(f"{len(x)} tokens, K = {len(c)}, T = {t}, tiles of {rows} sorted tokens, gap {gap:.4f}")
+    print("pass | tiles skipped")
+    shares = []
+    for it in range(2, iterations + 2):
+        new = memberships(s, t, m).T @ x
+        new /= np.linalg.norm(new, axis=1, keepdims=True)
+        d = np.sqrt(np.maximum(2 * (1 - np.sum(c * new, 1)), 0))
+        grown = bound + d[None, :] + np.array([d[b[i:i + rows]].max() for i in tiles])[:, None]
+        skip = grown < -gap
+        s = x @ new.T
+        best, b = s.max(1), s.argmax(1)
+        for j, i in enumerate(tiles):   # the bound must hold: nothing skipped comes within gap of its best
+            assert (s[i:i + rows][:, skip[j]] < best[i:i + rows, None] - gap + 1e-9).all(), "bound violated"
+        fresh = np.stack([(s[i:i + rows] - best[i:i + rows, None]).max(0) for i in tiles])
+        bound = np.where(skip, grown, fresh)
+        shares.append(skip.mean())
+        print(f"{it} | {skip.mean():.3f}")
+        c = new
+    print(f"mean over passes 2-{iterations + 1}: {np.mean(shares):.3f}")
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("chunks")
@@ -61,9 +100,13 @@ def main():
     ap.add_argument("--min-membership", type=float, default=0.01)
     ap.add_argument("--iterations", type=int, default=6)
     ap.add_argument("--max-tokens", type=int, default=60000)
+    ap.add_argument("--tiles", type=int, help="rows per tile of cluster-sorted tokens, bounds carried per tile")
+    ap.add_argument("--window", action="store_true", help="with --tiles: skip only beyond the float64 window (14 T)")
     a = ap.parse_args()
     x = tokens(a.chunks, a.max_tokens)
     c = kmeans_pp(x, a.clusters, np.random.default_rng(0))
+    if a.tiles:
+        return carried_tiles(x, c, a.temperature, a.min_membership, a.iterations, a.tiles, a.window)
     t, m, block = a.temperature, a.min_membership, 1024
     print(f"{len(x)} tokens, D = {x.shape[1]}, K = {a.clusters}, T = {t}, minMembership = {m}")
     print("iter | max shift 1 - cos | pairs skippable | (1024-token block, cluster) tiles skippable | nonzero share")
