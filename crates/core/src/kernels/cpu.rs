@@ -935,8 +935,9 @@ mod tests {
         assert!((s.objective - 0.11).abs() < 1e-7);
     }
 
-    /// The AVX2+FMA `fused_softmax`, called directly (not through the dispatcher, which would
-    /// silently fall back to the scalar version), or `None` when this CPU can not run it.
+    /// The SIMD `fused_softmax` versions this CPU can run (AVX2+FMA, AVX-512F+FMA), named, called
+    /// directly (not through the dispatcher, which would pick one and silently fall back to the
+    /// scalar version).
     #[allow(clippy::type_complexity)]
     fn simd_softmaxes() -> Vec<(&'static str, fn(&mut [f32], &mut [f32], f32, f32) -> RowSummary)> {
         #[allow(unused_mut)]
