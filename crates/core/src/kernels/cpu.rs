@@ -330,8 +330,9 @@ pub(crate) struct RowSummary {
 }
 
 /// The membership formula (docs/algorithm.md "Memberships") on one row, in place: `row` holds cosines on entry and memberships on return.
-/// `scratch` is a `K`-long buffer. Uses an AVX2+FMA version when the CPU has it (the package is
-/// built for baseline x86-64 so that one binary runs everywhere, hence the runtime check).
+/// `scratch` is a `K`-long buffer. Uses an AVX-512 or AVX2+FMA version when the CPU has one (the
+/// package is built for baseline x86-64 so that one binary runs everywhere, hence the runtime
+/// check).
 pub(crate) fn fused_softmax(row: &mut [f32], scratch: &mut [f32], inv_t: f32, min_m: f32) -> RowSummary {
     #[cfg(target_arch = "x86_64")]
     {
@@ -819,10 +820,10 @@ fn far_exp_sum(row: &[f32], max: f32, inv_t: f32, window: f64) -> f64 {
 /// temperatures. `row` holds float32 cosines on entry (memberships on return); `cosine(k)`
 /// recomputes one exactly. Only the cosines near the maximum, the ones that decide the result,
 /// are recomputed, and only their exponentials are taken in float64. The others are under
-/// `e^-14` of the largest: they count in the sum through float32 exponentials (relative error
-/// 2e-7, so the sum moves by less than `K * 2e-13`) and can not pass a threshold above `e^-13`,
-/// so their memberships are 0; a smaller threshold (a tiny `minMembership`) takes every entry
-/// one by one (`softmax_exact_every`).
+/// `e^-14` of the largest: they count in the sum through float32 exponentials summed in float32
+/// (the sum, whose largest term is 1, moves by less than `K * 1e-11`) and can not pass a
+/// threshold above `e^-13`, so their memberships are 0; a smaller threshold (a tiny
+/// `minMembership`) takes every entry one by one (`softmax_exact_every`).
 fn softmax_exact(row: &mut [f32], cosine: impl Fn(usize) -> f64, params: MembershipParams, scratch: &mut ExactScratch) -> RowSummary {
     let inv_t = 1.0 / params.temperature;
     let max32 = row.iter().copied().fold(f32::NEG_INFINITY, f32::max);
@@ -833,6 +834,10 @@ fn softmax_exact(row: &mut [f32], cosine: impl Fn(usize) -> f64, params: Members
     near.extend(row.iter().enumerate().filter(|&(_, &v)| max32 - v < window32).map(|(c, _)| (c, cosine(c), 0.0)));
     // The first index of the largest (`near` is in index order).
     let (argmax, max) = near.iter().fold((usize::MAX, f64::NEG_INFINITY), |b, &(c, v, _)| if v > b.1 { (c, v) } else { b });
+    if argmax == usize::MAX {
+        // No finite cosine (inputs are checked, so not expected): the entry-by-entry path's answer.
+        return softmax_exact_every(row, cosine, params, &mut scratch.cos, &mut scratch.e);
+    }
     near.iter_mut().for_each(|(_, c, e)| *e = ((*c - max) * inv_t).exp());
     let far = far_exp_sum(row, max32, inv_t as f32, window) * ((f64::from(max32) - max) * inv_t).exp();
     let sum = near.iter().map(|&(_, _, e)| e).sum::<f64>() + far;
@@ -956,6 +961,25 @@ mod tests {
         found
     }
 
+    /// Every `push_nonzeros` version this CPU can run, called directly.
+    #[allow(clippy::type_complexity)]
+    fn nonzero_pushers() -> Vec<(&'static str, fn(&[f32], &mut Vec<(u32, f32)>))> {
+        #[allow(unused_mut)]
+        let mut found: Vec<(&'static str, fn(&[f32], &mut Vec<(u32, f32)>))> = vec![("dispatched", push_nonzeros)];
+        #[cfg(target_arch = "x86_64")]
+        {
+            if std::arch::is_x86_feature_detected!("avx2") {
+                // SAFETY: the CPU supports the feature the function is compiled for.
+                found.push(("AVX2", |row, out| unsafe { avx2::push_nonzeros(row, out) }));
+            }
+            if std::arch::is_x86_feature_detected!("avx512f") {
+                // SAFETY: as above.
+                found.push(("AVX-512", |row, out| unsafe { avx512::push_nonzeros(row, out) }));
+            }
+        }
+        found
+    }
+
     #[test]
     fn scaled_rows_are_added_as_one_multiply_add_per_entry_in_order_bit_for_bit() {
         let mut state = 5u64;
@@ -1033,10 +1057,12 @@ mod tests {
                         assert!((x - y).abs() < 1e-6, "{name} k={k} inv_t={inv_t}: {x} vs {y}");
                     }
                     assert!((a.iter().sum::<f32>() - 1.0).abs() < 1e-5, "{name}");
-                    let (mut nz, mut want) = (Vec::new(), Vec::new());
-                    push_nonzeros(&a, &mut nz);
-                    want.extend(a.iter().enumerate().filter(|(_, &v)| v > 0.0).map(|(c, &v)| (c as u32, v)));
-                    assert_eq!(nz, want, "{name} nonzeros");
+                    let want: Vec<(u32, f32)> = a.iter().enumerate().filter(|(_, &v)| v > 0.0).map(|(c, &v)| (c as u32, v)).collect();
+                    for (version, push) in nonzero_pushers() {
+                        let mut nz = Vec::new();
+                        push(&a, &mut nz);
+                        assert_eq!(nz, want, "{name} row, {version} nonzeros");
+                    }
                 }
             }
         }
