@@ -836,14 +836,14 @@ fn softmax_exact(row: &mut [f32], cosine: impl Fn(usize) -> f64, params: Members
     let (argmax, max) = near.iter().fold((usize::MAX, f64::NEG_INFINITY), |b, &(c, v, _)| if v > b.1 { (c, v) } else { b });
     if argmax == usize::MAX {
         // No finite cosine (inputs are checked, so not expected): the entry-by-entry path's answer.
-        return softmax_exact_every(row, cosine, params, &mut scratch.cos, &mut scratch.e);
+        return softmax_exact_every(row, near, params, &mut scratch.cos, &mut scratch.e);
     }
     near.iter_mut().for_each(|(_, c, e)| *e = ((*c - max) * inv_t).exp());
     let far = far_exp_sum(row, max32, inv_t as f32, window) * ((f64::from(max32) - max) * inv_t).exp();
     let sum = near.iter().map(|&(_, _, e)| e).sum::<f64>() + far;
     let threshold = params.min_membership * sum;
     if threshold <= (-13f64).exp() {
-        return softmax_exact_every(row, cosine, params, &mut scratch.cos, &mut scratch.e);
+        return softmax_exact_every(row, near, params, &mut scratch.cos, &mut scratch.e);
     }
     let keep = |c: usize, e: f64| e >= threshold || c == argmax;
     let kept: f64 = near.iter().filter(|&&(c, _, e)| keep(c, e)).map(|&(_, _, e)| e).sum();
@@ -857,21 +857,19 @@ fn softmax_exact(row: &mut [f32], cosine: impl Fn(usize) -> f64, params: Members
     RowSummary { argmax, best_cos: max as f32, objective: objective as f32 }
 }
 
-/// `softmax_exact` entry by entry: for thresholds that far entries may pass.
-fn softmax_exact_every(row: &mut [f32], cosine: impl Fn(usize) -> f64, params: MembershipParams, cos: &mut Vec<f64>, e: &mut Vec<f64>) -> RowSummary {
+/// `softmax_exact` entry by entry, for thresholds that far entries may pass: the float32 cosines
+/// of `row` with the recomputed ones of `near` in their places, float64 exponentials for those,
+/// float32 ones for the rest.
+fn softmax_exact_every(row: &mut [f32], near: &[(usize, f64, f64)], params: MembershipParams, cos: &mut Vec<f64>, e: &mut Vec<f64>) -> RowSummary {
     let inv_t = 1.0 / params.temperature;
-    let max32 = row.iter().copied().fold(f32::NEG_INFINITY, f32::max);
-    let window = EXACT_WINDOW * params.temperature + 1e-5;
-    let near = |v: f32| f64::from(max32 - v) < window;
     cos.clear();
-    cos.extend(row.iter().enumerate().map(|(c, &v)| if near(v) { cosine(c) } else { f64::from(v) }));
+    cos.extend(row.iter().map(|&v| f64::from(v)));
+    near.iter().for_each(|&(c, v, _)| cos[c] = v);
     let max = cos.iter().copied().fold(f64::NEG_INFINITY, f64::max);
     let argmax = cos.iter().position(|&v| v == max).unwrap_or(0);
     e.clear();
-    e.extend(cos.iter().zip(row.iter()).map(|(&c, &v)| {
-        let z = (c - max) * inv_t;
-        if near(v) { z.exp() } else { f64::from(exp_nonpositive(z as f32)) }
-    }));
+    e.extend(cos.iter().map(|&c| f64::from(exp_nonpositive(((c - max) * inv_t) as f32))));
+    near.iter().for_each(|&(c, v, _)| e[c] = ((v - max) * inv_t).exp());
     let sum: f64 = e.iter().sum();
     let threshold = params.min_membership * sum;
     let keep = |c: usize| e[c] >= threshold || c == argmax;

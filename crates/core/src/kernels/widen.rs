@@ -20,7 +20,7 @@ pub(crate) fn f16_scaled(src: &[f16], scale: f32, dst: &mut [f32]) {
             return unsafe { x86::f16_f16c(src, scale, dst) };
         }
     }
-    f16_portable(src, scale, dst);
+    portable(src, scale, dst);
 }
 
 /// `dst[i] = f32(src[i]) * scale`.
@@ -33,18 +33,15 @@ pub(crate) fn bf16_scaled(src: &[bf16], scale: f32, dst: &mut [f32]) {
             return unsafe { x86::bf16_avx512(src, scale, dst) };
         }
     }
-    bf16_portable(src, scale, dst);
+    portable(src, scale, dst);
 }
 
-fn f16_portable(src: &[f16], scale: f32, dst: &mut [f32]) {
-    use half::slice::HalfFloatSliceExt;
-    src.convert_to_f32_slice(dst);
-    dst.iter_mut().for_each(|d| *d *= scale);
-}
-
-fn bf16_portable(src: &[bf16], scale: f32, dst: &mut [f32]) {
-    use half::slice::HalfFloatSliceExt;
-    src.convert_to_f32_slice(dst); // a 16-bit shift per value
+/// The `half` crate's slice conversion, then the scale: what the SIMD versions must equal.
+fn portable<H>(src: &[H], scale: f32, dst: &mut [f32])
+where
+    [H]: half::slice::HalfFloatSliceExt,
+{
+    half::slice::HalfFloatSliceExt::convert_to_f32_slice(src, dst);
     dst.iter_mut().for_each(|d| *d *= scale);
 }
 
@@ -64,7 +61,7 @@ mod x86 {
                 _mm512_storeu_ps(dst.as_mut_ptr().add(i), _mm512_mul_ps(v, s));
             }
         }
-        super::f16_portable(&src[full..], scale, &mut dst[full..]);
+        super::portable(&src[full..], scale, &mut dst[full..]);
     }
 
     #[target_feature(enable = "avx,f16c")]
@@ -78,7 +75,7 @@ mod x86 {
                 _mm256_storeu_ps(dst.as_mut_ptr().add(i), _mm256_mul_ps(v, s));
             }
         }
-        super::f16_portable(&src[full..], scale, &mut dst[full..]);
+        super::portable(&src[full..], scale, &mut dst[full..]);
     }
 
     /// bfloat16 is the high half of a float32: widen each 16-bit value and shift it up.
@@ -93,7 +90,7 @@ mod x86 {
                 _mm512_storeu_ps(dst.as_mut_ptr().add(i), _mm512_mul_ps(_mm512_castsi512_ps(bits), s));
             }
         }
-        super::bf16_portable(&src[full..], scale, &mut dst[full..]);
+        super::portable(&src[full..], scale, &mut dst[full..]);
     }
 }
 
@@ -119,12 +116,12 @@ mod tests {
                 let h: Vec<f16> = bits[..len].iter().map(|&b| f16::from_bits(b.wrapping_mul(40_503))).collect();
                 let (mut got, mut want) = (vec![0f32; len], vec![1f32; len]);
                 f16_scaled(&h, scale, &mut got);
-                f16_portable(&h, scale, &mut want);
+                portable(&h, scale, &mut want);
                 assert!(same_bits(&got, &want), "float16, scale {scale}, length {len}");
                 let b: Vec<bf16> = bits[..len].iter().map(|&b| bf16::from_bits(b.wrapping_mul(40_503))).collect();
                 let (mut got, mut want) = (vec![0f32; len], vec![1f32; len]);
                 bf16_scaled(&b, scale, &mut got);
-                bf16_portable(&b, scale, &mut want);
+                portable(&b, scale, &mut want);
                 assert!(same_bits(&got, &want), "bfloat16, scale {scale}, length {len}");
             }
         }
